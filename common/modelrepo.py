@@ -1,0 +1,220 @@
+"""The model repository contract: a Triton-style directory that both components read.
+
+    <repository>/<model>/config.pbtxt        tensor names, dtypes and dims (declared once)
+    <repository>/<model>/labels.txt          one class name per line (Triton's label_filename)
+    <repository>/<model>/preprocess.json     resize, crop, mean and std for the transformer
+    <repository>/<model>/<version>/model.pt  TorchScript, loadable by Triton's PyTorch backend
+
+Everything else (the predictor's input checks, the transformer's output names, metadata) is
+derived from what this module reads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import pbtxt
+
+CONFIG_FILE = "config.pbtxt"
+PREPROCESS_FILE = "preprocess.json"
+MODEL_FILE = "model.pt"
+
+# Triton's TYPE_* names to the V2 protocol's datatype names.
+TRITON_TO_V2 = {
+    "TYPE_BOOL": "BOOL",
+    "TYPE_UINT8": "UINT8",
+    "TYPE_UINT16": "UINT16",
+    "TYPE_UINT32": "UINT32",
+    "TYPE_UINT64": "UINT64",
+    "TYPE_INT8": "INT8",
+    "TYPE_INT16": "INT16",
+    "TYPE_INT32": "INT32",
+    "TYPE_INT64": "INT64",
+    "TYPE_FP16": "FP16",
+    "TYPE_FP32": "FP32",
+    "TYPE_FP64": "FP64",
+    "TYPE_STRING": "BYTES",
+}
+V2_TO_TRITON = {v2: triton for triton, v2 in TRITON_TO_V2.items()}
+
+
+class ModelRepositoryError(ValueError):
+    """The model repository is missing something or holds something malformed."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One declared tensor: V2 datatype and dims without the batch dimension."""
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+
+    def batched_shape(self) -> list[int]:
+        """The V2 metadata shape: a variable batch dimension (-1) before the declared dims."""
+        return [-1, *self.dims]
+
+    def metadata(self) -> dict[str, Any]:
+        """The V2 model-metadata entry for this tensor."""
+        return {"name": self.name, "datatype": self.datatype, "shape": self.batched_shape()}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the model's input: RGB, shorter side to `resize`, centre `crop`."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Preprocessing:
+        """Build from preprocess.json; raises ModelRepositoryError on missing or bad values."""
+        try:
+            resize, crop = int(data["resize"]), int(data["crop"])
+            mean = tuple(float(v) for v in data["mean"])
+            std = tuple(float(v) for v in data["std"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelRepositoryError(
+                f"{PREPROCESS_FILE} needs resize, crop, mean[3] and std[3]: {exc!r} in {data}"
+            ) from exc
+        if len(mean) != 3 or len(std) != 3 or crop <= 0 or resize < crop or 0 in std:
+            raise ModelRepositoryError(
+                f"{PREPROCESS_FILE}: expected resize >= crop > 0 and 3 means and non-zero stds, "
+                f"got {data}"
+            )
+        return cls(resize, crop, mean, std)
+
+    def to_json(self) -> dict[str, Any]:
+        """The preprocess.json form of these parameters."""
+        return {"resize": self.resize, "crop": self.crop, "mean": self.mean, "std": self.std}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What config.pbtxt declares about one model."""
+
+    name: str
+    platform: str
+    max_batch_size: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_queue_delay_us: int
+    label_filename: str | None
+
+    @classmethod
+    def parse(cls, text: str, source: str = CONFIG_FILE) -> ModelConfig:
+        """Parse config.pbtxt text; raises ModelRepositoryError naming what is wrong."""
+        try:
+            message = pbtxt.parse(text)
+        except pbtxt.PbtxtError as exc:
+            raise ModelRepositoryError(f"{source}: {exc}") from exc
+
+        def tensors(key: str) -> tuple[TensorSpec, ...]:
+            specs = []
+            for entry in message.get(key, []):
+                if not isinstance(entry, dict):
+                    raise ModelRepositoryError(f"{source}: {key} entries must be messages")
+                name = _one(entry, "name", source)
+                triton_type = _one(entry, "data_type", source)
+                if triton_type not in TRITON_TO_V2:
+                    raise ModelRepositoryError(
+                        f"{source}: {key} {name!r} has data_type {triton_type!r}, "
+                        f"expected one of {sorted(TRITON_TO_V2)}"
+                    )
+                dims = tuple(int(d) for d in entry.get("dims", []))
+                specs.append(TensorSpec(str(name), TRITON_TO_V2[triton_type], dims))
+            if not specs:
+                raise ModelRepositoryError(f"{source}: declares no {key}")
+            return tuple(specs)
+
+        outputs = message.get("output", [])
+        labels = [o["label_filename"][0] for o in outputs if "label_filename" in o]
+        batching = message.get("dynamic_batching", [{}])[0]
+        return cls(
+            name=str(_one(message, "name", source)),
+            platform=str(message.get("platform", [""])[0]),
+            max_batch_size=int(message.get("max_batch_size", [0])[0]),
+            inputs=tensors("input"),
+            outputs=tensors("output"),
+            max_queue_delay_us=int(batching.get("max_queue_delay_microseconds", [0])[0]),
+            label_filename=str(labels[0]) if labels else None,
+        )
+
+
+def _one(message: pbtxt.Message, key: str, source: str) -> Any:
+    values = message.get(key)
+    if not values:
+        raise ModelRepositoryError(f"{source}: missing required field {key!r}")
+    return values[0]
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A model resolved in a repository: its config, chosen version and side files."""
+
+    model_dir: Path
+    version: str
+    config: ModelConfig
+
+    @property
+    def artifact(self) -> Path:
+        """The TorchScript file of the chosen version."""
+        return self.model_dir / self.version / MODEL_FILE
+
+    def labels(self) -> list[str]:
+        """Class names in class-id order; raises ModelRepositoryError when the file is absent."""
+        if self.config.label_filename is None:
+            raise ModelRepositoryError(f"{self.model_dir / CONFIG_FILE} names no label_filename")
+        path = self.model_dir / self.config.label_filename
+        try:
+            return path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ModelRepositoryError(f"cannot read labels {path}: {exc}") from exc
+
+    def preprocessing(self) -> Preprocessing:
+        """The transformer's preprocessing parameters from preprocess.json."""
+        path = self.model_dir / PREPROCESS_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelRepositoryError(f"cannot read {path}: {exc}") from exc
+        return Preprocessing.from_json(data)
+
+
+def resolve(repository: Path | str, model_name: str, version: str | None = None) -> ModelVersion:
+    """Find `model_name` in a repository and pick `version` (default: the newest numeric one).
+
+    `repository` may also be the model's own directory (the one holding config.pbtxt), which is
+    what a storageUri pointing at a single model mounts. Raises ModelRepositoryError saying what
+    was looked for and what was found.
+    """
+    root = Path(repository)
+    candidates = [root / model_name, root]
+    model_dir = next((c for c in candidates if (c / CONFIG_FILE).is_file()), None)
+    if model_dir is None:
+        found = sorted(p.name for p in root.iterdir()) if root.is_dir() else "no such directory"
+        raise ModelRepositoryError(
+            f"no {CONFIG_FILE} for model {model_name!r} in {root} or {root / model_name}; "
+            f"found: {found}"
+        )
+    config = ModelConfig.parse(
+        (model_dir / CONFIG_FILE).read_text(encoding="utf-8"), str(model_dir / CONFIG_FILE)
+    )
+    versions = sorted(
+        (p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=int
+    )
+    if version is None:
+        if not versions:
+            raise ModelRepositoryError(f"{model_dir} holds no numeric version directory")
+        version = versions[-1]
+    elif version not in versions:
+        raise ModelRepositoryError(f"{model_dir} has versions {versions}, not {version!r}")
+    resolved = ModelVersion(model_dir, version, config)
+    if not resolved.artifact.is_file():
+        raise ModelRepositoryError(f"missing model file {resolved.artifact}")
+    return resolved

@@ -1,0 +1,181 @@
+"""Server glue both components share: settings flags, request limits, the fast V2 REST route.
+
+kserve 0.21 decodes REST binary tensors into Python lists (and cannot carry raw image bytes as
+BYTES at all), so `install_v2_infer_route` puts a route in front of kserve's own that parses the
+body with `common.codecs` and hands the same InferRequest to the same DataPlane. gRPC keeps
+kserve's servicer, whose `raw_input_contents` path is already zero-copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import kserve
+import kserve.model_server
+from fastapi import FastAPI, Request, Response
+from kserve.errors import InvalidInput, ModelNotReady
+from kserve.predictor_config import PredictorConfig
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.infer_type import InferResponse
+
+from . import codecs
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser on top of kserve's own (ports, model name, predictor host, ...)."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        parents=[kserve.model_server.parser],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--max_request_bytes",
+        type=positive_int,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        help="Largest request body (HTTP, answered with 413) and gRPC message accepted.",
+    )
+    return parser
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a number >= 0."""
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+class BodyLimitMiddleware:
+    """Answer 413 to any HTTP request whose body exceeds `max_bytes`, declared or streamed."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(send, int(declared))
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._reject(send, received)
+
+    async def _reject(self, send: Send, size: int) -> None:
+        body = codecs.json_response_body(
+            {
+                "error": f"request body of at least {size} bytes exceeds the limit of "
+                f"{self.max_bytes} bytes (--max_request_bytes)"
+            }
+        )
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def install_v2_infer_route(app: FastAPI, dataplane: DataPlane) -> None:
+    """Serve POST /v2/models/{name}/infer with zero-copy parsing, ahead of kserve's route."""
+
+    async def infer(
+        request: Request, model_name: str, model_version: str | None = None
+    ) -> Response:
+        if not await dataplane.model_ready(model_name, True):
+            raise ModelNotReady(model_name)
+        body = await request.body()
+        headers = dict(request.headers)
+        infer_request = codecs.parse_rest_request(
+            body, headers.get(codecs.JSON_LENGTH_HEADER), model_name
+        )
+        result, extra_headers = await dataplane.infer(model_name, infer_request, headers)
+        if not isinstance(result, InferResponse):
+            raise InvalidInput(f"model {model_name!r} does not answer V2 requests")
+        content, encoding_headers = codecs.encode_rest_response(result, infer_request)
+        return Response(content=content, headers={**extra_headers, **encoding_headers})
+
+    for path in (
+        "/v2/models/{model_name}/infer",
+        "/v2/models/{model_name}/versions/{model_version}/infer",
+    ):
+        app.router.add_api_route(path, infer, methods=["POST"], include_in_schema=False)
+    # Routes match in order: move ours in front of any registered before this call.
+    app.router.routes[:] = app.router.routes[-2:] + app.router.routes[:-2]
+
+
+def run_server(
+    model: kserve.Model,
+    args: argparse.Namespace,
+    max_request_bytes: int,
+    predictor_config: PredictorConfig | None = None,
+) -> None:
+    """Start kserve's ModelServer for one ready model with our limits and REST route."""
+    if args.workers != 1:
+        raise SystemExit(
+            f"--workers {args.workers}: this server keeps one process per replica (its batching "
+            "and decode pool live in it); scale with replicas instead"
+        )
+    # kserve's gRPC server reads its message limits from kserve's own parsed arguments.
+    kserve_args = kserve.model_server.args
+    for key in ("grpc_max_receive_message_length", "grpc_max_send_message_length"):
+        if getattr(args, key) == kserve.model_server.MAX_GRPC_MESSAGE_LENGTH:
+            setattr(args, key, max_request_bytes)
+        setattr(kserve_args, key, getattr(args, key))
+    app = kserve.model_server.app
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes)
+    server = kserve.ModelServer(
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        workers=1,
+        enable_grpc=args.enable_grpc,
+        max_threads=args.max_threads,
+        max_asyncio_workers=args.max_asyncio_workers,
+        enable_latency_logging=args.enable_latency_logging,
+        predictor_config=predictor_config,
+    )
+    install_v2_infer_route(app, server.dataplane)
+    server.start([model])

@@ -1,0 +1,1 @@
+"""The custom KServe predictor: runs a TorchScript image classifier from a model repository."""

@@ -1,0 +1,28 @@
+"""Command line: `python -m predictor --model_dir REPO [--model_name image-classifier] ...`."""
+
+from __future__ import annotations
+
+import sys
+
+from .tuning import keep_freed_memory, prepare_environment
+
+prepare_environment()  # before torch is imported anywhere below
+
+from common.server import run_server  # noqa: E402
+
+from . import settings as settings_module  # noqa: E402
+from .model import ImageClassifierPredictor  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, load and warm the model, then serve until SIGINT/SIGTERM."""
+    settings = settings_module.parse(argv)
+    keep_freed_memory()
+    model = ImageClassifierPredictor(settings)
+    model.load()
+    run_server(model, settings.server_args, settings.max_request_bytes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The predictor's kserve.Model: request tensors in, logits out, through the adaptive batcher."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import numpy as np
+import torch
+from kserve import Model
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferRequest, InferResponse
+
+from common import codecs
+from common.modelrepo import ModelVersion, TensorSpec, resolve
+
+from .batcher import AdaptiveBatcher
+from .runtime import TorchRunner, plan_execution
+from .settings import PredictorSettings
+
+logger = logging.getLogger(__name__)
+
+
+def check_pixels(array: np.ndarray, spec: TensorSpec, max_batch_size: int) -> np.ndarray:
+    """Accept UINT8 [N, H, W, C] pixels or normalised FP32 [N, C, H, W]; raises InvalidInput."""
+    height, width, channels = spec.dims
+    expected = {
+        np.dtype(np.uint8): ("UINT8", (height, width, channels)),
+        np.dtype(np.float32): ("FP32", (channels, height, width)),
+    }
+    accepted = (
+        f"UINT8 [N, {height}, {width}, {channels}] RGB pixels or "
+        f"FP32 [N, {channels}, {height}, {width}] normalised"
+    )
+    if array.dtype not in expected:
+        raise InvalidInput(f"input {spec.name!r}: datatype {array.dtype}, expected {accepted}")
+    _, dims = expected[array.dtype]
+    if array.ndim != 4 or array.shape[1:] != dims:
+        raise InvalidInput(f"input {spec.name!r}: shape {list(array.shape)}, expected {accepted}")
+    if not 1 <= array.shape[0] <= max_batch_size:
+        raise InvalidInput(
+            f"input {spec.name!r}: batch of {array.shape[0]}, expected 1 to {max_batch_size}"
+        )
+    return array
+
+
+class ImageClassifierPredictor(Model):
+    """Serves one model version from a model repository over V1, V2 REST and V2 gRPC."""
+
+    def __init__(self, settings: PredictorSettings) -> None:
+        super().__init__(settings.model_name)
+        self.settings = settings
+        self.version: ModelVersion | None = None
+        self.batcher: AdaptiveBatcher | None = None
+
+    def load(self) -> bool:
+        """Load the artifact on its device and warm it up; ready only after that."""
+        s = self.settings
+        self.version = resolve(s.model_dir, s.model_name, s.model_version)
+        config = self.version.config
+        self.input_spec, self.output_spec = config.inputs[0], config.outputs[0]
+        plan = plan_execution(
+            s.device, s.precision, s.cuda_graphs, s.num_threads, torch.cuda.is_available()
+        )
+        max_batch = s.max_batch_size or config.max_batch_size or 1
+        delay_ms = (
+            s.max_batch_delay_ms
+            if s.max_batch_delay_ms is not None
+            else config.max_queue_delay_us / 1000
+        )
+        runner = TorchRunner(self.version.artifact, plan, max_batch)
+        runner.warm_up(self.input_spec.dims)
+        self.batcher = AdaptiveBatcher(runner.run, max_batch, delay_ms / 1000)
+        logger.info(
+            "loaded %s version %s on %s (%s, %d threads, CUDA graphs %s), max batch %d, "
+            "delay %.1f ms",
+            s.model_name,
+            self.version.version,
+            plan.device,
+            plan.dtype,
+            plan.num_threads,
+            plan.cuda_graphs,
+            max_batch,
+            delay_ms,
+        )
+        self.ready = True
+        return self.ready
+
+    def stop(self) -> None:
+        """Release the forward thread."""
+        if self.batcher is not None:
+            self.batcher.close()
+        super().stop()
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """V2 metadata: the input declared in config.pbtxt."""
+        return [self.input_spec.metadata()]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        """V2 metadata: the output declared in config.pbtxt."""
+        return [self.output_spec.metadata()]
+
+    async def predict(
+        self,
+        payload: dict[str, Any] | InferRequest,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> dict[str, Any] | InferResponse:
+        """Logits for a V1 {"instances": ...} body or a V2 request; raises InvalidInput."""
+        assert self.batcher is not None
+        if isinstance(payload, InferRequest):
+            array = self._v2_input(payload)
+        else:
+            array = self._v1_input(payload)
+        logits = await self.batcher.submit(
+            check_pixels(array, self.input_spec, self.batcher.max_batch_size)
+        )
+        if not isinstance(payload, InferRequest):
+            return {"predictions": logits}
+        return InferResponse(
+            response_id=payload.id or str(uuid.uuid4()),
+            model_name=self.name,
+            infer_outputs=[codecs.numpy_output(self.output_spec.name, logits)],
+            use_binary_outputs=True,
+        )
+
+    def _v2_input(self, request: InferRequest) -> np.ndarray:
+        names = [t.name for t in request.inputs]
+        if names != [self.input_spec.name]:
+            raise InvalidInput(f"expected one input named {self.input_spec.name!r}, got {names}")
+        return codecs.input_to_numpy(request.inputs[0])
+
+    def _v1_input(self, payload: Any) -> np.ndarray:
+        if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
+            raise InvalidInput('expected a JSON object with an "instances" list of pixel arrays')
+        try:
+            array = np.asarray(payload["instances"])
+        except ValueError as exc:
+            raise InvalidInput(f"instances are not arrays of one shape: {exc}") from exc
+        if array.dtype.kind in "iu":
+            if array.size and (array.min() < 0 or array.max() > 255):
+                raise InvalidInput("integer instances must be pixel values from 0 to 255")
+            return array.astype(np.uint8)
+        if array.dtype.kind == "f":
+            return array.astype(np.float32)
+        raise InvalidInput(
+            f"instances must be numbers (UINT8 pixels or FP32 normalised), got {array.dtype}"
+        )

@@ -1,0 +1,87 @@
+"""The predictor's settings: kserve's flags plus ours, parsed and validated once at start."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.cpus import available_cpus
+from common.server import base_parser, non_negative_float, positive_int
+
+DEFAULT_MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts storageUri
+
+
+@dataclass(frozen=True)
+class PredictorSettings:
+    """Everything the predictor needs beyond kserve's own server flags."""
+
+    model_name: str
+    model_dir: Path
+    model_version: str | None
+    device: str
+    precision: str
+    cuda_graphs: str
+    num_threads: int
+    max_batch_size: int | None  # None: the model config's max_batch_size
+    max_batch_delay_ms: float | None  # None: the model config's dynamic batching delay
+    max_request_bytes: int
+    server_args: argparse.Namespace
+
+
+def parser() -> argparse.ArgumentParser:
+    """The predictor's command line (kserve's server flags are included)."""
+    p = base_parser("Serve a TorchScript image classifier from a Triton-style model repository.")
+    p.add_argument("--model_dir", default=DEFAULT_MODEL_DIR, help="Model repository root.")
+    p.add_argument("--model_version", default=None, help="Version directory (default: newest).")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "fp16"],
+        help="auto: fp16 on CUDA, fp32 on CPU.",
+    )
+    p.add_argument(
+        "--cuda_graphs",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="Capture CUDA graphs for common batch sizes (auto: on with CUDA).",
+    )
+    p.add_argument(
+        "--num_threads",
+        type=positive_int,
+        default=None,
+        help="Torch intra-op threads (default: the CPUs this container may use).",
+    )
+    p.add_argument(
+        "--max_batch_size",
+        type=positive_int,
+        default=None,
+        help="Most images in one forward pass (default: the model config's).",
+    )
+    p.add_argument(
+        "--max_batch_delay_ms",
+        type=non_negative_float,
+        default=None,
+        help="Longest wait for a fuller batch under load (default: the model "
+        "config's dynamic_batching delay).",
+    )
+    return p
+
+
+def parse(argv: list[str] | None = None) -> PredictorSettings:
+    """Parse and validate the command line; exits with a usage message on bad flags."""
+    args = parser().parse_args(argv)
+    return PredictorSettings(
+        model_name=args.model_name,
+        model_dir=Path(args.model_dir),
+        model_version=args.model_version,
+        device=args.device,
+        precision=args.precision,
+        cuda_graphs=args.cuda_graphs,
+        num_threads=args.num_threads or available_cpus(),
+        max_batch_size=args.max_batch_size,
+        max_batch_delay_ms=args.max_batch_delay_ms,
+        max_request_bytes=args.max_request_bytes,
+        server_args=args,
+    )

@@ -1,0 +1,112 @@
+"""Image bytes to model-ready pixels: pure functions, safe on untrusted input.
+
+One decode (at reduced scale for large JPEGs, via Pillow's draft mode), one resize that also
+crops (Pillow's resize `box`), one copy into numpy. Pillow releases the GIL while it decodes
+and resizes, so a thread pool spreads this over the CPUs.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from kserve.errors import InvalidInput
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from common.modelrepo import Preprocessing
+
+# What we decode. Everything else (PSD, EPS, ...) is refused before any parser runs.
+# (Phones' multi-picture JPEGs open through the JPEG parser and report format "MPO".)
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_ORIENTATION_TAG = 0x0112
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_WHITE = (255, 255, 255, 255)
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds on what one image may cost to decode."""
+
+    max_pixels: int
+
+
+def load_image(data: bytes, limits: DecodeLimits, shorter_side: int) -> Image.Image:
+    """Decode image bytes to an upright RGB image whose shorter side is >= `shorter_side`
+    where the file allows it (JPEGs are decoded at the smallest sufficient DCT scale).
+
+    Raises InvalidInput for empty bytes, non-images, formats outside ACCEPTED_FORMATS,
+    decompression bombs (more than `limits.max_pixels` declared) and truncated or corrupt data.
+    """
+    if not data:
+        raise InvalidInput("empty image (0 bytes)")
+    try:
+        image: Image.Image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except UnidentifiedImageError as exc:
+        raise InvalidInput(
+            f"not a supported image ({len(data)} bytes starting {bytes(data[:8])!r}); "
+            f"expected one of {', '.join(ACCEPTED_FORMATS)}"
+        ) from exc
+    except Image.DecompressionBombError as exc:
+        raise InvalidInput(f"image too large to decode safely: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInput(f"corrupt image header: {exc}") from exc
+    width, height = image.size
+    if width <= 0 or height <= 0 or width * height > limits.max_pixels:
+        raise InvalidInput(
+            f"image declares {width}x{height} = {width * height} pixels; the limit is "
+            f"{limits.max_pixels} (a decompression bomb or an image too large to serve)"
+        )
+    if image.format in ("JPEG", "MPO"):
+        scale = shorter_side / min(width, height)
+        image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidInput(f"truncated or corrupt {image.format} image: {exc}") from exc
+    if image.getexif().get(_ORIENTATION_TAG, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB: alpha is composited on white, 16-bit is scaled."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(image)
+        if mode.startswith("I;16") or (mode == "I" and values.max(initial=0) > 255):
+            values = values.astype(np.float32) / 257.0  # 16-bit range to 8-bit
+        grey = np.clip(values, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in _ALPHA_MODES:
+        background = Image.new("RGBA", image.size, _WHITE)
+        background.alpha_composite(image.convert("RGBA"))
+        return background.convert("RGB")
+    return image.convert("RGB")
+
+
+def resize_and_crop(image: Image.Image, params: Preprocessing) -> np.ndarray:
+    """Scale the shorter side to `params.resize` and centre-crop `params.crop`, in one resize.
+
+    The crop is taken in source coordinates (Pillow's `box`), so only the pixels that survive
+    the crop are resampled. Returns UINT8 [crop, crop, 3].
+    """
+    width, height = image.size
+    side = min(width, height) * params.crop / params.resize  # the crop, in source pixels
+    left, top = (width - side) / 2, (height - side) / 2
+    resized = image.resize(
+        (params.crop, params.crop),
+        Image.Resampling.BILINEAR,
+        box=(left, top, left + side, top + side),
+    )
+    return np.asarray(resized)
+
+
+def preprocess(data: bytes, params: Preprocessing, limits: DecodeLimits) -> np.ndarray:
+    """Image file bytes to UINT8 [crop, crop, 3] RGB pixels; raises InvalidInput."""
+    return resize_and_crop(load_image(data, limits, params.resize), params)

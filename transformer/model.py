@@ -1,0 +1,239 @@
+"""The transformer's kserve.Model: images in, UINT8 pixels to the predictor, top-k classes out.
+
+The hooks hand each other explicit values: preprocess returns a PreparedBatch (the predictor
+request plus what postprocess needs to know), predict forwards it over gRPC and returns a
+ForwardedBatch, postprocess shapes the answer for the protocol the client used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from kserve import Model
+from kserve.errors import InferenceError, InvalidInput, ServerNotReady
+from kserve.protocol.infer_type import InferRequest, InferResponse
+
+from common import codecs
+from common.modelrepo import resolve
+
+from .imaging import DecodeLimits, preprocess
+from .postprocess import top_k, v1_predictions
+from .settings import TransformerSettings
+
+logger = logging.getLogger(__name__)
+
+IMAGE_INPUT = "image"
+OUTPUT_CLASS_ID, OUTPUT_LABEL, OUTPUT_SCORE = "class_id", "label", "score"
+TOP_K_PARAMETER = "top_k"
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """What preprocess hands predict: the predictor request and how to answer the client."""
+
+    request: InferRequest
+    protocol: str  # "v1" or "v2"
+    top_k: int
+    response_id: str
+
+
+@dataclass(frozen=True)
+class ForwardedBatch:
+    """What predict hands postprocess: the predictor's answer for a prepared batch."""
+
+    response: InferResponse
+    batch: PreparedBatch
+
+
+class ImageClassifierTransformer(Model):
+    """Serves image classification over V1 and V2 in front of a V2 gRPC predictor."""
+
+    def __init__(self, settings: TransformerSettings) -> None:
+        super().__init__(settings.model_name)
+        self.settings = settings
+        self._pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+
+    def load(self) -> bool:
+        """Read labels, preprocessing and tensor names from the model repository."""
+        version = resolve(self.settings.model_dir, self.settings.model_name)
+        self.params = version.preprocessing()
+        self.labels = np.array(version.labels(), dtype=np.object_)
+        self.pixel_input = version.config.inputs[0]
+        self.logits_output = version.config.outputs[0]
+        self.max_images = self.settings.max_images or version.config.max_batch_size or 1
+        self.limits = DecodeLimits(max_pixels=self.settings.max_image_pixels)
+        self.ready = True
+        return self.ready
+
+    def stop(self) -> None:
+        """Release the decode threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        super().stop()
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """V2 metadata: one BYTES element per encoded image file."""
+        return [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]}]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        """V2 metadata: top-k class ids, labels and softmax scores per image."""
+        return [
+            {"name": OUTPUT_CLASS_ID, "datatype": "INT64", "shape": [-1, -1]},
+            {"name": OUTPUT_LABEL, "datatype": "BYTES", "shape": [-1, -1]},
+            {"name": OUTPUT_SCORE, "datatype": "FP32", "shape": [-1, -1]},
+        ]
+
+    async def preprocess(
+        self, payload: dict[str, Any] | InferRequest, headers: dict[str, str] | None = None
+    ) -> PreparedBatch:
+        """Decode every image of a V1 or V2 request (in the decode pool); raises InvalidInput."""
+        if isinstance(payload, InferRequest):
+            images, parameters = self._v2_images(payload), payload.parameters
+            protocol, response_id = "v2", payload.id or str(uuid.uuid4())
+        elif isinstance(payload, dict):
+            images, parameters = self._v1_images(payload), payload.get("parameters")
+            protocol, response_id = "v1", str(uuid.uuid4())
+        else:
+            raise InvalidInput(
+                f"expected a JSON object, got {type(payload).__name__}: send "
+                'Content-Type: application/json with {"instances": [...]}'
+            )
+        k = self._top_k(parameters)
+        if not 1 <= len(images) <= self.max_images:
+            raise InvalidInput(
+                f"{len(images)} images in one request, expected 1 to {self.max_images}"
+            )
+        pixels = await self._decode_all(images)
+        request = InferRequest(
+            model_name=self.name,
+            infer_inputs=[codecs.numpy_input(self.pixel_input.name, pixels)],
+            request_id=response_id,
+        )
+        return PreparedBatch(request, protocol, k, response_id)
+
+    async def predict(
+        self,
+        payload: PreparedBatch,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> ForwardedBatch:
+        """Forward the pixels to the predictor; its errors become 400, 503 or 500 here."""
+        try:
+            response = await super().predict(payload.request, headers)
+        except grpc.aio.AioRpcError as err:
+            code, details = err.code(), err.details()
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidInput(f"the predictor rejected the request: {details}") from err
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise ServerNotReady(f"the predictor is unavailable: {details}") from err
+            raise InferenceError(f"the predictor failed: {code.name}: {details}") from err
+        return ForwardedBatch(response, payload)
+
+    async def postprocess(
+        self,
+        result: ForwardedBatch,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> dict[str, Any] | InferResponse:
+        """Top-k classes per image, shaped for the protocol the client used."""
+        batch = result.batch
+        logits = self._logits(result.response, batch.request.inputs[0].shape[0])
+        class_ids, scores = top_k(logits, batch.top_k)
+        if batch.protocol == "v1":
+            return {"predictions": v1_predictions(class_ids, scores, self.labels)}
+        return InferResponse(
+            response_id=batch.response_id,
+            model_name=self.name,
+            infer_outputs=[
+                codecs.numpy_output(OUTPUT_CLASS_ID, class_ids),
+                codecs.numpy_output(OUTPUT_LABEL, self.labels[class_ids]),
+                codecs.numpy_output(OUTPUT_SCORE, scores),
+            ],
+            use_binary_outputs=True,
+        )
+
+    def _v2_images(self, request: InferRequest) -> list[bytes | str]:
+        names = [t.name for t in request.inputs]
+        if names != [IMAGE_INPUT]:
+            raise InvalidInput(
+                f'expected one input named "{IMAGE_INPUT}" (BYTES, one encoded image file per '
+                f"element), got {names}"
+            )
+        tensor = request.inputs[0]
+        if tensor.datatype != "BYTES":
+            raise InvalidInput(f'input "{IMAGE_INPUT}": datatype {tensor.datatype}, expected BYTES')
+        return list(codecs.input_to_numpy(tensor).ravel())
+
+    @staticmethod
+    def _v1_images(payload: dict[str, Any]) -> list[bytes | str]:
+        instances = payload.get("instances")
+        if not isinstance(instances, list):
+            raise InvalidInput(
+                'expected {"instances": [{"image": {"b64": "<base64 image>"}}, ...]}, '
+                f"got keys {sorted(payload)}"
+            )
+        images: list[bytes | str] = []
+        for index, instance in enumerate(instances):
+            image = instance.get("image", instance) if isinstance(instance, dict) else None
+            encoded = image.get("b64") if isinstance(image, dict) else None
+            if not isinstance(encoded, str):
+                raise InvalidInput(
+                    f'instance {index}: expected {{"image": {{"b64": "<base64 image>"}}}}, '
+                    f"got {str(instance)[:80]}"
+                )
+            images.append(encoded)
+        return images
+
+    def _top_k(self, parameters: Any) -> int:
+        value = codecs.parameter(parameters, TOP_K_PARAMETER)
+        if value is None:
+            return self.settings.default_top_k
+        limit = len(self.labels)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+            raise InvalidInput(f"parameter top_k is {value!r}, expected an integer 1 to {limit}")
+        return value
+
+    async def _decode_all(self, images: list[bytes | str]) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        jobs = [
+            loop.run_in_executor(self._pool, self._decode_one, index, image, len(images))
+            for index, image in enumerate(images)
+        ]
+        return np.stack(await asyncio.gather(*jobs))
+
+    def _decode_one(self, index: int, image: bytes | str, count: int) -> np.ndarray:
+        where = f"image {index}" if count == 1 else f"image {index} of {count}"
+        try:
+            data = _b64decode(image) if isinstance(image, str) else image
+            return preprocess(data, self.params, self.limits)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{where}: {exc.reason}") from exc
+
+    def _logits(self, response: InferResponse, count: int) -> np.ndarray:
+        output = response.get_output_by_name(self.logits_output.name)
+        if output is None:
+            names = [o.name for o in response.outputs]
+            raise InferenceError(
+                f"the predictor answered outputs {names}, expected {self.logits_output.name!r}"
+            )
+        logits = codecs.output_to_numpy(output)
+        if logits.ndim != 2 or logits.shape[0] != count:
+            raise InferenceError(
+                f"the predictor answered logits of shape {list(logits.shape)} for {count} images"
+            )
+        return logits
+
+
+def _b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput(f"invalid base64 ({len(text)} characters): {exc}") from exc

@@ -1,0 +1,99 @@
+"""The transformer's settings: kserve's flags plus ours, parsed and validated once at start."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from kserve.predictor_config import PredictorConfig
+
+from common.cpus import available_cpus
+from common.server import base_parser, positive_int
+
+DEFAULT_MODEL_DIR = "/mnt/models"
+FORWARD_PROTOCOL = "grpc-v2"
+
+
+@dataclass(frozen=True)
+class TransformerSettings:
+    """Everything the transformer needs beyond kserve's own server flags."""
+
+    model_name: str
+    model_dir: Path
+    predictor: PredictorConfig
+    decode_workers: int
+    max_images: int
+    max_image_pixels: int
+    default_top_k: int
+    max_request_bytes: int
+    server_args: argparse.Namespace
+
+
+def parser() -> argparse.ArgumentParser:
+    """The transformer's command line (kserve's server flags are included)."""
+    p = base_parser("Decode images, forward UINT8 pixels to the predictor, answer top-k classes.")
+    p.add_argument(
+        "--model_dir",
+        default=DEFAULT_MODEL_DIR,
+        help="Model repository root (labels.txt and preprocess.json are read).",
+    )
+    p.add_argument(
+        "--decode_workers",
+        type=positive_int,
+        default=None,
+        help="Threads decoding images (default: the CPUs this container may use).",
+    )
+    p.add_argument(
+        "--max_images",
+        type=positive_int,
+        default=None,
+        help="Most images in one request (default: the model's max_batch_size).",
+    )
+    p.add_argument(
+        "--max_image_pixels",
+        type=positive_int,
+        default=50_000_000,
+        help="Largest image (width x height) decoded; larger ones get a 400.",
+    )
+    p.add_argument(
+        "--top_k",
+        type=positive_int,
+        default=5,
+        help="Classes returned per image unless the request's top_k says otherwise.",
+    )
+    # The controller injects --predictor_host but not the protocol; grpc-v2 is the only
+    # forwarding this transformer speaks (kserve 0.21's REST-v2 forwarding is broken).
+    p.set_defaults(predictor_protocol=FORWARD_PROTOCOL, predictor_request_timeout_seconds=60)
+    return p
+
+
+def parse(argv: list[str] | None = None) -> TransformerSettings:
+    """Parse and validate the command line; exits with a usage message on bad flags."""
+    p = parser()
+    args = p.parse_args(argv)
+    if args.predictor_protocol != FORWARD_PROTOCOL:
+        p.error(
+            f"--predictor_protocol {args.predictor_protocol}: this transformer forwards raw "
+            f"UINT8 tensors over {FORWARD_PROTOCOL} only"
+        )
+    if not args.predictor_host:
+        p.error("--predictor_host is required (host:port of the predictor's gRPC endpoint)")
+    return TransformerSettings(
+        model_name=args.model_name,
+        model_dir=Path(args.model_dir),
+        predictor=PredictorConfig(
+            predictor_host=args.predictor_host,
+            predictor_protocol=args.predictor_protocol,
+            predictor_use_ssl=args.predictor_use_ssl,
+            predictor_request_timeout_seconds=args.predictor_request_timeout_seconds,
+            predictor_request_retries=args.predictor_request_retries,
+            predictor_health_check=args.enable_predictor_health_check,
+        ),
+        decode_workers=args.decode_workers or available_cpus(),
+        max_images=args.max_images or 0,
+        max_image_pixels=args.max_image_pixels,
+        default_top_k=args.top_k,
+        max_request_bytes=args.max_request_bytes,
+        server_args=args,
+    )
