@@ -23,6 +23,7 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _ORIENTATION_TAG = 0x0112
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _WHITE = (255, 255, 255, 255)
+DRAFT_OVERSAMPLING = 2
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,8 @@ class DecodeLimits:
 
 
 def load_image(data: bytes, limits: DecodeLimits, shorter_side: int) -> Image.Image:
-    """Decode image bytes to an upright RGB image whose shorter side is >= `shorter_side`
-    where the file allows it (JPEGs are decoded at the smallest sufficient DCT scale).
+    """Decode image bytes to an upright RGB image, large JPEGs at a reduced DCT scale that
+    keeps the shorter side >= 2 x `shorter_side`.
 
     Raises InvalidInput for empty bytes, non-images, formats outside ACCEPTED_FORMATS,
     decompression bombs (more than `limits.max_pixels` declared) and truncated or corrupt data.
@@ -59,7 +60,9 @@ def load_image(data: bytes, limits: DecodeLimits, shorter_side: int) -> Image.Im
             f"{limits.max_pixels} (a decompression bomb or an image too large to serve)"
         )
     if image.format in ("JPEG", "MPO"):
-        scale = shorter_side / min(width, height)
+        # DCT scaling (1/2, 1/4, 1/8) is a coarse filter: keep at least twice the final size so
+        # the bilinear resize still does the last 2x, and scores stay with the full decode's.
+        scale = DRAFT_OVERSAMPLING * shorter_side / min(width, height)
         image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
     try:
         image.load()
@@ -93,17 +96,20 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def resize_and_crop(image: Image.Image, params: Preprocessing) -> np.ndarray:
     """Scale the shorter side to `params.resize` and centre-crop `params.crop`, in one resize.
 
-    The crop is taken in source coordinates (Pillow's `box`), so only the pixels that survive
-    the crop are resampled. Returns UINT8 [crop, crop, 3].
+    Same geometry as torchvision's Resize(resize) + CenterCrop(crop), but the crop is mapped
+    back to source coordinates (Pillow's resize `box`), so only the pixels that survive the
+    crop are resampled. Returns UINT8 [crop, crop, 3].
     """
     width, height = image.size
-    side = min(width, height) * params.crop / params.resize  # the crop, in source pixels
-    left, top = (width - side) / 2, (height - side) / 2
-    resized = image.resize(
-        (params.crop, params.crop),
-        Image.Resampling.BILINEAR,
-        box=(left, top, left + side, top + side),
-    )
+    if width <= height:
+        scaled_w, scaled_h = params.resize, int(params.resize * height / width)
+    else:
+        scaled_w, scaled_h = int(params.resize * width / height), params.resize
+    left = round((scaled_w - params.crop) / 2)
+    top = round((scaled_h - params.crop) / 2)
+    sx, sy = width / scaled_w, height / scaled_h
+    box = (left * sx, top * sy, (left + params.crop) * sx, (top + params.crop) * sy)
+    resized = image.resize((params.crop, params.crop), Image.Resampling.BILINEAR, box=box)
     return np.asarray(resized)
 
 

@@ -1,0 +1,61 @@
+# One-command entry points. A fresh machine needs only python3 (3.11) and make.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODEL_REPO ?= model_repository
+MODEL_NAME ?= image-classifier
+TRANSFORMER_HTTP_PORT ?= 8080
+TRANSFORMER_GRPC_PORT ?= 8081
+PREDICTOR_HTTP_PORT ?= 9080
+PREDICTOR_GRPC_PORT ?= 9081
+STAMP := $(VENV)/.installed
+MODEL := $(MODEL_REPO)/$(MODEL_NAME)/1/model.pt
+
+.PHONY: help venv model-repo serve test lint unit bench images clean
+
+help:
+	@echo "make serve       create the venv, build the model repository, run predictor + transformer"
+	@echo "make test        lint (ruff, mypy) and the whole test suite"
+	@echo "make bench       benchmark: in-process limit vs served pipeline vs stock pattern"
+	@echo "make model-repo  export the default model to $(MODEL_REPO)/"
+	@echo "make images      build the container images (needs a container engine)"
+
+# The venv is rebuilt when the project's dependencies change. constraints-cpu.txt pins the
+# CPU build of torch for dev and CI installs.
+$(STAMP): pyproject.toml constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints-cpu.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+$(MODEL): | $(STAMP)
+	$(BIN)/python -m predictor.export --repository $(MODEL_REPO) --model_name $(MODEL_NAME)
+
+model-repo: $(MODEL)
+
+serve: $(STAMP) $(MODEL)
+	$(BIN)/python scripts/serve.py --model_dir $(MODEL_REPO) --model_name $(MODEL_NAME) \
+		--transformer_http_port $(TRANSFORMER_HTTP_PORT) --transformer_grpc_port $(TRANSFORMER_GRPC_PORT) \
+		--predictor_http_port $(PREDICTOR_HTTP_PORT) --predictor_grpc_port $(PREDICTOR_GRPC_PORT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy common predictor transformer rollout scripts tests
+
+test: lint $(MODEL)
+	MODEL_REPOSITORY=$(MODEL_REPO) $(BIN)/python -m pytest
+
+bench: $(STAMP) $(MODEL)
+	$(BIN)/python -m bench --model_dir $(MODEL_REPO) --out bench-results
+
+images:
+	@if docker info >/dev/null 2>&1; then \
+		docker build -f docker/predictor.Dockerfile -t image-classifier-predictor:dev . && \
+		docker build -f docker/transformer.Dockerfile -t image-classifier-transformer:dev . ; \
+	else echo "make images: no container engine reachable (docker info failed)"; exit 1; fi
+
+clean:
+	rm -rf $(VENV) $(MODEL_REPO) bench-results .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,84 @@
+"""Runs tritonclient.grpc calls in a process of its own and prints the results as JSON.
+
+kserve and tritonclient.grpc cannot be imported into one process (both register the protobuf
+package `inference`), so the pytest process, which imports kserve, runs this script instead:
+
+    python tests/grpc_client.py < calls.json > results.json
+
+Input: a JSON list of calls, each {"op": ..., "url": "host:port", ...}. Output: a list of
+results in the same order, {"ok": true, ...} or {"ok": false, "code": ..., "message": ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+
+def health(client: grpcclient.InferenceServerClient, call: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "live": client.is_server_live(),
+        "ready": client.is_server_ready(),
+        "model_ready": client.is_model_ready(call["model"]),
+    }
+
+
+def metadata(client: grpcclient.InferenceServerClient, call: dict[str, Any]) -> dict[str, Any]:
+    meta = client.get_model_metadata(call["model"], as_json=True)
+    return {"inputs": meta.get("inputs", []), "outputs": meta.get("outputs", [])}
+
+
+def infer_images(client: grpcclient.InferenceServerClient, call: dict[str, Any]) -> dict[str, Any]:
+    blobs = [Path(f).read_bytes() for f in call.get("files", [])]
+    blobs += [bytes.fromhex(h) for h in call.get("hex", [])]
+    tensor = grpcclient.InferInput("image", [len(blobs)], "BYTES")
+    tensor.set_data_from_numpy(np.array(blobs, dtype=np.object_))
+    parameters = {"top_k": call["top_k"]} if "top_k" in call else None
+    result = client.infer(call["model"], [tensor], parameters=parameters)
+    return {
+        "class_id": result.as_numpy("class_id").tolist(),
+        "label": [[v.decode() for v in row] for row in result.as_numpy("label")],
+        "score": result.as_numpy("score").tolist(),
+    }
+
+
+def infer_tensor(client: grpcclient.InferenceServerClient, call: dict[str, Any]) -> dict[str, Any]:
+    array = np.load(call["npy"])
+    tensor = grpcclient.InferInput(call["name"], list(array.shape), call["datatype"])
+    tensor.set_data_from_numpy(array)
+    result = client.infer(call["model"], [tensor])
+    logits = result.as_numpy(call["output"])
+    return {"shape": list(logits.shape), "dtype": str(logits.dtype), "values": logits.tolist()}
+
+
+OPS = {
+    "health": health,
+    "metadata": metadata,
+    "infer_images": infer_images,
+    "infer_tensor": infer_tensor,
+}
+
+
+def main() -> int:
+    calls = json.load(sys.stdin)
+    results = []
+    for call in calls:
+        client = grpcclient.InferenceServerClient(call["url"])
+        try:
+            results.append({"ok": True, **OPS[call["op"]](client, call)})
+        except InferenceServerException as exc:
+            results.append({"ok": False, "code": exc.status(), "message": exc.message()})
+        finally:
+            client.close()
+    json.dump(results, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

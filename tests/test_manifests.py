@@ -1,0 +1,469 @@
+"""Render every kustomize overlay under manifests/ and check what the deployment relies on.
+
+Each overlay is rendered with `kubectl kustomize`, validated strictly against the real KServe
+CRDs (the shared validate-manifests tool, when present), loaded into the kserve SDK's
+V1beta1InferenceService, and checked for the invariants that matter: GPU placement, the
+transformer-to-predictor gRPC wiring, probes and hardening on every container, pinned images,
+one model repository for both components, and the canary split. No YAML snapshots.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kserve
+import kubernetes.client
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MANIFESTS = REPO_ROOT / "manifests"
+OVERLAYS_DIR = MANIFESTS / "overlays"
+VALIDATOR = REPO_ROOT.parent / "shared" / "tools" / "validate-manifests"
+KUBECTL = shutil.which("kubectl")
+
+GPU = "nvidia.com/gpu"
+BASE_URI = "gs://YOUR-BUCKET/models/image-classifier/v1"
+CANARY_URI = "gs://YOUR-BUCKET/models/image-classifier/v2"
+CANARY_PERCENT = 10
+IMAGE_PATTERNS = {
+    "predictor": re.compile(r"ghcr\.io/example/image-classifier-predictor:\d+\.\d+\.\d+"),
+    "transformer": re.compile(r"ghcr\.io/example/image-classifier-transformer:\d+\.\d+\.\d+"),
+    "triton": re.compile(r"nvcr\.io/nvidia/tritonserver:\d{2}\.\d{2}-py3"),
+}
+# Fields KServe rejects on a spec.canary predictor: canaries run fixed replicas.
+CANARY_FORBIDDEN = ("maxReplicas", "scaleMetric", "scaleMetricType", "scaleTarget", "autoScaling")
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What one overlay must render to."""
+
+    mode: str | None  # serving.kserve.io/deploymentMode, None = the cluster default
+    gpu: bool
+    canary: bool = False
+    triton: bool = False
+
+
+OVERLAYS: dict[str, Expect] = {
+    "gpu": Expect(mode=None, gpu=True),
+    "cpu": Expect(mode=None, gpu=False),
+    "knative": Expect(mode="Knative", gpu=True),
+    "knative-scale-to-zero": Expect(mode="Knative", gpu=True),
+    "standard": Expect(mode="Standard", gpu=True),
+    "canary/knative": Expect(mode="Knative", gpu=True, canary=True),
+    "canary/standard": Expect(mode="Standard", gpu=True, canary=True),
+    "triton": Expect(mode=None, gpu=True, triton=True),
+}
+
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+each_overlay = pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+@functools.cache
+def render_text(path: str) -> str:
+    """Return `kubectl kustomize manifests/<path>`; raises AssertionError with kustomize's error."""
+    assert KUBECTL is not None
+    proc = subprocess.run(
+        [KUBECTL, "kustomize", str(MANIFESTS / path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, f"kubectl kustomize manifests/{path} failed:\n{proc.stderr}"
+    return proc.stdout
+
+
+def render(path: str) -> list[dict[str, Any]]:
+    """Return the rendered documents of manifests/<path> (a fresh copy each call)."""
+    return [doc for doc in yaml.safe_load_all(render_text(path)) if doc]
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """Return the single document of `kind`; raises AssertionError on zero or several."""
+    found = [doc for doc in docs if doc["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def isvc_of(overlay: str) -> dict[str, Any]:
+    return one(render(f"overlays/{overlay}"), "InferenceService")
+
+
+def predictor_pods(isvc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (label, predictor spec) for the stable predictor and every spec.canary predictor."""
+    yield "predictor", isvc["spec"]["predictor"]
+    for i, canary in enumerate(isvc["spec"].get("canary", [])):
+        yield f"canary[{i}].predictor", canary["predictor"]
+
+
+def predictor_containers(predictor: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the serving containers of a predictor: custom containers or the model container."""
+    if "model" in predictor:
+        return [predictor["model"]]
+    return list(predictor["containers"])
+
+
+def isvc_containers(isvc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (label, container) for every container the InferenceService declares."""
+    for label, predictor in predictor_pods(isvc):
+        for container in predictor_containers(predictor):
+            yield label, container
+    for container in isvc["spec"]["transformer"]["containers"]:
+        yield "transformer", container
+
+
+def env_value(container: dict[str, Any], name: str) -> str | None:
+    return next((e.get("value") for e in container.get("env", []) if e["name"] == name), None)
+
+
+def flag_value(args: list[str], flag: str) -> str | None:
+    """Return the value following `flag` in an argv list (or after `flag=`), None if absent."""
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def storage_uri(predictor: dict[str, Any]) -> str | None:
+    if "model" in predictor:
+        return predictor["model"].get("storageUri")
+    return env_value(predictor["containers"][0], "STORAGE_URI")
+
+
+# ---------------------------------------------------------------------------- kserve SDK
+
+
+class _SdkClient(kserve.ApiClient):
+    """kserve's ApiClient, able to build the Kubernetes types the kserve models embed.
+
+    kserve's generated deserializer looks every type name up in `kserve.models` only; the
+    V1Container, V1Toleration, ... inside a predictor live in `kubernetes.client.models`, which
+    builds them itself (`from_dict`).
+    """
+
+    _K8S_ALIAS = re.compile(r"K8sIoApi[A-Z][a-z]+(V\d+(?:(?:alpha|beta)\d+)?)(\w+)")
+    _RAW = frozenset({"V1beta1MetricQuantity", "ResourceQuantity"})
+
+    def _ApiClient__deserialize(self, data: Any, klass: Any) -> Any:
+        if isinstance(klass, str) and not hasattr(kserve.models, klass):
+            if klass in self._RAW:
+                return data
+            alias = self._K8S_ALIAS.fullmatch(klass)
+            name = "".join(alias.groups()) if alias else klass
+            k8s_model = getattr(kubernetes.client.models, name, None)
+            if k8s_model is not None:
+                return None if data is None else k8s_model.from_dict(data)
+        return super()._ApiClient__deserialize(data, klass)
+
+
+class _Response:
+    """The one attribute ApiClient.deserialize reads from an HTTP response."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.data = json.dumps(body)
+
+
+def assert_contained(original: Any, round_trip: Any, path: str = "") -> None:
+    """Assert every field and value of `original` is in `round_trip`; raises AssertionError."""
+    if isinstance(original, dict):
+        assert isinstance(round_trip, dict), path
+        for key, value in original.items():
+            assert key in round_trip, f"{path}.{key} lost"
+            assert_contained(value, round_trip[key], f"{path}.{key}")
+    elif isinstance(original, list):
+        assert isinstance(round_trip, list) and len(round_trip) == len(original), path
+        for i, (a, b) in enumerate(zip(original, round_trip, strict=True)):
+            assert_contained(a, b, f"{path}[{i}]")
+    else:
+        assert original == round_trip, f"{path}: {original!r} became {round_trip!r}"
+
+
+def load_into_sdk(isvc: dict[str, Any]) -> Any:
+    """Return `isvc` as a kserve.models.V1beta1InferenceService; raises on a malformed field."""
+    return _SdkClient().deserialize(_Response(isvc), "V1beta1InferenceService")
+
+
+# ---------------------------------------------------------------------------- tests
+
+
+def test_every_overlay_on_disk_is_checked() -> None:
+    on_disk = {
+        str(path.parent.relative_to(OVERLAYS_DIR))
+        for path in OVERLAYS_DIR.rglob("kustomization.yaml")
+        if yaml.safe_load(path.read_text()).get("kind", "Kustomization") == "Kustomization"
+    }
+    assert on_disk == set(OVERLAYS), "add new overlays to OVERLAYS with what they must render to"
+
+
+@pytest.fixture(scope="session")
+def crd_validation(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Path]]:
+    """Run the validator once over every rendered overlay; return its output and the files.
+
+    One run, not one per overlay: loading the CRD schemas takes seconds.
+    """
+    if not VALIDATOR.exists():
+        pytest.skip(f"{VALIDATOR} not found")
+    out_dir = tmp_path_factory.mktemp("rendered")
+    files = {}
+    for overlay in OVERLAYS:
+        files[overlay] = out_dir / (overlay.replace("/", "_") + ".yaml")
+        files[overlay].write_text(render_text(f"overlays/{overlay}"))
+    proc = subprocess.run(
+        [sys.executable, str(VALIDATOR), *map(str, files.values())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = proc.stdout + proc.stderr
+    assert re.search(r"\b\d+ checked, \d+ failed", output), output
+    return output, files
+
+
+@needs_kubectl
+@each_overlay
+def test_overlay_passes_strict_crd_validation(
+    overlay: str, crd_validation: tuple[str, dict[str, Path]]
+) -> None:
+    output, files = crd_validation
+    errors = [line for line in output.splitlines() if line.startswith(f"{files[overlay]}:")]
+    assert not errors, "\n".join(errors)
+
+
+@needs_kubectl
+@each_overlay
+def test_inference_service_loads_into_kserve_sdk_without_losing_fields(overlay: str) -> None:
+    isvc = isvc_of(overlay)
+    model = load_into_sdk(isvc)
+    assert isinstance(model, kserve.V1beta1InferenceService)
+    assert model.metadata.name == "image-classifier"
+    assert model.spec.transformer is not None
+    # A field the SDK does not know is silently dropped on load: the round trip shows it.
+    # (The other way round is fine: the SDK adds its defaults, such as model.name "".)
+    assert_contained(isvc, _SdkClient().sanitize_for_serialization(model))
+
+
+@needs_kubectl
+@each_overlay
+def test_gpu_only_on_the_predictor_and_only_in_gpu_overlays(overlay: str) -> None:
+    expect, isvc = OVERLAYS[overlay], isvc_of(overlay)
+    for label, predictor in predictor_pods(isvc):
+        for container in predictor_containers(predictor):
+            limits = container.get("resources", {}).get("limits", {})
+            assert limits.get(GPU) == ("1" if expect.gpu else None), label
+            if "args" in container and not expect.triton:
+                assert flag_value(container["args"], "--device") == (
+                    "cuda" if expect.gpu else "cpu"
+                )
+        tolerations = {t["key"] for t in predictor.get("tolerations", [])}
+        assert (GPU in tolerations) == expect.gpu, label
+        assert ("nvidia.com/gpu.present" in predictor.get("nodeSelector", {})) == expect.gpu, label
+    transformer = isvc["spec"]["transformer"]
+    for container in transformer["containers"]:
+        for section in ("requests", "limits"):
+            names = container.get("resources", {}).get(section, {})
+            assert not [n for n in names if n.startswith("nvidia.com/")], "transformer holds a GPU"
+    assert "nodeSelector" not in transformer and "tolerations" not in transformer
+
+
+@needs_kubectl
+@each_overlay
+def test_transformer_calls_the_predictor_over_grpc_v2(overlay: str) -> None:
+    (container,) = isvc_of(overlay)["spec"]["transformer"]["containers"]
+    assert container["name"] == "kserve-container"
+    assert flag_value(container["args"], "--predictor_protocol") == "grpc-v2"
+    assert flag_value(container["args"], "--model_dir") == "/mnt/models"
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [("http1", 8080)]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8080}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8080}
+
+
+@needs_kubectl
+@each_overlay
+def test_predictor_exposes_one_h2c_port_probed_over_tcp(overlay: str) -> None:
+    isvc = isvc_of(overlay)
+    for label, predictor in predictor_pods(isvc):
+        (container,) = predictor_containers(predictor)
+        (port,) = container["ports"]  # Knative allows one port per container
+        assert port["name"] == "h2c", label
+        for probe in ("readinessProbe", "livenessProbe"):
+            # Knative: probe port == container port; no grpc.health.v1 in KServe.
+            assert container[probe]["tcpSocket"]["port"] == port["containerPort"], (label, probe)
+        if not OVERLAYS[overlay].triton:
+            assert container["name"] == "kserve-container"
+            assert flag_value(container["args"], "--grpc_port") == str(port["containerPort"])
+
+
+@needs_kubectl
+@each_overlay
+def test_every_container_is_probed_and_hardened(overlay: str) -> None:
+    docs = render(f"overlays/{overlay}")
+    isvc = one(docs, "InferenceService")
+    hardened: list[tuple[str, dict[str, Any]]] = list(isvc_containers(isvc))
+    for label, container in hardened:
+        assert "readinessProbe" in container and "livenessProbe" in container, label
+    for runtime in (d for d in docs if d["kind"] == "ServingRuntime"):
+        hardened += [("runtime", c) for c in runtime["spec"]["containers"]]
+    for label, container in hardened:
+        sc = container.get("securityContext", {})
+        assert sc.get("runAsNonRoot") is True and sc.get("runAsUser") == 1000, label
+        assert sc.get("readOnlyRootFilesystem") is True, label
+        assert sc.get("allowPrivilegeEscalation") is False, label
+        assert sc.get("capabilities", {}).get("drop") == ["ALL"], label
+        resources = container.get("resources", {})
+        assert {"cpu", "memory"} <= set(resources.get("requests", {})), label
+        assert {"cpu", "memory"} <= set(resources.get("limits", {})), label
+
+
+@needs_kubectl
+@each_overlay
+def test_tmp_is_a_writable_emptydir_under_the_read_only_root(overlay: str) -> None:
+    docs = render(f"overlays/{overlay}")
+    isvc = one(docs, "InferenceService")
+    pods: list[tuple[str, dict[str, Any], list[dict[str, Any]]]] = [
+        (label, predictor, predictor_containers(predictor))
+        for label, predictor in predictor_pods(isvc)
+        if "containers" in predictor
+    ]
+    pods.append(
+        ("transformer", isvc["spec"]["transformer"], isvc["spec"]["transformer"]["containers"])
+    )
+    for runtime in (d for d in docs if d["kind"] == "ServingRuntime"):
+        pods.append(("runtime", runtime["spec"], runtime["spec"]["containers"]))
+    for label, pod, containers in pods:
+        empty_dirs = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+        for container in containers:
+            mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+            assert mounts.get("/tmp") in empty_dirs, label
+
+
+@needs_kubectl
+@each_overlay
+def test_images_are_pinned(overlay: str) -> None:
+    docs = render(f"overlays/{overlay}")
+    isvc = one(docs, "InferenceService")
+    images: list[str] = [c["image"] for _, c in isvc_containers(isvc) if "image" in c]
+    images += [
+        c["image"] for d in docs if d["kind"] == "ServingRuntime" for c in d["spec"]["containers"]
+    ]
+    expected = (
+        {"transformer", "triton"} if OVERLAYS[overlay].triton else {"predictor", "transformer"}
+    )
+    for image in images:
+        assert any(IMAGE_PATTERNS[kind].fullmatch(image) for kind in expected), image
+    assert {
+        kind for kind in expected for image in images if IMAGE_PATTERNS[kind].fullmatch(image)
+    } == expected
+    # The two custom images are one release: same tag.
+    tags = {image.rsplit(":", 1)[1] for image in images if image.startswith("ghcr.io/example/")}
+    assert len(tags) == 1, tags
+
+
+@needs_kubectl
+@each_overlay
+def test_transformer_reads_the_stable_predictors_model_repository(overlay: str) -> None:
+    expect, isvc = OVERLAYS[overlay], isvc_of(overlay)
+    transformer_uri = env_value(isvc["spec"]["transformer"]["containers"][0], "STORAGE_URI")
+    predictor_uri = storage_uri(isvc["spec"]["predictor"])
+    assert transformer_uri == BASE_URI
+    if expect.canary and expect.mode == "Knative":
+        # The predictor spec names the new revision's model; the stable revision (and the
+        # transformer, which a canary must not change) keep v1.
+        assert predictor_uri == CANARY_URI
+    else:
+        assert predictor_uri == transformer_uri
+    for label, predictor in list(predictor_pods(isvc))[1:]:
+        assert storage_uri(predictor) == CANARY_URI, label
+
+
+@needs_kubectl
+@each_overlay
+def test_canary_split_only_in_canary_overlays(overlay: str) -> None:
+    expect, isvc = OVERLAYS[overlay], isvc_of(overlay)
+    spec = isvc["spec"]
+    assert "canaryTrafficPercent" not in spec["transformer"]
+    if not expect.canary:
+        assert "canary" not in spec and "canaryTrafficPercent" not in spec["predictor"]
+    elif expect.mode == "Knative":
+        assert spec["predictor"]["canaryTrafficPercent"] == CANARY_PERCENT
+        assert "canary" not in spec
+    else:
+        # Standard mode ignores canaryTrafficPercent; it runs spec.canary entries instead.
+        assert "canaryTrafficPercent" not in spec["predictor"]
+        (canary,) = spec["canary"]
+        assert canary["trafficPercent"] == CANARY_PERCENT
+        candidate = canary["predictor"]
+        assert candidate["name"] and candidate["name"] != spec["predictor"].get("name")
+        assert not [f for f in CANARY_FORBIDDEN if f in candidate]
+        # Same pod as the stable predictor except for the model it loads.
+        stable = spec["predictor"]
+        for field in ("volumes", "nodeSelector", "tolerations"):
+            assert candidate.get(field) == stable.get(field), field
+        (new,), (old,) = candidate["containers"], stable["containers"]
+        swap = {"name": "STORAGE_URI", "value": BASE_URI}
+        assert {
+            **new,
+            "env": [swap if e["name"] == "STORAGE_URI" else e for e in new["env"]],
+        } == old
+
+
+@needs_kubectl
+@each_overlay
+def test_mode_and_autoscaling_fit_together(overlay: str) -> None:
+    expect, isvc = OVERLAYS[overlay], isvc_of(overlay)
+    annotations = isvc["metadata"].get("annotations", {})
+    assert annotations.get("serving.kserve.io/deploymentMode") == expect.mode
+    components = {
+        "predictor": isvc["spec"]["predictor"],
+        "transformer": isvc["spec"]["transformer"],
+    }
+    for name, component in components.items():
+        if "minReplicas" in component and "maxReplicas" in component:
+            assert component["minReplicas"] <= component["maxReplicas"], name
+        if expect.mode == "Knative":
+            # The KPA scales on requests, and the webhook rejects deploymentStrategy here.
+            assert component["scaleMetric"] in ("concurrency", "rps"), name
+            assert "deploymentStrategy" not in component, name
+        elif expect.mode == "Standard":
+            assert annotations.get("serving.kserve.io/autoscalerClass") == "hpa"
+            assert component["scaleMetric"] in ("cpu", "memory"), name
+            assert 1 <= component["scaleTarget"] <= 100, name
+            assert component["deploymentStrategy"]["type"] == "RollingUpdate", name
+        else:
+            assert "scaleMetric" not in component and "deploymentStrategy" not in component
+    if expect.mode is not None:
+        # The GPU predictor stays warm; overlays/knative-scale-to-zero is the one exception.
+        assert components["predictor"]["minReplicas"] == (0 if "scale-to-zero" in overlay else 1)
+
+
+@needs_kubectl
+def test_triton_runs_the_same_transformer_against_triton_grpc() -> None:
+    docs = render("overlays/triton")
+    isvc, runtime = one(docs, "InferenceService"), one(docs, "ServingRuntime")
+    base = one(render("base"), "InferenceService")
+    assert isvc["spec"]["transformer"] == base["spec"]["transformer"]
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["modelFormat"]["name"] in {
+        f["name"] for f in runtime["spec"]["supportedModelFormats"]
+    }
+    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
+    (server,) = runtime["spec"]["containers"]
+    assert flag_value(server["args"], "--model-store") == "/mnt/models"
+    assert flag_value(server["args"], "--grpc-port") == str(model["ports"][0]["containerPort"])

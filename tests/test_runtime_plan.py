@@ -1,0 +1,59 @@
+"""Device, precision and CUDA-graph selection (pure: no GPU needed), and the CPU runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.modelrepo import resolve
+from predictor.runtime import ExecutionPlan, TorchRunner, plan_execution
+
+
+def test_auto_picks_cuda_fp16_and_graphs_when_cuda_is_present() -> None:
+    plan = plan_execution("auto", "auto", "auto", 4, cuda_available=True)
+    assert plan == ExecutionPlan(
+        "cuda", "fp16", cuda_graphs=True, pinned_memory=True, num_threads=4
+    )
+
+
+def test_auto_picks_cpu_fp32_without_cuda() -> None:
+    plan = plan_execution("auto", "auto", "auto", 2, cuda_available=False)
+    assert plan == ExecutionPlan(
+        "cpu", "fp32", cuda_graphs=False, pinned_memory=False, num_threads=2
+    )
+
+
+def test_explicit_choices_are_honoured() -> None:
+    plan = plan_execution("cuda:1", "fp32", "off", 2, cuda_available=True)
+    assert (plan.device, plan.dtype, plan.cuda_graphs) == ("cuda:1", "fp32", False)
+
+
+@pytest.mark.parametrize(
+    ("device", "precision", "graphs", "message"),
+    [
+        ("cuda", "auto", "auto", "CUDA is not available"),
+        ("cpu", "fp16", "auto", "fp16 needs a CUDA device"),
+        ("cpu", "auto", "on", "needs a CUDA device"),
+        ("tpu", "auto", "auto", "expected auto, cpu"),
+    ],
+)
+def test_impossible_choices_are_refused(
+    device: str, precision: str, graphs: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        plan_execution(device, precision, graphs, 1, cuda_available=False)
+
+
+def test_cpu_runner_gives_same_logits_for_pixels_and_normalised_input(
+    model_repository: Path,
+) -> None:
+    version = resolve(model_repository, "image-classifier")
+    runner = TorchRunner(version.artifact, plan_execution("cpu", "auto", "auto", 2, False), 4)
+    runner.warm_up((224, 224, 3))
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    normalised = ((pixels.astype(np.float32) - 127) / 128).transpose(0, 3, 1, 2).copy()
+    from_pixels, from_float = runner.run(pixels), runner.run(normalised)
+    assert from_pixels.shape == (2, 1000) and from_pixels.dtype == np.float32
+    np.testing.assert_allclose(from_pixels, from_float, atol=1e-3)

@@ -1,0 +1,483 @@
+"""End to end: real predictor and transformer processes on loopback, real clients.
+
+client -> transformer (V1 JSON, V2 REST JSON/binary, V2 gRPC) -> predictor (V2 gRPC, UINT8)
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import io
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import reference
+import tritonclient.http as httpclient
+from conftest import DATA, MODEL_NAME, TEST_MAX_REQUEST_BYTES, Server
+from test_imaging import png_declaring
+
+# Photo, and what a person would call it (a substring of the top-1 ImageNet label).
+PHOTOS = {
+    "coffee.jpg": "espresso",
+    "chelsea.jpg": "cat",  # a tabby: "tabby", "tiger cat" or "Egyptian cat"
+    "rocket.jpg": "missile",
+}
+ALL_IMAGES = [*PHOTOS, "astronaut.jpg", "camera.png"]  # camera.png is a greyscale PNG
+
+
+def b64(name: str) -> str:
+    return base64.b64encode((DATA / name).read_bytes()).decode()
+
+
+def v1(server: Server, instances: list[Any], **extra: Any) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}/v1/models/{MODEL_NAME}:predict",
+        json={"instances": instances, **extra},
+        timeout=60,
+    )
+
+
+def grpc_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run tritonclient.grpc calls in a separate process (see tests/grpc_client.py)."""
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("grpc_client.py"))],
+        input=json.dumps(calls).encode(),
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def assert_good_request_still_works(transformer: Server) -> None:
+    response = v1(transformer, [{"image": {"b64": b64("coffee.jpg")}}])
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0][0]["label"] == "espresso"
+    assert transformer.alive()
+
+
+# --- correctness --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ALL_IMAGES)
+def test_v1_top5_matches_reference(transformer: Server, name: str) -> None:
+    response = v1(transformer, [{"image": {"b64": b64(name)}}])
+    assert response.status_code == 200, response.text
+    top5 = response.json()["predictions"][0]
+    assert len(top5) == 5 and set(top5[0]) == {"class_id", "label", "score"}
+    reference.assert_matches(
+        [p["class_id"] for p in top5],
+        [p["score"] for p in top5],
+        reference.probabilities((DATA / name).read_bytes()),
+    )
+    if name in PHOTOS:
+        assert PHOTOS[name] in top5[0]["label"], top5
+
+
+def test_phone_sized_photo_matches_reference(transformer: Server) -> None:
+    """A 12-megapixel JPEG goes through draft-mode decoding and still matches the reference."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.open(DATA / "chelsea.jpg").resize((4032, 3024), Image.Resampling.BICUBIC).save(
+        buffer, "JPEG", quality=90
+    )
+    data = buffer.getvalue()
+    response = v1(transformer, [{"image": {"b64": base64.b64encode(data).decode()}}])
+    assert response.status_code == 200, response.text
+    top5 = response.json()["predictions"][0]
+    reference.assert_matches(
+        [p["class_id"] for p in top5], [p["score"] for p in top5], reference.probabilities(data)
+    )
+    assert "cat" in top5[0]["label"]
+
+
+def test_v1_batch_keeps_order_and_honours_top_k(transformer: Server) -> None:
+    names = list(PHOTOS)
+    response = v1(transformer, [{"image": {"b64": b64(n)}} for n in names], parameters={"top_k": 2})
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert [len(p) for p in predictions] == [2, 2, 2]
+    for name, top in zip(names, predictions, strict=True):
+        assert PHOTOS[name] in top[0]["label"]
+
+
+def test_v2_rest_binary_with_tritonclient(transformer: Server) -> None:
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{transformer.http_port}")
+    blobs = np.array([(DATA / n).read_bytes() for n in PHOTOS], dtype=np.object_)
+    tensor = httpclient.InferInput("image", [len(blobs)], "BYTES")
+    tensor.set_data_from_numpy(blobs, binary_data=True)
+    outputs = [
+        httpclient.InferRequestedOutput(n, binary_data=True) for n in ("class_id", "label", "score")
+    ]
+    result = client.infer(MODEL_NAME, [tensor], outputs=outputs, parameters={"top_k": 3})
+    class_ids, labels, scores = (result.as_numpy(n) for n in ("class_id", "label", "score"))
+    assert class_ids.shape == (3, 3) and class_ids.dtype == np.int64
+    assert scores.dtype == np.float32 and labels.shape == (3, 3)
+    for row, name in enumerate(PHOTOS):
+        assert PHOTOS[name] in labels[row][0].decode()
+        reference.assert_matches(
+            class_ids[row].tolist(),
+            scores[row].tolist(),
+            reference.probabilities((DATA / name).read_bytes()),
+        )
+
+
+def test_v2_rest_json_with_tritonclient(transformer: Server) -> None:
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{transformer.http_port}")
+    # JSON cannot carry raw bytes: BYTES elements are base64 strings.
+    tensor = httpclient.InferInput("image", [1], "BYTES")
+    tensor.set_data_from_numpy(
+        np.array([b64("coffee.jpg").encode()], dtype=np.object_), binary_data=False
+    )
+    outputs = [
+        httpclient.InferRequestedOutput(n, binary_data=False)
+        for n in ("class_id", "label", "score")
+    ]
+    result = client.infer(
+        MODEL_NAME, [tensor], outputs=outputs, headers={"Content-Type": "application/json"}
+    )
+    label = result.as_numpy("label")[0][0]
+    assert (label.decode() if isinstance(label, bytes) else label) == "espresso"
+    assert result.as_numpy("class_id")[0][0] == 967
+
+
+def test_v2_grpc_with_tritonclient(transformer: Server) -> None:
+    files = [str(DATA / n) for n in PHOTOS]
+    health, meta, top5, top1 = grpc_calls(
+        [
+            {"op": "health", "url": transformer.grpc_url, "model": MODEL_NAME},
+            {"op": "metadata", "url": transformer.grpc_url, "model": MODEL_NAME},
+            {
+                "op": "infer_images",
+                "url": transformer.grpc_url,
+                "model": MODEL_NAME,
+                "files": files,
+            },
+            {
+                "op": "infer_images",
+                "url": transformer.grpc_url,
+                "model": MODEL_NAME,
+                "files": files[:1],
+                "top_k": 1,
+            },
+        ]
+    )
+    assert health == {"ok": True, "live": True, "ready": True, "model_ready": True}
+    assert [i["name"] for i in meta["inputs"]] == ["image"]
+    assert [o["name"] for o in meta["outputs"]] == ["class_id", "label", "score"]
+    assert top5["ok"], top5
+    for row, name in enumerate(PHOTOS):
+        assert PHOTOS[name] in top5["label"][row][0]
+        reference.assert_matches(
+            top5["class_id"][row],
+            top5["score"][row],
+            reference.probabilities((DATA / name).read_bytes()),
+        )
+    assert top1["label"] == [["espresso"]]
+
+
+# --- the predictor on its own ---------------------------------------------------------------
+
+
+def test_predictor_metadata_states_real_tensors(predictor: Server) -> None:
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{predictor.http_port}")
+    assert (
+        client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL_NAME)
+    )
+    meta = client.get_model_metadata(MODEL_NAME)
+    assert meta["inputs"] == [
+        {"name": "pixels__0", "datatype": "UINT8", "shape": [-1, 224, 224, 3]}
+    ]
+    assert meta["outputs"] == [{"name": "logits__0", "datatype": "FP32", "shape": [-1, 1000]}]
+
+
+def coffee_pixels() -> np.ndarray:
+    return reference.decode((DATA / "coffee.jpg").read_bytes())[None]
+
+
+def test_predictor_uint8_and_fp32_over_rest(predictor: Server) -> None:
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{predictor.http_port}")
+    pixels = coffee_pixels()
+    expected = reference.logits(pixels)
+    cases = [
+        ("UINT8", pixels, True),
+        ("UINT8", pixels, False),  # JSON numbers
+        ("FP32", reference.normalise(pixels), True),
+    ]
+    for datatype, array, binary in cases:
+        tensor = httpclient.InferInput("pixels__0", list(array.shape), datatype)
+        tensor.set_data_from_numpy(array, binary_data=binary)
+        result = client.infer(
+            MODEL_NAME,
+            [tensor],
+            outputs=[httpclient.InferRequestedOutput("logits__0", binary_data=binary)],
+            headers=None if binary else {"Content-Type": "application/json"},
+        )
+        logits = result.as_numpy("logits__0")
+        assert logits.shape == (1, 1000) and logits.dtype == np.float32
+        np.testing.assert_allclose(
+            logits, expected, atol=2e-3, err_msg=f"{datatype} binary={binary}"
+        )
+
+
+def test_predictor_v1_and_grpc(predictor: Server, tmp_path: Path) -> None:
+    pixels = coffee_pixels()
+    expected = reference.logits(pixels)
+    response = httpx.post(
+        f"{predictor.url}/v1/models/{MODEL_NAME}:predict",
+        json={"instances": pixels.tolist()},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(np.array(response.json()["predictions"]), expected, atol=2e-3)
+
+    np.save(tmp_path / "pixels.npy", np.repeat(pixels, 3, axis=0))
+    np.save(tmp_path / "wrong.npy", pixels[:, :200])
+    health, meta, good, bad = grpc_calls(
+        [
+            {"op": "health", "url": predictor.grpc_url, "model": MODEL_NAME},
+            {"op": "metadata", "url": predictor.grpc_url, "model": MODEL_NAME},
+            {
+                "op": "infer_tensor",
+                "url": predictor.grpc_url,
+                "model": MODEL_NAME,
+                "npy": str(tmp_path / "pixels.npy"),
+                "name": "pixels__0",
+                "datatype": "UINT8",
+                "output": "logits__0",
+            },
+            {
+                "op": "infer_tensor",
+                "url": predictor.grpc_url,
+                "model": MODEL_NAME,
+                "npy": str(tmp_path / "wrong.npy"),
+                "name": "pixels__0",
+                "datatype": "UINT8",
+                "output": "logits__0",
+            },
+        ]
+    )
+    assert health["ready"] and health["model_ready"]
+    assert meta["inputs"][0]["name"] == "pixels__0"
+    assert good["shape"] == [3, 1000] and good["dtype"] == "float32"
+    np.testing.assert_allclose(np.array(good["values"]), np.repeat(expected, 3, axis=0), atol=2e-3)
+    assert bad["code"] == "StatusCode.INVALID_ARGUMENT"
+    assert "shape [1, 200, 224, 3]" in bad["message"]
+
+
+def test_inference_runs_off_the_event_loop(predictor: Server) -> None:
+    """A health check answers while a large batch is being computed."""
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{predictor.http_port}")
+    batch = np.repeat(coffee_pixels(), 32, axis=0)
+    tensor = httpclient.InferInput("pixels__0", list(batch.shape), "UINT8")
+    tensor.set_data_from_numpy(batch)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        started = time.perf_counter()
+        pending = pool.submit(client.infer, MODEL_NAME, [tensor])
+        time.sleep(0.05)
+        live = httpx.get(f"{predictor.url}/v2/health/live", timeout=10)
+        health_done = time.perf_counter()
+        pending.result(timeout=60)
+        infer_done = time.perf_counter()
+    assert live.status_code == 200
+    assert health_done < infer_done - 0.1, (health_done - started, infer_done - started)
+
+
+def test_concurrent_requests_are_batched(predictor: Server) -> None:
+    pixels = coffee_pixels()
+
+    def one() -> np.ndarray:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{predictor.http_port}")
+        tensor = httpclient.InferInput("pixels__0", list(pixels.shape), "UINT8")
+        tensor.set_data_from_numpy(pixels)
+        return client.infer(MODEL_NAME, [tensor]).as_numpy("logits__0")
+
+    def batched_forward_passes() -> float:
+        text = httpx.get(f"{predictor.url}/metrics", timeout=10).text
+        counts = {}
+        for line in text.splitlines():
+            if line.startswith("predictor_batch_requests_bucket"):
+                le = line.split('le="')[1].split('"')[0]
+                counts[le] = float(line.rsplit(" ", 1)[1])
+        return counts["+Inf"] - counts["1.0"]  # passes that served more than one request
+
+    before = batched_forward_passes()
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda _: one(), range(48)))
+    assert all(np.allclose(r, results[0], atol=1e-4) for r in results)
+    assert batched_forward_passes() > before
+
+
+# --- bad input: a clear 4xx, and the servers keep serving ---------------------------------------
+
+
+BAD_V1_INSTANCES = {
+    "not an image": (
+        [{"image": {"b64": base64.b64encode(b"hello world").decode()}}],
+        "not a supported image",
+    ),
+    "truncated": (
+        [{"image": {"b64": base64.b64encode((DATA / "coffee.jpg").read_bytes()[:4000]).decode()}}],
+        "truncated",
+    ),
+    "empty bytes": ([{"image": {"b64": ""}}], "empty image"),
+    "invalid base64": ([{"image": {"b64": "@@@not base64@@@"}}], "invalid base64"),
+    "misnamed field": ([{"img": {"b64": "aGk="}}], "instance 0: expected"),
+    "bomb": (
+        [{"image": {"b64": base64.b64encode(png_declaring(60_000, 60_000)).decode()}}],
+        "decompression bomb",
+    ),
+    "one bad in batch": (
+        [
+            {"image": {"b64": b64("coffee.jpg")}},
+            {"image": {"b64": base64.b64encode(b"nope").decode()}},
+        ],
+        "image 1 of 2",
+    ),
+    "no images": ([], "0 images"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_V1_INSTANCES))
+def test_bad_v1_input_is_a_clear_400(transformer: Server, case: str) -> None:
+    instances, message = BAD_V1_INSTANCES[case]
+    response = v1(transformer, instances)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
+    assert_good_request_still_works(transformer)
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "message"),
+    [
+        (b'{"instance": []}', {"content-type": "application/json"}, '"instances"'),
+        (b"{broken json", {"content-type": "application/json"}, "Unrecognized request format"),
+        (
+            b'{"instances": [{"image": {"b64": "aGk="}}], "parameters": {"top_k": 0}}',
+            {"content-type": "application/json"},
+            "top_k",
+        ),
+    ],
+)
+def test_malformed_v1_bodies(
+    transformer: Server, body: bytes, headers: dict[str, str], message: str
+) -> None:
+    response = httpx.post(
+        f"{transformer.url}/v1/models/{MODEL_NAME}:predict", content=body, headers=headers
+    )
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
+    assert_good_request_still_works(transformer)
+
+
+@pytest.mark.parametrize(
+    ("request_body", "message"),
+    [
+        (
+            {"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": ["aGk="]}]},
+            'named "image"',
+        ),
+        (
+            {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1], "data": [1.0]}]},
+            "expected BYTES",
+        ),
+        (
+            {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": ["aGk="]}]},
+            "expected 2",
+        ),
+        ({"outputs": []}, '"inputs"'),
+    ],
+)
+def test_bad_v2_rest_input(transformer: Server, request_body: dict[str, Any], message: str) -> None:
+    response = httpx.post(f"{transformer.url}/v2/models/{MODEL_NAME}/infer", json=request_body)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
+    assert_good_request_still_works(transformer)
+
+
+def test_body_over_the_limit_is_413(transformer: Server, predictor: Server) -> None:
+    oversized = b'{"instances": ["' + b"A" * (TEST_MAX_REQUEST_BYTES + 1) + b'"]}'
+    for server, path in (
+        (transformer, f"/v1/models/{MODEL_NAME}:predict"),
+        (predictor, f"/v2/models/{MODEL_NAME}/infer"),
+    ):
+        response = httpx.post(
+            f"{server.url}{path}",
+            content=oversized,
+            headers={"content-type": "application/json"},
+            timeout=60,
+        )
+        assert response.status_code == 413
+        assert str(TEST_MAX_REQUEST_BYTES) in response.json()["error"]
+
+    def chunks():  # no Content-Length: the limit applies while streaming
+        for _ in range(TEST_MAX_REQUEST_BYTES // 65536 + 2):
+            yield b"A" * 65536
+
+    response = httpx.post(
+        f"{transformer.url}/v1/models/{MODEL_NAME}:predict",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 413
+    assert_good_request_still_works(transformer)
+
+
+def test_bad_tensors_at_the_predictor(predictor: Server, transformer: Server) -> None:
+    url = f"{predictor.url}/v2/models/{MODEL_NAME}/infer"
+    cases = [
+        (
+            {"name": "pixels__0", "datatype": "INT32", "shape": [1, 2], "data": [1, 2]},
+            "datatype int32",
+        ),
+        (
+            {"name": "pixels__0", "datatype": "UINT8", "shape": [1, 2], "data": [1, 2]},
+            "shape [1, 2]",
+        ),
+        ({"name": "pixels", "datatype": "UINT8", "shape": [1], "data": [1]}, "pixels__0"),
+        (
+            {"name": "pixels__0", "datatype": "UINT8", "shape": [1], "data": [256]},
+            "not valid UINT8",
+        ),
+    ]
+    for tensor, message in cases:
+        response = httpx.post(url, json={"inputs": [tensor]})
+        assert response.status_code == 400, response.text
+        assert message in response.json()["error"], response.text
+    response = httpx.post(
+        f"{predictor.url}/v1/models/{MODEL_NAME}:predict", json={"instances": [[1, 2, 3]]}
+    )
+    assert response.status_code == 400 and "expected UINT8" in response.json()["error"]
+    assert predictor.alive()
+    assert_good_request_still_works(transformer)
+
+
+def test_bad_input_over_grpc_is_invalid_argument(transformer: Server) -> None:
+    bad, good = grpc_calls(
+        [
+            {
+                "op": "infer_images",
+                "url": transformer.grpc_url,
+                "model": MODEL_NAME,
+                "hex": [b"not an image".hex()],
+            },
+            {
+                "op": "infer_images",
+                "url": transformer.grpc_url,
+                "model": MODEL_NAME,
+                "files": [str(DATA / "coffee.jpg")],
+            },
+        ]
+    )
+    assert bad["code"] == "StatusCode.INVALID_ARGUMENT"
+    assert "not a supported image" in bad["message"]
+    assert good["ok"] and good["label"][0][0] == "espresso"
