@@ -1,0 +1,45 @@
+# syntax=docker/dockerfile:1
+# Predictor image: the kserve ModelServer running the TorchScript classifier on
+# the GPU. Built from the repository root:
+#   docker build -f docker/predictor.Dockerfile -t ghcr.io/example/image-classifier-predictor:0.1.0 .
+# The model is not baked in: KServe's storage initializer downloads the model
+# repository to /mnt/models (see manifests/).
+
+# CUDA-enabled torch comes from the base image, not from pip: the project's
+# `predictor` extra (torch from PyPI) is deliberately not installed here.
+# Keep this torch at least as new as the torch that exported model.pt:
+# TorchScript files load in the same or newer torch, not in older ones.
+ARG BASE_IMAGE=pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
+FROM ${BASE_IMAGE}
+
+# HOME and the caches point at /tmp: the root filesystem is read-only at run
+# time and /tmp is the pod's emptyDir.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOME=/tmp \
+    XDG_CACHE_HOME=/tmp/.cache \
+    TORCH_HOME=/tmp/torch
+
+COPY pyproject.toml README.md /tmp/src/
+COPY common /tmp/src/common
+COPY predictor /tmp/src/predictor
+
+# The constraint pins torch to the base image's build, so a dependency that
+# asks for torch fails the build instead of silently swapping in a CPU wheel.
+RUN python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" \
+        > /tmp/keep-base-torch.txt \
+ && pip install --no-cache-dir -c /tmp/keep-base-torch.txt /tmp/src \
+ && rm -rf /tmp/src /tmp/keep-base-torch.txt \
+ && python -c "import torch, kserve, predictor; assert torch.version.cuda, 'torch without CUDA'"
+
+# Numeric uid/gid so the kubelet can verify runAsNonRoot.
+RUN getent passwd 1000 >/dev/null \
+ || useradd --uid 1000 --user-group --no-create-home --home-dir /tmp --shell /usr/sbin/nologin app
+USER 1000:1000
+WORKDIR /tmp
+
+# 8080 REST (pod-internal), 8081 V2 gRPC (the container port the manifests expose).
+EXPOSE 8080 8081
+ENTRYPOINT ["python", "-m", "predictor"]
