@@ -1,0 +1,324 @@
+"""The `image-classifier-rollout` command line: argument parsing, settings, and the commands.
+
+Each command reads the live InferenceService, asks `plans` for a merge patch, sends it (or
+prints it under --dry-run), then waits on observed state with `wait`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from rollout import plans, report
+from rollout.errors import EXIT_CODE_HELP, ExitCode, RolloutError, RolloutFailed, WaitTimeout
+from rollout.kube import APPLIABLE, ISVC, KserveApi, Resource, connect
+from rollout.plans import Change, Expectation, Plan
+from rollout.render import render
+from rollout.state import Snapshot, snapshot
+from rollout.wait import wait_for
+
+DEFAULT_NAME = "image-classifier"
+DEFAULT_NAMESPACE = "default"
+DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_POLL_INTERVAL_S = 2.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Options every command shares, validated once from the command line."""
+
+    name: str
+    namespace: str
+    kubeconfig: str | None
+    context: str | None
+    timeout_s: float
+    poll_interval_s: float
+    dry_run: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        return cls(
+            name=args.name,
+            namespace=args.namespace,
+            kubeconfig=args.kubeconfig,
+            context=args.context,
+            timeout_s=args.timeout,
+            poll_interval_s=args.poll_interval,
+            dry_run=getattr(args, "dry_run", False),
+        )
+
+
+@dataclass(frozen=True)
+class Io:
+    out: TextIO
+    err: TextIO
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--name", default=DEFAULT_NAME, help="InferenceService name (default %(default)s)"
+    )
+    common.add_argument(
+        "-n", "--namespace", default=DEFAULT_NAMESPACE, help="namespace (default %(default)s)"
+    )
+    common.add_argument(
+        "--kubeconfig",
+        help="kubeconfig file (default: in-cluster, else $KUBECONFIG or ~/.kube/config)",
+    )
+    common.add_argument("--context", help="kubeconfig context (default: the current context)")
+    common.add_argument(
+        "--timeout",
+        type=_positive,
+        default=DEFAULT_TIMEOUT_S,
+        help="seconds to wait for the rollout (default %(default)g)",
+    )
+    common.add_argument(
+        "--poll-interval",
+        type=_positive,
+        default=DEFAULT_POLL_INTERVAL_S,
+        help="seconds between status reads while waiting (default %(default)g)",
+    )
+    mutating = argparse.ArgumentParser(add_help=False)
+    mutating.add_argument(
+        "--dry-run", action="store_true", help="print the change instead of applying it"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="image-classifier-rollout",
+        description="Apply, canary, promote and roll back the image-classifier InferenceService.",
+        epilog=EXIT_CODE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    kw: dict[str, Any] = {
+        "epilog": EXIT_CODE_HELP,
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+    }
+
+    p = sub.add_parser(
+        "apply",
+        parents=[common, mutating],
+        help="render a kustomize overlay, apply it, wait for Ready",
+        **kw,
+    )
+    p.add_argument(
+        "overlay", type=Path, help="kustomize directory (e.g. manifests/overlays/knative)"
+    )
+
+    p = sub.add_parser(
+        "status", parents=[common], help="readiness, URL, traffic split, conditions not True", **kw
+    )
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    p = sub.add_parser(
+        "canary",
+        parents=[common, mutating],
+        help="send N%% of traffic to a new predictor version",
+        **kw,
+    )
+    p.add_argument(
+        "--percent", type=int, required=True, help="traffic percent for the canary (0-100)"
+    )
+    p.add_argument(
+        "--storage-uri",
+        help="new model storageUri (the transformer's STORAGE_URI follows at promote)",
+    )
+    p.add_argument("--image", help="new predictor container image")
+    p.add_argument(
+        "--transformer-image", help="new transformer container image (Knative mode only)"
+    )
+    p.add_argument(
+        "--canary-name",
+        help="Standard mode: the canary predictor's name (default canary-<generation>)",
+    )
+    p.add_argument(
+        "--auto-rollback", action="store_true", help="roll back if the canary fails or times out"
+    )
+
+    sub.add_parser(
+        "promote", parents=[common, mutating], help="send all traffic to the canary", **kw
+    )
+
+    p = sub.add_parser(
+        "rollback",
+        parents=[common, mutating],
+        help="send all traffic back to the previous version",
+        **kw,
+    )
+    p.add_argument(
+        "--restore-spec",
+        action="store_true",
+        help="also restore the spec recorded before the canary",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code (see `--help` for their meanings)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or argparse's usage error (2)
+        return int(exc.code or 0)
+    io = Io(out=sys.stdout, err=sys.stderr)
+    try:
+        return _run(args, Settings.from_args(args), io)
+    except RolloutError as exc:
+        print(f"error: {exc}", file=io.err)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=io.err)
+        return 130
+
+
+def _run(args: argparse.Namespace, settings: Settings, io: Io) -> int:
+    if args.command == "apply":
+        docs = render(args.overlay)  # before connecting: a bad overlay needs no cluster
+        return _apply(_api(settings), settings, docs, io)
+    api = _api(settings)
+    if args.command == "status":
+        snap = snapshot(api.get_required(ISVC, settings.namespace, settings.name))
+        print(report.as_json(snap) if args.output == "json" else report.as_text(snap), file=io.out)
+        return ExitCode.OK
+    isvc = api.get_required(ISVC, settings.namespace, settings.name)
+    if args.command == "canary":
+        change = Change(
+            storage_uri=args.storage_uri, image=args.image, transformer_image=args.transformer_image
+        )
+        plan = plans.plan_canary(isvc, args.percent, change, args.canary_name)
+        return _canary(api, settings, plan, args.auto_rollback, io)
+    if args.command == "promote":
+        return _execute(api, settings, plans.plan_promote(isvc), io)
+    if args.command == "rollback":
+        return _execute(
+            api, settings, plans.plan_rollback(isvc, restore_spec=args.restore_spec), io
+        )
+    raise AssertionError(f"unhandled command {args.command!r}")
+
+
+def _api(settings: Settings) -> KserveApi:
+    return KserveApi(connect(settings.kubeconfig, settings.context))
+
+
+def _canary(api: KserveApi, settings: Settings, plan: Plan, auto_rollback: bool, io: Io) -> int:
+    try:
+        return _execute(api, settings, plan, io)
+    except (RolloutFailed, WaitTimeout) as exc:
+        if not auto_rollback or settings.dry_run:
+            raise
+        print(f"error: {exc}", file=io.err)
+        print("auto-rollback: rolling back the canary", file=io.err)
+        try:
+            isvc = api.get_required(ISVC, settings.namespace, settings.name)
+            _execute(api, settings, plans.plan_rollback(isvc, failed=True), io)
+        except RolloutError as rollback_exc:
+            # The canary's failure stays the exit code: it is what the operator must act on.
+            print(f"error: auto-rollback failed too: {rollback_exc}", file=io.err)
+            return int(exc.exit_code)
+        print(f"canary rolled back after: {exc}", file=io.err)
+        return int(exc.exit_code)
+
+
+def _execute(api: KserveApi, settings: Settings, plan: Plan, io: Io) -> int:
+    """Send `plan` (or print it under --dry-run) and wait for its expectation."""
+    for warning in plan.warnings:
+        print(f"warning: {warning}", file=io.err)
+    if settings.dry_run:
+        print(f"dry run: would {plan.summary} with this merge patch:", file=io.out)
+        print(json.dumps(plan.patch, indent=2, sort_keys=True), file=io.out)
+        return ExitCode.OK
+    print(f"{settings.namespace}/{settings.name}: {plan.summary}", file=io.err)
+    if plan.patch:
+        updated = api.merge_patch(ISVC, settings.namespace, settings.name, plan.patch)
+    else:
+        print("the spec already says so: nothing to patch", file=io.err)
+        updated = api.get_required(ISVC, settings.namespace, settings.name)
+    snap = _wait(api, settings, updated, plan.expect, io)
+    print(report.as_text(snap), file=io.out)
+    return ExitCode.OK
+
+
+def _wait(
+    api: KserveApi, settings: Settings, obj: dict[str, Any], expect: Expectation, io: Io
+) -> Snapshot:
+    meta = obj["metadata"]
+    return wait_for(
+        api,
+        meta.get("namespace") or settings.namespace,
+        meta["name"],
+        int(meta.get("generation", 0)),
+        expect,
+        settings.timeout_s,
+        settings.poll_interval_s,
+        io.err,
+    )
+
+
+def _apply(api: KserveApi, settings: Settings, docs: list[dict[str, Any]], io: Io) -> int:
+    """Create or server-side apply each document (ServingRuntimes first), then wait for Ready."""
+    applied = []
+    for doc in sorted(docs, key=lambda d: d["kind"] != "ServingRuntime"):
+        meta = doc.setdefault("metadata", {})
+        meta.setdefault("namespace", settings.namespace)
+        res, ns, name = APPLIABLE[doc["apiVersion"], doc["kind"]], meta["namespace"], meta["name"]
+        live = api.get(res, ns, name)
+        if live is None:
+            result = api.create(res, ns, doc, dry_run=settings.dry_run)
+        else:
+            result = api.apply(res, ns, doc, dry_run=settings.dry_run)
+        label = f"{doc['kind']}/{name}"
+        if settings.dry_run:
+            print(
+                _diff(live or {}, result, f"{ns}/{label}") or f"# {ns}/{label}: no change",
+                file=io.out,
+            )
+            continue
+        print(f"{ns}/{label} {'created' if live is None else 'configured'}", file=io.err)
+        result = _forget_recorded_spec(api, res, result)
+        if doc["kind"] == "InferenceService":
+            applied.append(result)
+    for obj in applied:
+        print(report.as_text(_wait(api, settings, obj, Expectation(), io)), file=io.out)
+    return ExitCode.OK
+
+
+def _forget_recorded_spec(api: KserveApi, res: Resource, obj: dict[str, Any]) -> dict[str, Any]:
+    """Drop a canary's recorded spec: after `apply`, the overlay is the baseline."""
+    meta = obj["metadata"]
+    if plans.PREVIOUS_SPEC_ANNOTATION not in (meta.get("annotations") or {}):
+        return obj
+    patch = {"metadata": {"annotations": {plans.PREVIOUS_SPEC_ANNOTATION: None}}}
+    return api.merge_patch(res, meta["namespace"], meta["name"], patch)
+
+
+def _diff(live: dict[str, Any], applied: dict[str, Any], label: str) -> str:
+    """Unified diff of labels, annotations and spec between the live and the dry-run object."""
+
+    def view(obj: dict[str, Any]) -> list[str]:
+        meta = obj.get("metadata") or {}
+        shown = {k: meta[k] for k in ("labels", "annotations") if meta.get(k)}
+        text = (
+            yaml.safe_dump({"metadata": shown, "spec": obj.get("spec")}, sort_keys=True)
+            if obj
+            else ""
+        )
+        return text.splitlines()
+
+    lines = difflib.unified_diff(
+        view(live), view(applied), f"live/{label}", f"applied/{label}", lineterm=""
+    )
+    return "\n".join(lines)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
