@@ -87,13 +87,18 @@ class Server:
             self.process.kill()
 
 
-def start_server(module: str, args: list[str], log: Path) -> Server:
-    """Start `python -m <module>` with free ports; returns once it is ready."""
+def start_server(module: str, args: list[str], log: Path, without_torch: bool = False) -> Server:
+    """Start `python -m <module>` with free ports; returns once it is ready.
+
+    `without_torch` runs it with torch unimportable, as in the transformer's image.
+    """
     http_port, grpc_port = free_port(), free_port()
+    launcher = [str(Path(__file__).with_name("without_torch.py"))] if without_torch else []
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [
                 sys.executable,
+                *launcher,
                 "-m",
                 module,
                 "--http_port",
@@ -156,6 +161,7 @@ def transformer(
             str(TEST_MAX_REQUEST_BYTES),
         ],
         log,
+        without_torch=True,  # so every transformer test also proves it needs no torch
     )
     yield server
     server.stop()
