@@ -70,8 +70,11 @@ class ImageClassifierPredictor(Model):
             else config.max_queue_delay_us / 1000
         )
         runner = TorchRunner(self.version.artifact, plan, max_batch)
-        runner.warm_up(self.input_spec.dims)
-        self.batcher = AdaptiveBatcher(runner.run, max_batch, delay_ms / 1000)
+        self.batcher = AdaptiveBatcher(
+            runner.run, max_batch, delay_ms / 1000, thread_initializer=runner.bind_thread
+        )
+        # Warm up on the thread that will run every forward pass (its OpenMP team, caches).
+        self.batcher.call_in_worker(lambda: runner.warm_up(self.input_spec.dims))
         logger.info(
             "loaded %s version %s on %s (%s, %d threads, CUDA graphs %s), max batch %d, "
             "delay %.1f ms",

@@ -72,6 +72,10 @@ class TorchRunner:
         self._graphs: dict[int, tuple[Any, torch.Tensor, torch.Tensor]] = {}
         self._staging: torch.Tensor | None = None
 
+    def bind_thread(self) -> None:
+        """Apply the thread count to the calling thread (OpenMP settings are per thread)."""
+        torch.set_num_threads(self.plan.num_threads)
+
     def warm_up(self, pixel_shape: tuple[int, ...]) -> None:
         """Run every code path once (and capture CUDA graphs) before the model reports ready."""
         for size in sorted({1, self.max_batch_size}):

@@ -110,3 +110,19 @@ def test_batch_sizes_are_observed_in_the_histogram() -> None:
     run(batcher.submit(np.zeros((3, 1), np.uint8)))
     batcher.close()
     assert BATCH_SIZE._sum.get() - before == 3
+
+
+def test_worker_thread_is_initialised_and_used_for_warm_up() -> None:
+    initialised: list[str] = []
+    warmed: list[str] = []
+    model = RecordingModel()
+    batcher = AdaptiveBatcher(
+        model,
+        2,
+        0.0,
+        thread_initializer=lambda: initialised.append(threading.current_thread().name),
+    )
+    batcher.call_in_worker(lambda: warmed.append(threading.current_thread().name))
+    run(batcher.submit(np.zeros((1, 1), np.uint8)))
+    batcher.close()
+    assert len(initialised) == 1 and warmed == initialised and model.threads == set(initialised)

@@ -111,6 +111,11 @@ def test_v1_batch_keeps_order_and_honours_top_k(transformer: Server) -> None:
 
 def test_v2_rest_binary_with_tritonclient(transformer: Server) -> None:
     client = httpclient.InferenceServerClient(f"127.0.0.1:{transformer.http_port}")
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(MODEL_NAME)
+    meta = client.get_model_metadata(MODEL_NAME)
+    assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+    assert [o["name"] for o in meta["outputs"]] == ["class_id", "label", "score"]
     blobs = np.array([(DATA / n).read_bytes() for n in PHOTOS], dtype=np.object_)
     tensor = httpclient.InferInput("image", [len(blobs)], "BYTES")
     tensor.set_data_from_numpy(blobs, binary_data=True)
