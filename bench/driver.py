@@ -1,0 +1,482 @@
+"""The benchmark run: image set, limit, hop size, served pipeline, stock peer, report.
+
+Order matters on a small machine: nothing else runs while the limit is measured, and the two
+pipelines run one after the other, never side by side (they would share the same cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .images import build_image_set, describe, write_image_set
+from .load import Client, LoadRun, client_for, closed_loop
+from .report import Report
+from .servers import (
+    ROOT,
+    Pipeline,
+    PipelineSpec,
+    cpu_shares,
+    mean_between,
+    running,
+    system_cpu_jiffies,
+)
+from .stats import (
+    PEER,
+    PROTOCOLS,
+    SERVED,
+    CellResult,
+    HopResult,
+    LimitPoint,
+    LimitResult,
+    compute_ratios,
+    evaluate_targets,
+    median_by_kind,
+    summarize,
+)
+
+DEFAULT_CONCURRENCY = "1,4,16"
+MAX_REQUESTS_PER_CELL = 20_000  # a bound, far above what 2 CPUs serve in one cell
+SUBPROCESS_TIMEOUT_S = 300
+
+OURS = PipelineSpec(SERVED, "predictor", "transformer")
+STOCK = PipelineSpec(
+    PEER,
+    "bench.stock.predictor",
+    "bench.stock.transformer",
+    transformer_args=("--predictor_protocol", "grpc-v2"),
+)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """The run's settings, parsed once."""
+
+    model_dir: Path
+    model_name: str
+    out: Path
+    images_from: Path
+    concurrency: tuple[int, ...]
+    warmup_s: float
+    duration_s: float
+    limit_seconds: float
+    max_requests: int
+    quick: bool
+    served_predictor_args: tuple[str, ...]
+    served_transformer_args: tuple[str, ...]
+    skip_peer: bool
+
+
+def positive_ints(text: str) -> tuple[int, ...]:
+    """'1,4,16' -> (1, 4, 16), sorted and unique; raises ArgumentTypeError otherwise."""
+    try:
+        values = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from exc
+    if not values or values[0] <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return tuple(values)
+
+
+def parse(argv: list[str] | None = None) -> BenchSettings:
+    """Parse the command line; exits with a usage message on bad flags."""
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark the in-process limit, the served pipeline and the stock pattern.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model_dir", type=Path, default=Path("model_repository"))
+    p.add_argument("--model_name", default="image-classifier")
+    p.add_argument("--out", type=Path, default=Path("bench-results"))
+    p.add_argument(
+        "--images_from",
+        type=Path,
+        default=ROOT / "tests" / "data",
+        help="Source photos the image set is built from.",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=positive_ints,
+        default=positive_ints(DEFAULT_CONCURRENCY),
+        help="Closed-loop worker counts, comma-separated.",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="Shorter warm-up and windows (a smoke run, noisier numbers).",
+    )
+    p.add_argument("--warmup", type=float, default=None, help="Seconds (default 2, quick 1).")
+    p.add_argument("--duration", type=float, default=None, help="Seconds (default 8, quick 3).")
+    p.add_argument("--max_requests", type=int, default=MAX_REQUESTS_PER_CELL)
+    p.add_argument(
+        "--served_predictor_args",
+        default="",
+        help="Extra flags for the served predictor, e.g. '--num_threads 1' (experiments).",
+    )
+    p.add_argument(
+        "--served_transformer_args",
+        default="",
+        help="Extra flags for the served transformer, e.g. '--decode_workers 1' (experiments).",
+    )
+    p.add_argument(
+        "--skip_peer",
+        action="store_true",
+        help="Measure only the served pipeline (experiments; peer ratios become n/a).",
+    )
+    args = p.parse_args(argv)
+    model_dir = args.model_dir if args.model_dir.is_absolute() else Path.cwd() / args.model_dir
+    return BenchSettings(
+        model_dir=model_dir,
+        model_name=args.model_name,
+        out=args.out,
+        images_from=args.images_from,
+        concurrency=args.concurrency,
+        warmup_s=args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0),
+        duration_s=args.duration if args.duration is not None else (3.0 if args.quick else 8.0),
+        limit_seconds=1.0 if args.quick else 2.0,
+        max_requests=args.max_requests,
+        quick=args.quick,
+        served_predictor_args=tuple(shlex.split(args.served_predictor_args)),
+        served_transformer_args=tuple(shlex.split(args.served_transformer_args)),
+        skip_peer=args.skip_peer,
+    )
+
+
+def environment() -> dict[str, Any]:
+    """Where this ran: CPUs, versions, git commit."""
+
+    def version(package: str) -> str | None:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip()
+
+    cpu_model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    status = git("status", "--porcelain")
+    return {
+        "cpu_count": os.cpu_count(),
+        "available_cpus": affinity or os.cpu_count(),
+        "cpu_model": cpu_model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": version("torch"),
+        "kserve": version("kserve"),
+        "tritonclient": version("tritonclient"),
+        "pillow": version("pillow"),
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+    }
+
+
+def run_json_module(module: str, args: list[str], log: Path) -> dict[str, Any]:
+    """Run `python -m module args` and parse its stdout as JSON; stderr goes to `log`.
+    Raises RuntimeError with the log's tail when it fails."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as sink:
+        done = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=sink,
+            timeout=SUBPROCESS_TIMEOUT_S,
+            check=False,
+        )
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"python -m {module} failed ({done.returncode}):\n{tail}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def measure_limit(
+    settings: BenchSettings, image_dir: Path, log_dir: Path, kinds: dict[str, str]
+) -> tuple[LimitResult, dict[str, int]]:
+    """The in-process limit (a child process) and each image's top-1 class."""
+    raw = run_json_module(
+        "bench.limit",
+        [
+            "--model_dir",
+            str(settings.model_dir),
+            "--model_name",
+            settings.model_name,
+            "--images",
+            str(image_dir),
+            "--seconds",
+            str(settings.limit_seconds),
+        ],
+        log_dir / "limit.log",
+    )
+    limit = LimitResult(
+        points=tuple(LimitPoint(**point) for point in raw["points"]),
+        single_image_ms=raw["single_image_ms"],
+        decode_ms=raw["decode_ms"],
+        forward_ms=raw["forward_ms"],
+        threads=raw["threads"],
+        single_image_mean_ms=raw["single_image_mean_ms"],
+        single_image_ms_by_kind=median_by_kind(
+            [(kinds[name], ms) for name, ms in raw["single_image_ms_by_image"].items()]
+        ),
+    )
+    return limit, {str(k): int(v) for k, v in raw["top1"].items()}
+
+
+def measure_hop(settings: BenchSettings, image: Path, log_dir: Path) -> HopResult:
+    """Request bytes per image on the internal hop (a child process, it imports kserve)."""
+    raw = run_json_module(
+        "bench.hop",
+        [
+            "--model_dir",
+            str(settings.model_dir),
+            "--model_name",
+            settings.model_name,
+            "--image",
+            str(image),
+        ],
+        log_dir / "hop.log",
+    )
+    return HopResult(**raw)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the driver observes at a window edge."""
+
+    at: float
+    transformer_cpu: float | None
+    predictor_cpu: float | None
+    client_cpu: float
+    system: tuple[int, int, int] | None
+    transformer_metrics: str
+    predictor_metrics: str
+
+
+def probe(pipeline: Pipeline) -> Probe:
+    """CPU counters of both servers and the driver, and both servers' /metrics."""
+    return Probe(
+        at=time.perf_counter(),
+        transformer_cpu=pipeline.transformer.cpu_seconds(),
+        predictor_cpu=pipeline.predictor.cpu_seconds(),
+        client_cpu=time.process_time(),
+        system=system_cpu_jiffies(),
+        transformer_metrics=pipeline.transformer.metrics(),
+        predictor_metrics=pipeline.predictor.metrics(),
+    )
+
+
+def cell_result(
+    pipeline: str, protocol: str, concurrency: int, run: LoadRun[Probe], kinds: list[str]
+) -> CellResult:
+    """Throughput, latency, CPU per image and stage means of one cell."""
+    window = run.in_window()
+    ok = [s for s in window if s.ok]
+    window_end = run.window_end
+    if run.hit_request_cap and run.samples:
+        window_end = min(window_end, run.samples[-1].finished)
+    window_s = max(window_end - run.window_start, 1e-9)
+    images = len(ok)
+    before, after = run.before, run.after
+
+    def per_image(start: float | None, end: float | None) -> float | None:
+        if start is None or end is None or images == 0:
+            return None
+        return (end - start) * 1000 / images
+
+    def stage(text_before: str, text_after: str, metric: str, scale: float) -> float | None:
+        mean = mean_between(text_before, text_after, metric)
+        return None if mean is None else mean * scale
+
+    t_before, t_after = before.transformer_metrics, after.transformer_metrics
+    p_before, p_after = before.predictor_metrics, after.predictor_metrics
+    return CellResult(
+        pipeline=pipeline,
+        protocol=protocol,
+        concurrency=concurrency,
+        window_s=window_s,
+        requests=len(window),
+        errors=sum(not s.ok for s in run.samples),
+        images_per_s=images / window_s,
+        latency=summarize([s.latency_s for s in ok]),
+        p50_ms_by_kind=median_by_kind([(kinds[s.index], s.latency_s * 1000) for s in ok]),
+        cpu_ms_per_image={
+            "transformer": per_image(before.transformer_cpu, after.transformer_cpu),
+            "predictor": per_image(before.predictor_cpu, after.predictor_cpu),
+            "client": per_image(before.client_cpu, after.client_cpu),
+        },
+        stages={
+            "transformer_preprocess_ms": stage(
+                t_before, t_after, "request_preprocess_seconds", 1e3
+            ),
+            "transformer_predict_ms": stage(t_before, t_after, "request_predict_seconds", 1e3),
+            "transformer_postprocess_ms": stage(
+                t_before, t_after, "request_postprocess_seconds", 1e3
+            ),
+            "predictor_predict_ms": stage(p_before, p_after, "request_predict_seconds", 1e3),
+            "predictor_queue_ms": stage(p_before, p_after, "predictor_queue_seconds", 1e3),
+            "predictor_batch_images": stage(p_before, p_after, "predictor_batch_size", 1.0),
+        },
+        machine=cpu_shares(before.system, after.system),
+    )
+
+
+def agreement(client: Client, names: list[str], expected: dict[str, int]) -> str:
+    """'k/n' images whose top-1 class matches the limit's, through one client (untimed)."""
+    sender = client.make()
+    try:
+        matches = sum(sender.top1(i) == expected.get(name) for i, name in enumerate(names))
+    finally:
+        sender.close()
+    return f"{matches}/{len(names)}"
+
+
+def measure_pipeline(
+    spec: PipelineSpec,
+    settings: BenchSettings,
+    images: list[bytes],
+    names: list[str],
+    kinds: list[str],
+    expected_top1: dict[str, int],
+    log_dir: Path,
+    agreements: dict[str, str],
+) -> list[CellResult]:
+    """Start one pipeline and run every protocol and concurrency against it."""
+    cells = []
+    print(f"[bench] starting the {spec.name} pipeline", file=sys.stderr, flush=True)
+    with running(spec, settings.model_dir, settings.model_name, log_dir) as pipeline:
+        for protocol in PROTOCOLS:
+            client = client_for(
+                protocol,
+                pipeline.transformer.url,
+                pipeline.transformer.grpc_target,
+                settings.model_name,
+                images,
+            )
+            agreements[f"{spec.name} {protocol}"] = agreement(client, names, expected_top1)
+            for concurrency in settings.concurrency:
+                run = closed_loop(
+                    client,
+                    len(images),
+                    concurrency,
+                    settings.warmup_s,
+                    settings.duration_s,
+                    settings.max_requests,
+                    lambda: probe(pipeline),
+                )
+                cell = cell_result(spec.name, protocol, concurrency, run, kinds)
+                print(
+                    f"[bench] {spec.name} {protocol} c{concurrency}: "
+                    f"{cell.images_per_s:.1f} images/s, p50 {cell.latency.p50_ms:.0f} ms, "
+                    f"{cell.errors} errors",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                cells.append(cell)
+    return cells
+
+
+def run(settings: BenchSettings) -> Report:
+    """The whole benchmark; writes images and logs under settings.out."""
+    started = time.perf_counter()
+    out = settings.out
+    image_dir, log_dir = out / "images", out / "logs"
+    out.mkdir(parents=True, exist_ok=True)
+    image_set = build_image_set(settings.images_from)
+    paths = write_image_set(image_set, image_dir)
+    blobs = [image.data for image in image_set]
+    names = [image.name for image in image_set]
+    kinds = [image.kind for image in image_set]
+    load_before = os.getloadavg()
+
+    print("[bench] measuring the in-process limit", file=sys.stderr, flush=True)
+    limit, expected_top1 = measure_limit(
+        settings, image_dir, log_dir, dict(zip(names, kinds, strict=True))
+    )
+    hop = measure_hop(settings, paths[0], log_dir)
+
+    agreements: dict[str, str] = {}
+    ours = dataclasses.replace(
+        OURS,
+        predictor_args=settings.served_predictor_args,
+        transformer_args=settings.served_transformer_args,
+    )
+    cells = measure_pipeline(
+        ours, settings, blobs, names, kinds, expected_top1, log_dir, agreements
+    )
+    if not settings.skip_peer:
+        cells += measure_pipeline(
+            STOCK, settings, blobs, names, kinds, expected_top1, log_dir, agreements
+        )
+
+    ratios = compute_ratios(cells, limit, hop)
+    return Report(
+        environment={
+            **environment(),
+            # Other work on the machine skews every number; a high load before the run says so.
+            "loadavg_before": [round(v, 2) for v in load_before],
+        },
+        image_set=describe(image_set),
+        settings={
+            "concurrency": list(settings.concurrency),
+            "warmup_s": settings.warmup_s,
+            "duration_s": settings.duration_s,
+            "limit_seconds_per_batch_size": settings.limit_seconds,
+            "max_requests_per_cell": settings.max_requests,
+            "quick": settings.quick,
+            "served_predictor_args": list(settings.served_predictor_args),
+            "served_transformer_args": list(settings.served_transformer_args),
+            "skip_peer": settings.skip_peer,
+            "model_dir": str(settings.model_dir),
+            "model_name": settings.model_name,
+        },
+        limit=limit,
+        cells=cells,
+        hop=hop,
+        ratios=ratios,
+        targets=evaluate_targets(ratios, cells),
+        top1_agreement=agreements,
+        runtime_s=time.perf_counter() - started,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, write bench.json and bench.png under --out, print the table; 1 on a failed start."""
+    settings = parse(argv)
+    try:
+        report = run(settings)
+    except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    report.write_json(settings.out / "bench.json")
+    report.plot(settings.out / "bench.png")
+    print(report.format_table())
+    print(f"\nWrote {settings.out / 'bench.json'} and {settings.out / 'bench.png'}")
+    return 0

@@ -1,0 +1,237 @@
+"""Server subprocesses for the benchmark: start on free loopback ports, wait, observe, stop.
+
+Each pipeline is a predictor and a transformer, each its own process as in the cluster. The
+driver observes them from outside only: readiness over HTTP, CPU time from /proc, stage
+latencies from their Prometheus /metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+READY_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 20.0
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the kernel picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """One running server: its process, ports and log file."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    http_port: int
+    grpc_port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        """Base HTTP URL."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        """host:port of the gRPC endpoint."""
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Poll /v2/health/ready until 200; raises RuntimeError if the process exits and
+        TimeoutError when `timeout_s` passes, both with the log's tail."""
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"{self.name} exited with code {self.process.returncode}:\n{self.tail()}"
+                    )
+                try:
+                    if client.get(f"{self.url}/v2/health/ready").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+        raise TimeoutError(f"{self.name} not ready after {timeout_s:.0f}s:\n{self.tail()}")
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time of the process so far, or None where /proc is unavailable."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        # After the command name: state is field 3, utime 14 and stime 15 (1-based, proc(5)).
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+    def metrics(self) -> str:
+        """The Prometheus exposition text of GET /metrics ('' when it cannot be read)."""
+        try:
+            response = httpx.get(f"{self.url}/metrics", timeout=5.0)
+        except httpx.TransportError:
+            return ""
+        return response.text if response.status_code == 200 else ""
+
+    def tail(self, chars: int = 3000) -> str:
+        """The end of the server's log."""
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """SIGTERM, wait, then SIGKILL if it does not exit in time."""
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+
+
+def start(name: str, module: str, args: list[str], log_dir: Path) -> ServerProcess:
+    """Start `python -m module` on free ports without latency logging; does not wait."""
+    http_port, grpc_port = free_port(), free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{name}.log"
+    command = [
+        sys.executable,
+        "-m",
+        module,
+        "--http_port",
+        str(http_port),
+        "--grpc_port",
+        str(grpc_port),
+        "--enable_latency_logging",
+        "false",
+        *args,
+    ]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+    return ServerProcess(name, process, http_port, grpc_port, log)
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """How to start one pipeline: the two modules and their extra flags."""
+
+    name: str
+    predictor_module: str
+    transformer_module: str
+    predictor_args: tuple[str, ...] = ()
+    transformer_args: tuple[str, ...] = ()
+
+
+@dataclass
+class Pipeline:
+    """A running predictor and the transformer in front of it."""
+
+    predictor: ServerProcess
+    transformer: ServerProcess
+
+
+@contextmanager
+def running(
+    spec: PipelineSpec, model_dir: Path, model_name: str, log_dir: Path
+) -> Iterator[Pipeline]:
+    """Start the predictor, wait for it, start the transformer against it, wait; stop both on
+    exit (transformer first). Raises RuntimeError/TimeoutError when either fails to start."""
+    common = ["--model_dir", str(model_dir), "--model_name", model_name]
+    predictor = start(
+        f"{spec.name}-predictor", spec.predictor_module, [*common, *spec.predictor_args], log_dir
+    )
+    transformer: ServerProcess | None = None
+    try:
+        predictor.wait_ready()
+        transformer = start(
+            f"{spec.name}-transformer",
+            spec.transformer_module,
+            [
+                *common,
+                "--predictor_host",
+                predictor.grpc_target,
+                *spec.transformer_args,
+            ],
+            log_dir,
+        )
+        transformer.wait_ready()
+        yield Pipeline(predictor, transformer)
+    finally:
+        if transformer is not None:
+            transformer.stop()
+        predictor.stop()
+
+
+def system_cpu_jiffies() -> tuple[int, int, int] | None:
+    """Machine-wide (busy, steal, total) CPU jiffies from /proc/stat, or None without it.
+
+    Busy excludes idle and iowait; steal is time the hypervisor gave the vCPUs to others.
+    """
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if first[0] != "cpu":
+        return None
+    values = [int(v) for v in first[1:9]]  # user nice system idle iowait irq softirq steal
+    total = sum(values)
+    idle, iowait, steal = values[3], values[4], values[7]
+    return total - idle - iowait - steal, steal, total
+
+
+def cpu_shares(
+    before: tuple[int, int, int] | None, after: tuple[int, int, int] | None
+) -> dict[str, float | None]:
+    """Busy and steal percentages of all CPUs between two /proc/stat samples."""
+    if before is None or after is None or after[2] <= before[2]:
+        return {"busy_pct": None, "steal_pct": None}
+    total = after[2] - before[2]
+    return {
+        "busy_pct": 100 * (after[0] - before[0]) / total,
+        "steal_pct": 100 * (after[1] - before[1]) / total,
+    }
+
+
+def histogram_totals(text: str, metric: str) -> tuple[float, float]:
+    """(sum, count) of a Prometheus histogram over all its label sets; (0, 0) when absent."""
+    total = count = 0.0
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_part, _, value = line.rpartition(" ")
+        name = name_part.split("{", 1)[0]
+        try:
+            if name == f"{metric}_sum":
+                total += float(value)
+            elif name == f"{metric}_count":
+                count += float(value)
+        except ValueError:
+            continue
+    return total, count
+
+
+def mean_between(before: str, after: str, metric: str) -> float | None:
+    """Mean observation of a histogram between two scrapes, or None with no new observations."""
+    sum_before, count_before = histogram_totals(before, metric)
+    sum_after, count_after = histogram_totals(after, metric)
+    observations = count_after - count_before
+    if observations <= 0:
+        return None
+    return (sum_after - sum_before) / observations
