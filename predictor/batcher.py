@@ -56,16 +56,14 @@ class AdaptiveBatcher:
         run: Callable[[np.ndarray], np.ndarray],
         max_batch_size: int,
         max_delay_s: float,
-        thread_initializer: Callable[[], None] | None = None,
+        executor: ThreadPoolExecutor,
     ) -> None:
+        """`run` is called on `executor`, which must have one thread: torch parallelises inside
+        a forward pass, passes run one at a time. The batcher shuts it down on close()."""
         self._run = run
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
-        # One thread: torch parallelises inside a forward pass, passes run one at a time.
-        # Thread settings are per thread in OpenMP, hence the initializer.
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="forward", initializer=thread_initializer
-        )
+        self._executor = executor
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._carry: _Pending | None = None
@@ -81,10 +79,6 @@ class AdaptiveBatcher:
         pending = _Pending(array, asyncio.get_running_loop().create_future())
         self._queue.put_nowait(pending)
         return await pending.future
-
-    def call_in_worker(self, function: Callable[[], object]) -> None:
-        """Run `function` on the forward thread and wait (warm-up, before serving starts)."""
-        self._executor.submit(function).result()
 
     def close(self) -> None:
         """Stop the worker and the forward thread."""

@@ -16,7 +16,7 @@ from common import codecs
 from common.modelrepo import ModelVersion, TensorSpec, resolve
 
 from .batcher import AdaptiveBatcher
-from .runtime import TorchRunner, plan_execution
+from .runtime import plan_execution, start_forward_thread
 from .settings import PredictorSettings
 
 logger = logging.getLogger(__name__)
@@ -69,12 +69,10 @@ class ImageClassifierPredictor(Model):
             if s.max_batch_delay_ms is not None
             else config.max_queue_delay_us / 1000
         )
-        runner = TorchRunner(self.version.artifact, plan, max_batch)
-        self.batcher = AdaptiveBatcher(
-            runner.run, max_batch, delay_ms / 1000, thread_initializer=runner.bind_thread
+        runner, forward_thread = start_forward_thread(
+            self.version.artifact, plan, max_batch, self.input_spec.dims
         )
-        # Warm up on the thread that will run every forward pass (its OpenMP team, caches).
-        self.batcher.call_in_worker(lambda: runner.warm_up(self.input_spec.dims))
+        self.batcher = AdaptiveBatcher(runner.run, max_batch, delay_ms / 1000, forward_thread)
         logger.info(
             "loaded %s version %s on %s (%s, %d threads, CUDA graphs %s), max batch %d, "
             "delay %.1f ms",

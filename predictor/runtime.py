@@ -1,13 +1,16 @@
 """Runs the TorchScript model on one device: placement, precision, threads, CUDA graphs.
 
 `plan_execution` turns the flags into an ExecutionPlan without touching a GPU, so the choice is
-testable on CPU; `TorchRunner` carries the plan out. The runner is called from one worker
-thread at a time (the batcher's), never from the event loop.
+testable on CPU; `TorchRunner` carries the plan out. Build it, warm it up and run it on one
+and the same thread (`start_forward_thread`): OpenMP keeps a thread team per calling thread,
+and with a second team on the event loop's thread libgomp sees more threads than CPUs and
+throttles its spinning, which doubled the batch-1 forward time here.
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,27 @@ def plan_execution(
     return ExecutionPlan(device, precision, graphs, pinned_memory=on_cuda, num_threads=num_threads)
 
 
+def start_forward_thread(
+    artifact: Path, plan: ExecutionPlan, max_batch_size: int, pixel_shape: tuple[int, ...]
+) -> tuple[TorchRunner, ThreadPoolExecutor]:
+    """Load and warm a runner on a new single thread; returns it with that thread's executor.
+
+    Every later `run` must be submitted to the returned executor.
+    """
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+
+    def build() -> TorchRunner:
+        runner = TorchRunner(artifact, plan, max_batch_size)
+        runner.warm_up(pixel_shape)
+        return runner
+
+    try:
+        return executor.submit(build).result(), executor
+    except BaseException:
+        executor.shutdown(wait=False)
+        raise
+
+
 class TorchRunner:
     """Loads the TorchScript artifact and runs batches of UINT8 NHWC or FP32 NCHW arrays."""
 
@@ -71,10 +95,6 @@ class TorchRunner:
         self.module = torch.jit.freeze(module, preserved_attrs=["forward_normalized"])
         self._graphs: dict[int, tuple[Any, torch.Tensor, torch.Tensor]] = {}
         self._staging: torch.Tensor | None = None
-
-    def bind_thread(self) -> None:
-        """Apply the thread count to the calling thread (OpenMP settings are per thread)."""
-        torch.set_num_threads(self.plan.num_threads)
 
     def warm_up(self, pixel_shape: tuple[int, ...]) -> None:
         """Run every code path once (and capture CUDA graphs) before the model reports ready."""

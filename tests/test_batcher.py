@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -31,13 +32,18 @@ class RecordingModel:
         return batch.astype(np.float32) * 2
 
 
+def batcher_for(model: RecordingModel, max_batch_size: int, max_delay_s: float) -> AdaptiveBatcher:
+    executor = ThreadPoolExecutor(1, thread_name_prefix="forward")
+    return AdaptiveBatcher(model, max_batch_size, max_delay_s, executor)
+
+
 def run(coroutine):
     return asyncio.run(coroutine)
 
 
 def test_concurrent_requests_share_forward_passes_and_get_their_own_rows() -> None:
     model = RecordingModel(delay=0.02)
-    batcher = AdaptiveBatcher(model, max_batch_size=8, max_delay_s=0.01)
+    batcher = batcher_for(model, 8, 0.01)
 
     async def scenario() -> list[np.ndarray]:
         arrays = [np.full((1 + i % 2, 3), i, dtype=np.uint8) for i in range(12)]
@@ -56,7 +62,7 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_rows() -> No
 
 def test_lone_request_does_not_wait_for_the_delay() -> None:
     model = RecordingModel()
-    batcher = AdaptiveBatcher(model, max_batch_size=8, max_delay_s=0.5)
+    batcher = batcher_for(model, 8, 0.5)
 
     async def scenario() -> float:
         start = time.perf_counter()
@@ -69,7 +75,7 @@ def test_lone_request_does_not_wait_for_the_delay() -> None:
 
 def test_a_failed_pass_fails_only_its_own_requests() -> None:
     model = RecordingModel(fail_on=7)
-    batcher = AdaptiveBatcher(model, max_batch_size=1, max_delay_s=0.0)
+    batcher = batcher_for(model, 1, 0.0)
 
     async def scenario() -> list[object]:
         arrays = [np.full((1, 2), v, np.uint8) for v in (1, 7, 3)]
@@ -84,7 +90,7 @@ def test_a_failed_pass_fails_only_its_own_requests() -> None:
 
 def test_different_input_kinds_never_share_a_batch() -> None:
     model = RecordingModel(delay=0.01)
-    batcher = AdaptiveBatcher(model, max_batch_size=8, max_delay_s=0.01)
+    batcher = batcher_for(model, 8, 0.01)
 
     async def scenario() -> None:
         await asyncio.gather(
@@ -98,7 +104,7 @@ def test_different_input_kinds_never_share_a_batch() -> None:
 
 
 def test_oversized_request_is_refused() -> None:
-    batcher = AdaptiveBatcher(RecordingModel(), max_batch_size=2, max_delay_s=0.0)
+    batcher = batcher_for(RecordingModel(), 2, 0.0)
     with pytest.raises(ValueError, match="limit 2"):
         run(batcher.submit(np.zeros((3, 1), np.uint8)))
     batcher.close()
@@ -106,23 +112,7 @@ def test_oversized_request_is_refused() -> None:
 
 def test_batch_sizes_are_observed_in_the_histogram() -> None:
     before = BATCH_SIZE._sum.get()
-    batcher = AdaptiveBatcher(RecordingModel(), max_batch_size=4, max_delay_s=0.0)
+    batcher = batcher_for(RecordingModel(), 4, 0.0)
     run(batcher.submit(np.zeros((3, 1), np.uint8)))
     batcher.close()
     assert BATCH_SIZE._sum.get() - before == 3
-
-
-def test_worker_thread_is_initialised_and_used_for_warm_up() -> None:
-    initialised: list[str] = []
-    warmed: list[str] = []
-    model = RecordingModel()
-    batcher = AdaptiveBatcher(
-        model,
-        2,
-        0.0,
-        thread_initializer=lambda: initialised.append(threading.current_thread().name),
-    )
-    batcher.call_in_worker(lambda: warmed.append(threading.current_thread().name))
-    run(batcher.submit(np.zeros((1, 1), np.uint8)))
-    batcher.close()
-    assert len(initialised) == 1 and warmed == initialised and model.threads == set(initialised)

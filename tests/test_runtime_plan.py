@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from common.modelrepo import resolve
-from predictor.runtime import ExecutionPlan, TorchRunner, plan_execution
+from predictor.runtime import ExecutionPlan, plan_execution, start_forward_thread
 
 
 def test_auto_picks_cuda_fp16_and_graphs_when_cuda_is_present() -> None:
@@ -50,10 +51,14 @@ def test_cpu_runner_gives_same_logits_for_pixels_and_normalised_input(
     model_repository: Path,
 ) -> None:
     version = resolve(model_repository, "image-classifier")
-    runner = TorchRunner(version.artifact, plan_execution("cpu", "auto", "auto", 2, False), 4)
-    runner.warm_up((224, 224, 3))
+    plan = plan_execution("cpu", "auto", "auto", 2, False)
+    runner, thread = start_forward_thread(version.artifact, plan, 4, (224, 224, 3))
     pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
     normalised = ((pixels.astype(np.float32) - 127) / 128).transpose(0, 3, 1, 2).copy()
-    from_pixels, from_float = runner.run(pixels), runner.run(normalised)
+    from_pixels = thread.submit(runner.run, pixels).result()
+    from_float = thread.submit(runner.run, normalised).result()
+    # Built, warmed and run on the one forward thread: no OpenMP team on this thread.
+    assert thread.submit(threading.current_thread).result() is not threading.current_thread()
+    thread.shutdown()
     assert from_pixels.shape == (2, 1000) and from_pixels.dtype == np.float32
     np.testing.assert_allclose(from_pixels, from_float, atol=1e-3)
