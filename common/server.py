@@ -17,6 +17,7 @@ import kserve
 import kserve.model_server
 from fastapi import FastAPI, Request, Response
 from kserve.errors import InvalidInput, ModelNotReady
+from kserve.logging import KSERVE_TRACE_LOGGER_NAME
 from kserve.predictor_config import PredictorConfig
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferResponse
@@ -178,4 +179,7 @@ def run_server(
         predictor_config=predictor_config,
     )
     install_v2_infer_route(app, server.dataplane)
+    if not args.enable_latency_logging:
+        # kserve's timing middleware logs two trace lines per request regardless of this flag.
+        logging.getLogger(KSERVE_TRACE_LOGGER_NAME).setLevel(logging.WARNING)
     server.start([model])
