@@ -18,6 +18,7 @@ from typing import Any
 
 from . import pbtxt
 
+DEFAULT_MODEL_NAME = "image-classifier"
 CONFIG_FILE = "config.pbtxt"
 PREPROCESS_FILE = "preprocess.json"
 MODEL_FILE = "model.pt"

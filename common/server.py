@@ -23,6 +23,7 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferResponse
 
 from . import codecs
+from .modelrepo import DEFAULT_MODEL_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         parents=[kserve.model_server.parser],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.set_defaults(model_name=DEFAULT_MODEL_NAME)
     parser.add_argument(
         "--max_request_bytes",
         type=positive_int,

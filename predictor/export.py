@@ -20,6 +20,7 @@ from torch import nn
 
 from common.modelrepo import (
     CONFIG_FILE,
+    DEFAULT_MODEL_NAME,
     MODEL_FILE,
     PREPROCESS_FILE,
     V2_TO_TRITON,
@@ -27,7 +28,6 @@ from common.modelrepo import (
     TensorSpec,
 )
 
-DEFAULT_MODEL_NAME = "image-classifier"
 LABELS_FILE = "labels.txt"
 # EfficientNet-Lite0's published preprocessing: (x - 127) / 128 after resize 256, crop 224.
 PREPROCESSING = Preprocessing(resize=256, crop=224, mean=(127.0,) * 3, std=(128.0,) * 3)

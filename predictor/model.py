@@ -13,7 +13,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from common import codecs
-from common.modelrepo import ModelVersion, TensorSpec, resolve
+from common.modelrepo import ModelRepositoryError, ModelVersion, TensorSpec, resolve
 
 from .batcher import AdaptiveBatcher
 from .runtime import plan_execution, start_forward_thread
@@ -60,6 +60,12 @@ class ImageClassifierPredictor(Model):
         self.version = resolve(s.model_dir, s.model_name, s.model_version)
         config = self.version.config
         self.input_spec, self.output_spec = config.inputs[0], config.outputs[0]
+        if len(self.input_spec.dims) != 3 or self.input_spec.datatype != "UINT8":
+            raise ModelRepositoryError(
+                f"{self.version.model_dir}: input {self.input_spec.name!r} is "
+                f"{self.input_spec.datatype} {list(self.input_spec.dims)}, expected UINT8 "
+                "[height, width, channels] pixels"
+            )
         plan = plan_execution(
             s.device, s.precision, s.cuda_graphs, s.num_threads, torch.cuda.is_available()
         )
