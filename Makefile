@@ -43,7 +43,7 @@ serve: $(STAMP) $(MODEL)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy common predictor transformer rollout scripts tests
+	$(BIN)/mypy common predictor transformer rollout scripts tests bench
 
 test: lint $(MODEL)
 	MODEL_REPOSITORY=$(MODEL_REPO) $(BIN)/python -m pytest
