@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +70,10 @@ class ServerProcess:
                 time.sleep(0.2)
         raise TimeoutError(f"{self.name} not ready after {timeout_s:.0f}s:\n{self.tail()}")
 
+    def alive(self) -> bool:
+        """Whether the process is still running."""
+        return self.process.poll() is None
+
     def cpu_seconds(self) -> float | None:
         """User + system CPU time of the process so far, or None where /proc is unavailable."""
         try:
@@ -106,13 +110,17 @@ class ServerProcess:
             self.process.wait(timeout=STOP_TIMEOUT_S)
 
 
-def start(name: str, module: str, args: list[str], log_dir: Path) -> ServerProcess:
-    """Start `python -m module` on free ports without latency logging; does not wait."""
+def start(
+    name: str, module: str, args: list[str], log_dir: Path, launcher: Sequence[str] = ()
+) -> ServerProcess:
+    """Start `python [launcher] -m module` on free ports without latency logging; does not
+    wait. `launcher` is a script that runs the module (tests/without_torch.py, say)."""
     http_port, grpc_port = free_port(), free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
     command = [
         sys.executable,
+        *launcher,
         "-m",
         module,
         "--http_port",

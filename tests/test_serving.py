@@ -158,17 +158,17 @@ def test_v2_grpc_with_tritonclient(transformer: Server) -> None:
     files = [str(DATA / n) for n in PHOTOS]
     health, meta, top5, top1 = grpc_calls(
         [
-            {"op": "health", "url": transformer.grpc_url, "model": MODEL_NAME},
-            {"op": "metadata", "url": transformer.grpc_url, "model": MODEL_NAME},
+            {"op": "health", "url": transformer.grpc_target, "model": MODEL_NAME},
+            {"op": "metadata", "url": transformer.grpc_target, "model": MODEL_NAME},
             {
                 "op": "infer_images",
-                "url": transformer.grpc_url,
+                "url": transformer.grpc_target,
                 "model": MODEL_NAME,
                 "files": files,
             },
             {
                 "op": "infer_images",
-                "url": transformer.grpc_url,
+                "url": transformer.grpc_target,
                 "model": MODEL_NAME,
                 "files": files[:1],
                 "top_k": 1,
@@ -248,11 +248,11 @@ def test_predictor_v1_and_grpc(predictor: Server, tmp_path: Path) -> None:
     np.save(tmp_path / "wrong.npy", pixels[:, :200])
     health, meta, good, bad = grpc_calls(
         [
-            {"op": "health", "url": predictor.grpc_url, "model": MODEL_NAME},
-            {"op": "metadata", "url": predictor.grpc_url, "model": MODEL_NAME},
+            {"op": "health", "url": predictor.grpc_target, "model": MODEL_NAME},
+            {"op": "metadata", "url": predictor.grpc_target, "model": MODEL_NAME},
             {
                 "op": "infer_tensor",
-                "url": predictor.grpc_url,
+                "url": predictor.grpc_target,
                 "model": MODEL_NAME,
                 "npy": str(tmp_path / "pixels.npy"),
                 "name": "pixels__0",
@@ -261,7 +261,7 @@ def test_predictor_v1_and_grpc(predictor: Server, tmp_path: Path) -> None:
             },
             {
                 "op": "infer_tensor",
-                "url": predictor.grpc_url,
+                "url": predictor.grpc_target,
                 "model": MODEL_NAME,
                 "npy": str(tmp_path / "wrong.npy"),
                 "name": "pixels__0",
@@ -471,13 +471,13 @@ def test_bad_input_over_grpc_is_invalid_argument(transformer: Server) -> None:
         [
             {
                 "op": "infer_images",
-                "url": transformer.grpc_url,
+                "url": transformer.grpc_target,
                 "model": MODEL_NAME,
                 "hex": [b"not an image".hex()],
             },
             {
                 "op": "infer_images",
-                "url": transformer.grpc_url,
+                "url": transformer.grpc_target,
                 "model": MODEL_NAME,
                 "files": [str(DATA / "coffee.jpg")],
             },
