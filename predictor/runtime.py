@@ -142,6 +142,7 @@ class TorchRunner:
         return staged.to(self.device, non_blocking=True)
 
     def _capture_graphs(self, pixel_shape: tuple[int, ...]) -> None:
+        """Capture the UINT8 forward for each of GRAPH_BATCH_SIZES up to the max batch."""
         sizes = [s for s in GRAPH_BATCH_SIZES if s <= self.max_batch_size] or [self.max_batch_size]
         if sizes[-1] < self.max_batch_size:
             sizes.append(self.max_batch_size)
@@ -155,6 +156,7 @@ class TorchRunner:
     def _capture(
         self, size: int, pixel_shape: tuple[int, ...], stream: Any
     ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """Warm one batch size up on a side stream, then record it as a CUDA graph."""
         static_in = torch.zeros((size, *pixel_shape), dtype=torch.uint8, device=self.device)
         with torch.cuda.stream(stream):
             for _ in range(3):
