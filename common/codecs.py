@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from kserve.errors import InvalidInput
+from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import (
     InferInput,
     InferOutput,
@@ -113,15 +113,7 @@ def input_to_numpy(tensor: InferInput) -> np.ndarray:
     count = math.prod(shape)
     raw = tensor._raw_data  # kserve keeps binary payloads here; this module is its only reader.
     if raw is not None:
-        if dtype == np.object_:
-            return deserialize_bytes(raw, count, name).reshape(shape)
-        expected = count * dtype.itemsize
-        if len(raw) != expected:
-            raise InvalidInput(
-                f"input {name!r}: {len(raw)} bytes of binary data, expected {expected} for "
-                f"{tensor.datatype} shape {shape}"
-            )
-        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+        return _raw_to_numpy(raw, tensor.datatype, shape, name)
     data = tensor.data
     if isinstance(data, np.ndarray):
         array = data
@@ -148,6 +140,23 @@ def input_to_numpy(tensor: InferInput) -> np.ndarray:
     return array.reshape(shape)
 
 
+def _raw_to_numpy(
+    raw: bytes | memoryview, datatype: str, shape: list[int], name: str
+) -> np.ndarray:
+    """View binary tensor data as an array of `shape`; raises InvalidInput when sizes differ."""
+    dtype = NUMPY_DTYPES[datatype]
+    count = math.prod(shape)
+    if dtype == np.object_:
+        return deserialize_bytes(raw, count, name).reshape(shape)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidInput(
+            f"tensor {name!r}: {len(raw)} bytes of binary data, expected {expected} for "
+            f"{datatype} shape {shape}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
 def _flatten(data: Any) -> Any:
     if isinstance(data, list | tuple):
         for item in data:
@@ -159,17 +168,19 @@ def _flatten(data: Any) -> Any:
 
 
 def output_to_numpy(tensor: InferOutput) -> np.ndarray:
-    """The array of a response output (used on what the predictor sends back)."""
-    dtype = NUMPY_DTYPES[tensor.datatype]
+    """The array of a response output (what a model or the predictor answered).
+
+    Raises InferenceError (a server-side fault, not the client's) when it is malformed.
+    """
     shape = list(tensor.shape)
-    raw = tensor._raw_data
-    if raw is not None:
-        if dtype == np.object_:
-            return deserialize_bytes(raw, math.prod(shape), tensor.name).reshape(shape)
-        return np.frombuffer(raw, dtype=dtype).reshape(shape)
-    if isinstance(tensor.data, np.ndarray):
-        return tensor.data
-    return np.asarray(tensor.data, dtype=dtype).reshape(shape)
+    try:
+        if tensor._raw_data is not None:
+            return _raw_to_numpy(tensor._raw_data, tensor.datatype, shape, tensor.name)
+        if isinstance(tensor.data, np.ndarray):
+            return tensor.data
+        return np.asarray(tensor.data, dtype=NUMPY_DTYPES[tensor.datatype]).reshape(shape)
+    except (InvalidInput, KeyError, ValueError) as exc:
+        raise InferenceError(f"malformed output {tensor.name!r}: {exc}") from exc
 
 
 def numpy_input(name: str, array: np.ndarray) -> InferInput:

@@ -160,3 +160,13 @@ def test_unknown_requested_output_is_rejected() -> None:
     )
     with pytest.raises(InvalidInput, match="'nope' does not exist"):
         codecs.encode_rest_response(response, request)
+
+
+def test_malformed_response_output_is_a_server_error() -> None:
+    from kserve.errors import InferenceError
+    from kserve.protocol.infer_type import InferOutput
+
+    output = InferOutput("logits", [2, 3], "FP32")
+    output._raw_data = b"\0" * 8
+    with pytest.raises(InferenceError, match="malformed output 'logits'"):
+        codecs.output_to_numpy(output)
