@@ -125,9 +125,7 @@ class _BodyTooLarge(Exception):
 def install_v2_infer_route(app: FastAPI, dataplane: DataPlane) -> None:
     """Serve POST /v2/models/{name}/infer with zero-copy parsing, ahead of kserve's route."""
 
-    async def infer(
-        request: Request, model_name: str, model_version: str | None = None
-    ) -> Response:
+    async def infer(request: Request, model_name: str) -> Response:
         if not await dataplane.model_ready(model_name, True):
             raise ModelNotReady(model_name)
         body = await request.body()
@@ -141,13 +139,12 @@ def install_v2_infer_route(app: FastAPI, dataplane: DataPlane) -> None:
         content, encoding_headers = codecs.encode_rest_response(result, infer_request)
         return Response(content=content, headers={**extra_headers, **encoding_headers})
 
-    for path in (
-        "/v2/models/{model_name}/infer",
-        "/v2/models/{model_name}/versions/{model_version}/infer",
-    ):
-        app.router.add_api_route(path, infer, methods=["POST"], include_in_schema=False)
+    # Versioned paths stay kserve's, which answers 501 rather than serve another version.
+    app.router.add_api_route(
+        "/v2/models/{model_name}/infer", infer, methods=["POST"], include_in_schema=False
+    )
     # Routes match in order: move ours in front of any registered before this call.
-    app.router.routes[:] = app.router.routes[-2:] + app.router.routes[:-2]
+    app.router.routes[:] = app.router.routes[-1:] + app.router.routes[:-1]
 
 
 def run_server(

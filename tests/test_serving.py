@@ -486,3 +486,10 @@ def test_bad_input_over_grpc_is_invalid_argument(transformer: Server) -> None:
     assert bad["code"] == "StatusCode.INVALID_ARGUMENT"
     assert "not a supported image" in bad["message"]
     assert good["ok"] and good["label"][0][0] == "espresso"
+
+
+def test_versioned_infer_path_is_not_served_as_another_version(predictor: Server) -> None:
+    body = {"inputs": [{"name": "pixels__0", "datatype": "UINT8", "shape": [1], "data": [1]}]}
+    response = httpx.post(f"{predictor.url}/v2/models/{MODEL_NAME}/versions/7/infer", json=body)
+    assert response.status_code == 501, response.text
+    assert predictor.alive()

@@ -23,7 +23,7 @@ class TransformerSettings:
     model_dir: Path
     predictor: PredictorConfig
     decode_workers: int
-    max_images: int
+    max_images: int | None  # None: the model config's max_batch_size
     max_image_pixels: int
     default_top_k: int
     max_request_bytes: int
@@ -91,7 +91,7 @@ def parse(argv: list[str] | None = None) -> TransformerSettings:
             predictor_health_check=args.enable_predictor_health_check,
         ),
         decode_workers=args.decode_workers or available_cpus(),
-        max_images=args.max_images or 0,
+        max_images=args.max_images,
         max_image_pixels=args.max_image_pixels,
         default_top_k=args.top_k,
         max_request_bytes=args.max_request_bytes,
