@@ -3,10 +3,10 @@
     python -m bench.limit --model_dir REPO --images DIR [--batch_sizes 1,2,4,8,16] [--seconds 2]
 
 Per batch: decode + preprocess each image (`transformer.imaging.preprocess`, the transformer's
-own function), stack, forward (`predictor.runtime.TorchRunner`, the predictor's own runner on the
-same TorchScript artifact). One thread of control, torch with the predictor's thread count and
-process settings. Runs in its own process because transformer.imaging imports kserve, which
-cannot share a process with the driver's tritonclient.grpc.
+own function), stack, forward (`predictor.torchscript.TorchScriptEngine`, the predictor's own
+engine on the same TorchScript artifact). One thread of control, torch with the predictor's
+thread count and process settings. Runs in its own process because transformer.imaging imports
+kserve, which cannot share a process with the driver's tritonclient.grpc.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from common.cpus import available_cpus  # noqa: E402
 from common.modelrepo import resolve  # noqa: E402
-from predictor.runtime import TorchRunner, plan_execution  # noqa: E402
+from predictor.torchscript import TorchScriptEngine, plan_execution  # noqa: E402
 from transformer.imaging import DecodeLimits, preprocess  # noqa: E402
 
 DEFAULT_BATCH_SIZES = "1,2,4,8,16"
@@ -67,8 +67,9 @@ def measure(argv: list[str] | None = None) -> dict[str, object]:
         raise SystemExit(f"bench.limit: no .jpg images in {args.images}")
     blobs = [path.read_bytes() for path in paths]
     plan = plan_execution("cpu", "auto", "auto", threads, False)
-    runner = TorchRunner(version.artifact, plan, max(args.batch_sizes))
-    runner.warm_up(version.config.inputs[0].dims)
+    runner = TorchScriptEngine.warmed(
+        version.artifact, plan, max(args.batch_sizes), version.config.inputs[0].dims
+    )
 
     # Warm the decoder and record each image's top-1 class, for agreement checks.
     top1 = {}

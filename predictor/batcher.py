@@ -7,18 +7,26 @@ batch; each caller gets its own slice of the result.
 Policy: the worker takes what is queued the moment it is free. It waits up to
 `max_delay_s` for more only when there is load (the previous batch held more than one request,
 or more are already queued), so a lone request at low load never pays the delay.
+
+Bounds: at most `max_queue_size` images wait (past it `submit` raises QueueFull at once, never
+queues without limit); a request whose caller has gone or whose deadline passed leaves the
+queue without running. A failure anywhere in a batch fails exactly that batch's requests and
+the worker carries on; `close()` fails whatever is still queued.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from prometheus_client import Histogram
+
+logger = logging.getLogger(__name__)
 
 BATCH_SIZE = Histogram(
     "predictor_batch_size",
@@ -37,11 +45,34 @@ QUEUE_SECONDS = Histogram(
 )
 
 
-@dataclass
+class QueueFull(Exception):
+    """The queue holds `max_queue_size` images already: the request was refused, not queued."""
+
+
+class DeadlineExpired(Exception):
+    """The request's deadline passed while it waited: it left the queue without running."""
+
+
+class BatcherClosed(Exception):
+    """The batcher is shutting down: the request was not (or will not be) run."""
+
+
+class BatchFailed(RuntimeError):
+    """The batch this request was in failed outside the model (a wrong result, say)."""
+
+
+@dataclass(eq=False)
 class _Pending:
     array: np.ndarray
     future: asyncio.Future[np.ndarray]
-    queued_at: float = field(default_factory=time.perf_counter)
+    deadline: float | None  # time.monotonic() seconds
+    queued_at: float = field(default_factory=time.monotonic)
+    queued: bool = True  # counted in the queue's images until taken or finished
+    timer: asyncio.TimerHandle | None = None
+
+    @property
+    def rows(self) -> int:
+        return int(self.array.shape[0])
 
     @property
     def kind(self) -> tuple[np.dtype, tuple[int, ...]]:
@@ -53,74 +84,171 @@ class AdaptiveBatcher:
 
     def __init__(
         self,
-        run: Callable[[np.ndarray], np.ndarray],
+        run: Callable[[np.ndarray], Awaitable[np.ndarray]],
         max_batch_size: int,
         max_delay_s: float,
-        executor: ThreadPoolExecutor,
+        max_queue_size: int | None = None,
     ) -> None:
-        """`run` is called on `executor`, which must have one thread: torch parallelises inside
-        a forward pass, passes run one at a time. The batcher shuts it down on close()."""
+        """`run` computes one batch (a ForwardWorker's `run`, say); the batcher awaits one call
+        at a time. `max_queue_size` images may wait (None: no bound; it must hold at least one
+        full batch). Raises ValueError for impossible sizes."""
+        if max_queue_size is not None and max_queue_size < max_batch_size:
+            raise ValueError(
+                f"max_queue_size {max_queue_size} is below max_batch_size {max_batch_size}: "
+                "a full request could never be queued"
+            )
         self._run = run
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
-        self._executor = executor
-        self._queue: asyncio.Queue[_Pending] | None = None
+        self.max_queue_size = max_queue_size
+        self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
+        self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
-        self._carry: _Pending | None = None
+        self._closed = False
         self._last_requests = 1
 
-    async def submit(self, array: np.ndarray) -> np.ndarray:
-        """Run `array` (at most max_batch_size rows) in some batch; returns its own rows."""
-        if not 0 < array.shape[0] <= self.max_batch_size:
-            raise ValueError(f"batch of {array.shape[0]} rows, limit {self.max_batch_size}")
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-            self._worker = asyncio.get_running_loop().create_task(self._serve())
-        pending = _Pending(array, asyncio.get_running_loop().create_future())
-        self._queue.put_nowait(pending)
+    @property
+    def queued_images(self) -> int:
+        """Images waiting for a forward pass now."""
+        return self._queued_rows
+
+    async def submit(self, array: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        """Run `array` (at most max_batch_size rows) in some batch; returns its own rows.
+
+        `deadline` is a time.monotonic() value. Raises ValueError (bad size), QueueFull,
+        DeadlineExpired, BatcherClosed, BatchFailed, or what `run` raised for its batch.
+        """
+        rows = int(array.shape[0])
+        if not 0 < rows <= self.max_batch_size:
+            raise ValueError(f"batch of {rows} rows, limit {self.max_batch_size}")
+        if self._closed:
+            raise BatcherClosed("the batcher is closed: the server is shutting down")
+        if self.max_queue_size is not None and self._queued_rows + rows > self.max_queue_size:
+            raise QueueFull(
+                f"{self._queued_rows} images already wait for a forward pass "
+                f"(--max_queue_size {self.max_queue_size})"
+            )
+        loop = asyncio.get_running_loop()
+        self._ensure_worker(loop)
+        pending = _Pending(array, loop.create_future(), deadline)
+        if deadline is not None:
+            pending.timer = loop.call_at(
+                loop.time() + (deadline - time.monotonic()), self._expire, pending
+            )
+        pending.future.add_done_callback(lambda _: self._dequeue(pending))
+        self._queue.append(pending)
+        self._queued_rows += rows
+        self._arrived.set()
         return await pending.future
 
     def close(self) -> None:
-        """Stop the worker and the forward thread."""
+        """Stop the worker; fail every queued request (and the batch in progress) with
+        BatcherClosed."""
+        self._closed = True
+        error = BatcherClosed("the server is shutting down")
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(error)
         if self._worker is not None:
             self._worker.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _ensure_worker(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._worker is not None and not self._worker.done():
+            return
+        if self._worker is not None:  # it ended: never expected, so say so and start again
+            logger.error("batcher worker ended unexpectedly; restarting it")
+        self._arrived = asyncio.Event()  # bound to this loop on first use
+        self._worker = loop.create_task(self._serve())
+
+    def _dequeue(self, pending: _Pending) -> None:
+        """Stop counting `pending` in the queue (taken into a batch, finished or cancelled)."""
+        if pending.queued:
+            pending.queued = False
+            self._queued_rows -= pending.rows
+        if pending.timer is not None:
+            pending.timer.cancel()
+            pending.timer = None
+
+    def _expire(self, pending: _Pending) -> None:
+        if pending.queued and not pending.future.done():
+            waited = time.monotonic() - pending.queued_at
+            pending.future.set_exception(
+                DeadlineExpired(f"deadline passed after {waited:.3f} s waiting in the queue")
+            )
 
     async def _serve(self) -> None:
         while True:
             batch = await self._gather()
-            await self._execute(batch)
+            try:
+                await self._execute(batch)
+            except Exception as exc:  # a bug outside the forward pass: fail this batch only
+                logger.exception("batch of %d requests failed", len(batch))
+                self._fail(batch, BatchFailed(f"the batch failed: {type(exc).__name__}: {exc}"))
+
+    def _pop_live(self) -> _Pending | None:
+        """The first queued request still wanted, or None; drops the cancelled and expired."""
+        while self._queue:
+            pending = self._queue.popleft()
+            if pending.future.done():  # cancelled by its caller, or expired
+                continue
+            if pending.deadline is not None and time.monotonic() >= pending.deadline:
+                self._expire(pending)
+                continue
+            self._dequeue(pending)
+            return pending
+        return None
+
+    async def _next(self) -> _Pending:
+        """The next live request, waiting as long as it takes."""
+        while True:
+            pending = self._pop_live()
+            if pending is not None:
+                return pending
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    async def _next_within(self, timeout: float) -> _Pending | None:
+        """The next live request if one arrives within `timeout` seconds, else None."""
+        end = time.monotonic() + timeout
+        while True:
+            pending = self._pop_live()
+            remaining = end - time.monotonic()
+            if pending is not None or remaining <= 0:
+                return pending
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return self._pop_live()
 
     async def _gather(self) -> list[_Pending]:
-        assert self._queue is not None
-        first = self._carry or await self._queue.get()
-        self._carry = None
-        batch, rows = [first], first.array.shape[0]
-        loaded = self._last_requests > 1 or not self._queue.empty()
-        deadline = time.perf_counter() + (self.max_delay_s if loaded else 0.0)
+        first = await self._next()
+        batch, rows = [first], first.rows
+        loaded = self._last_requests > 1 or bool(self._queue)
+        deadline = time.monotonic() + (self.max_delay_s if loaded else 0.0)
         while rows < self.max_batch_size:
-            try:
-                item = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
-            if item.kind != first.kind or rows + item.array.shape[0] > self.max_batch_size:
-                self._carry = item  # starts the next batch
+            item = await self._next_within(deadline - time.monotonic())
+            if item is None:
+                break
+            if item.kind != first.kind or rows + item.rows > self.max_batch_size:
+                self._requeue(item)  # starts the next batch
                 break
             batch.append(item)
-            rows += item.array.shape[0]
+            rows += item.rows
         return batch
+
+    def _requeue(self, pending: _Pending) -> None:
+        pending.queued = True
+        self._queued_rows += pending.rows
+        self._queue.appendleft(pending)
 
     async def _execute(self, batch: list[_Pending]) -> None:
         live = [p for p in batch if not p.future.done()]  # callers may have gone away
         if not live:
             return
-        started = time.perf_counter()
+        started = time.monotonic()
         for pending in live:
             QUEUE_SECONDS.observe(started - pending.queued_at)
         inputs = live[0].array if len(live) == 1 else np.concatenate([p.array for p in live])
@@ -129,17 +257,33 @@ class AdaptiveBatcher:
         BATCH_SIZE.observe(inputs.shape[0])
         BATCH_REQUESTS.observe(len(live))
         self._last_requests = len(live)
-        loop = asyncio.get_running_loop()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run, inputs)
+            outputs = await self._run(inputs)
+        except asyncio.CancelledError:
+            self._fail(live, BatcherClosed("the server is shutting down"))
+            raise
         except Exception as exc:  # a failed forward pass fails exactly the requests in it
-            for pending in live:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
+            self._fail(live, exc)
+            return
+        if not isinstance(outputs, np.ndarray) or outputs.shape[:1] != inputs.shape[:1]:
+            got = list(outputs.shape) if isinstance(outputs, np.ndarray) else type(outputs)
+            self._fail(
+                live,
+                BatchFailed(
+                    f"the model returned {got} for a batch of {inputs.shape[0]} rows: "
+                    "expected one result row per input row"
+                ),
+            )
             return
         start = 0
         for pending in live:
-            end = start + pending.array.shape[0]
+            end = start + pending.rows
             if not pending.future.done():
                 pending.future.set_result(outputs[start:end])
             start = end
+
+    @staticmethod
+    def _fail(batch: list[_Pending], error: BaseException) -> None:
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(error)

@@ -9,15 +9,16 @@ from typing import Any
 import numpy as np
 import torch
 from kserve import Model
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput, ModelNotReady
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from common import codecs
 from common.modelrepo import ModelRepositoryError, ModelVersion, TensorSpec, resolve
 
 from .batcher import AdaptiveBatcher
-from .runtime import plan_execution, start_forward_thread
 from .settings import PredictorSettings
+from .torchscript import TorchScriptEngine, plan_execution
+from .worker import ForwardWorker
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class ImageClassifierPredictor(Model):
         self.settings = settings
         self.version: ModelVersion | None = None
         self.batcher: AdaptiveBatcher | None = None
+        self.worker: ForwardWorker[TorchScriptEngine] | None = None
 
     def load(self) -> bool:
         """Load the artifact on its device and warm it up; ready only after that."""
@@ -75,10 +77,11 @@ class ImageClassifierPredictor(Model):
             if s.max_batch_delay_ms is not None
             else config.max_queue_delay_us / 1000
         )
-        runner, forward_thread = start_forward_thread(
-            self.version.artifact, plan, max_batch, self.input_spec.dims
+        artifact, pixel_shape = self.version.artifact, self.input_spec.dims
+        self.worker = ForwardWorker(
+            lambda: TorchScriptEngine.warmed(artifact, plan, max_batch, pixel_shape)
         )
-        self.batcher = AdaptiveBatcher(runner.run, max_batch, delay_ms / 1000, forward_thread)
+        self.batcher = AdaptiveBatcher(self.worker.run, max_batch, delay_ms / 1000)
         logger.info(
             "loaded %s version %s on %s (%s, %d threads, CUDA graphs %s), max batch %d, "
             "delay %.1f ms",
@@ -98,6 +101,8 @@ class ImageClassifierPredictor(Model):
         """Release the forward thread."""
         if self.batcher is not None:
             self.batcher.close()
+        if self.worker is not None:
+            self.worker.close()
         super().stop()
 
     def get_input_types(self) -> list[dict[str, Any]]:
@@ -115,7 +120,8 @@ class ImageClassifierPredictor(Model):
         response_headers: dict[str, str] | None = None,
     ) -> dict[str, Any] | InferResponse:
         """Logits for a V1 {"instances": ...} body or a V2 request; raises InvalidInput."""
-        assert self.batcher is not None
+        if self.batcher is None:
+            raise ModelNotReady(self.name)
         if isinstance(payload, InferRequest):
             array = self._v2_input(payload)
         else:

@@ -5,12 +5,19 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from predictor.batcher import BATCH_SIZE, AdaptiveBatcher
+from predictor.batcher import (
+    BATCH_SIZE,
+    AdaptiveBatcher,
+    BatcherClosed,
+    BatchFailed,
+    DeadlineExpired,
+    QueueFull,
+)
+from predictor.worker import ForwardWorker
 
 
 class RecordingModel:
@@ -22,7 +29,7 @@ class RecordingModel:
         self.fail_on = fail_on
         self.threads: set[str] = set()
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray) -> np.ndarray:
         self.threads.add(threading.current_thread().name)
         self.batches.append(batch.shape[0])
         if self.delay:
@@ -33,8 +40,7 @@ class RecordingModel:
 
 
 def batcher_for(model: RecordingModel, max_batch_size: int, max_delay_s: float) -> AdaptiveBatcher:
-    executor = ThreadPoolExecutor(1, thread_name_prefix="forward")
-    return AdaptiveBatcher(model, max_batch_size, max_delay_s, executor)
+    return AdaptiveBatcher(ForwardWorker(lambda: model).run, max_batch_size, max_delay_s)
 
 
 def run(coroutine):
@@ -116,3 +122,109 @@ def test_batch_sizes_are_observed_in_the_histogram() -> None:
     run(batcher.submit(np.zeros((3, 1), np.uint8)))
     batcher.close()
     assert BATCH_SIZE._sum.get() - before == 3
+
+
+class WrongRows:
+    """Answers one row too few for the first batch, then behaves."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        rows = batch.shape[0] - 1 if self.calls == 1 else batch.shape[0]
+        return np.zeros((rows, 2), np.float32)
+
+
+def test_a_result_with_the_wrong_rows_fails_its_batch_and_the_worker_carries_on() -> None:
+    batcher = AdaptiveBatcher(ForwardWorker(WrongRows).run, 4, 0.0)
+
+    async def scenario() -> tuple[BaseException | np.ndarray, np.ndarray]:
+        first = await asyncio.gather(
+            batcher.submit(np.zeros((2, 1), np.uint8)), return_exceptions=True
+        )
+        return first[0], await batcher.submit(np.zeros((3, 1), np.uint8))
+
+    failed, later = run(scenario())
+    batcher.close()
+    assert isinstance(failed, BatchFailed) and "for a batch of 2 rows" in str(failed)
+    assert later.shape == (3, 2)
+
+
+def test_a_bug_outside_the_forward_pass_fails_only_that_batch() -> None:
+    async def not_an_array(batch: np.ndarray) -> np.ndarray:
+        if batch[0, 0] == 9:
+            raise KeyError("boom")  # as if the engine wrapper itself were broken
+        return batch * 2
+
+    batcher = AdaptiveBatcher(not_an_array, 1, 0.0)
+
+    async def scenario() -> list[object]:
+        arrays = [np.full((1, 1), v, np.uint8) for v in (9, 1)]
+        return await asyncio.gather(*(batcher.submit(a) for a in arrays), return_exceptions=True)
+
+    bad, good = run(scenario())
+    batcher.close()
+    assert isinstance(bad, KeyError)
+    np.testing.assert_array_equal(good, [[2]])
+
+
+def test_a_full_queue_refuses_at_once_and_accepts_again_when_drained() -> None:
+    model = RecordingModel(delay=0.2)
+    batcher = AdaptiveBatcher(ForwardWorker(lambda: model).run, 2, 0.0, max_queue_size=4)
+
+    async def scenario() -> tuple[list[object], float, np.ndarray]:
+        first = asyncio.ensure_future(batcher.submit(np.zeros((2, 1), np.uint8)))
+        await asyncio.sleep(0.05)  # the worker took it: the queue is empty again
+        queued = [asyncio.ensure_future(batcher.submit(np.zeros((2, 1), np.uint8))) for _ in "ab"]
+        await asyncio.sleep(0)
+        started = time.monotonic()
+        with pytest.raises(QueueFull, match="max_queue_size 4"):
+            await batcher.submit(np.zeros((1, 1), np.uint8))
+        refused_in = time.monotonic() - started
+        results: list[object] = list(await asyncio.gather(first, *queued))
+        return results, refused_in, await batcher.submit(np.zeros((1, 1), np.uint8))
+
+    results, refused_in, after = run(scenario())
+    batcher.close()
+    assert len(results) == 3 and refused_in < 0.1  # refused without waiting for a pass
+    assert after.shape == (1, 1)
+
+
+def test_expired_and_abandoned_requests_leave_the_queue_without_running() -> None:
+    model = RecordingModel(delay=0.3)
+    batcher = AdaptiveBatcher(ForwardWorker(lambda: model).run, 1, 0.0, max_queue_size=8)
+
+    async def scenario() -> tuple[list[object], int]:
+        busy = asyncio.ensure_future(batcher.submit(np.full((1, 1), 1, np.uint8)))
+        await asyncio.sleep(0.05)
+        expiring = batcher.submit(np.full((1, 1), 2, np.uint8), deadline=time.monotonic() + 0.1)
+        abandoned = asyncio.ensure_future(batcher.submit(np.full((1, 1), 3, np.uint8)))
+        await asyncio.sleep(0)
+        abandoned.cancel()
+        outcomes = await asyncio.gather(busy, expiring, abandoned, return_exceptions=True)
+        return list(outcomes), batcher.queued_images
+
+    (busy, expired, abandoned), left = run(scenario())
+    batcher.close()
+    np.testing.assert_array_equal(busy, [[2]])
+    assert isinstance(expired, DeadlineExpired)
+    assert isinstance(abandoned, asyncio.CancelledError)
+    assert model.batches == [1] and left == 0  # only the first request ever ran
+
+
+def test_close_fails_what_is_queued_and_refuses_what_comes_later() -> None:
+    model = RecordingModel(delay=0.3)
+    batcher = AdaptiveBatcher(ForwardWorker(lambda: model).run, 1, 0.0)
+
+    async def scenario() -> list[object]:
+        jobs = [asyncio.ensure_future(batcher.submit(np.zeros((1, 1), np.uint8))) for _ in "abc"]
+        await asyncio.sleep(0.05)
+        batcher.close()
+        outcomes = await asyncio.wait_for(asyncio.gather(*jobs, return_exceptions=True), 5)
+        with pytest.raises(BatcherClosed):
+            await batcher.submit(np.zeros((1, 1), np.uint8))
+        return list(outcomes)
+
+    outcomes = run(scenario())
+    assert all(isinstance(o, BatcherClosed) for o in outcomes)  # none left hanging

@@ -1,7 +1,9 @@
-"""Device, precision and CUDA-graph selection (pure: no GPU needed), and the CPU runner."""
+"""Device, precision and CUDA-graph selection (pure: no GPU needed), and the CPU engine on its
+forward thread."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 
@@ -9,21 +11,18 @@ import numpy as np
 import pytest
 
 from common.modelrepo import resolve
-from predictor.runtime import ExecutionPlan, plan_execution, start_forward_thread
+from predictor.torchscript import ExecutionPlan, TorchScriptEngine, plan_execution
+from predictor.worker import ForwardWorker
 
 
 def test_auto_picks_cuda_fp16_and_graphs_when_cuda_is_present() -> None:
     plan = plan_execution("auto", "auto", "auto", 4, cuda_available=True)
-    assert plan == ExecutionPlan(
-        "cuda", "fp16", cuda_graphs=True, pinned_memory=True, num_threads=4
-    )
+    assert plan == ExecutionPlan("cuda", "fp16", cuda_graphs=True, num_threads=4)
 
 
 def test_auto_picks_cpu_fp32_without_cuda() -> None:
     plan = plan_execution("auto", "auto", "auto", 2, cuda_available=False)
-    assert plan == ExecutionPlan(
-        "cpu", "fp32", cuda_graphs=False, pinned_memory=False, num_threads=2
-    )
+    assert plan == ExecutionPlan("cpu", "fp32", cuda_graphs=False, num_threads=2)
 
 
 def test_explicit_choices_are_honoured() -> None:
@@ -47,18 +46,27 @@ def test_impossible_choices_are_refused(
         plan_execution(device, precision, graphs, 1, cuda_available=False)
 
 
-def test_cpu_runner_gives_same_logits_for_pixels_and_normalised_input(
+def test_cpu_engine_gives_same_logits_for_pixels_and_normalised_input(
     model_repository: Path,
 ) -> None:
     version = resolve(model_repository, "image-classifier")
     plan = plan_execution("cpu", "auto", "auto", 2, False)
-    runner, thread = start_forward_thread(version.artifact, plan, 4, (224, 224, 3))
+    built_on: list[threading.Thread] = []
+
+    def build() -> TorchScriptEngine:
+        built_on.append(threading.current_thread())
+        return TorchScriptEngine.warmed(version.artifact, plan, 4, (224, 224, 3))
+
+    worker = ForwardWorker(build)
     pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
     normalised = ((pixels.astype(np.float32) - 127) / 128).transpose(0, 3, 1, 2).copy()
-    from_pixels = thread.submit(runner.run, pixels).result()
-    from_float = thread.submit(runner.run, normalised).result()
-    # Built, warmed and run on the one forward thread: no OpenMP team on this thread.
-    assert thread.submit(threading.current_thread).result() is not threading.current_thread()
-    thread.shutdown()
+
+    async def both() -> tuple[np.ndarray, np.ndarray]:
+        return await worker.run(pixels), await worker.run(normalised)
+
+    from_pixels, from_float = asyncio.run(both())
+    worker.close()
+    # Built and warmed on the forward thread: no OpenMP team on this one.
+    assert built_on and built_on[0] is not threading.current_thread()
     assert from_pixels.shape == (2, 1000) and from_pixels.dtype == np.float32
     np.testing.assert_allclose(from_pixels, from_float, atol=1e-3)

@@ -1,16 +1,14 @@
-"""Runs the TorchScript model on one device: placement, precision, threads, CUDA graphs.
+"""The TorchScript engine: runs the model on one device with its placement, precision,
+threads and CUDA graphs.
 
 `plan_execution` turns the flags into an ExecutionPlan without touching a GPU, so the choice is
-testable on CPU; `TorchRunner` carries the plan out. Build it, warm it up and run it on one
-and the same thread (`start_forward_thread`): OpenMP keeps a thread team per calling thread,
-and with a second team on the event loop's thread libgomp sees more threads than CPUs and
-throttles its spinning, which doubled the batch-1 forward time here.
+testable on CPU; `TorchScriptEngine` carries the plan out. Build, warm up and run it on one and
+the same thread: `predictor.worker.ForwardWorker` owns that thread (and says why it matters).
 """
 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,6 @@ class ExecutionPlan:
     device: str
     dtype: str  # "fp32" or "fp16"
     cuda_graphs: bool
-    pinned_memory: bool
     num_threads: int
 
 
@@ -53,31 +50,10 @@ def plan_execution(
     if cuda_graphs == "on" and not on_cuda:
         raise ValueError("--cuda_graphs on needs a CUDA device")
     graphs = on_cuda and cuda_graphs in ("auto", "on")
-    return ExecutionPlan(device, precision, graphs, pinned_memory=on_cuda, num_threads=num_threads)
+    return ExecutionPlan(device, precision, graphs, num_threads=num_threads)
 
 
-def start_forward_thread(
-    artifact: Path, plan: ExecutionPlan, max_batch_size: int, pixel_shape: tuple[int, ...]
-) -> tuple[TorchRunner, ThreadPoolExecutor]:
-    """Load and warm a runner on a new single thread; returns it with that thread's executor.
-
-    Every later `run` must be submitted to the returned executor.
-    """
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
-
-    def build() -> TorchRunner:
-        runner = TorchRunner(artifact, plan, max_batch_size)
-        runner.warm_up(pixel_shape)
-        return runner
-
-    try:
-        return executor.submit(build).result(), executor
-    except BaseException:
-        executor.shutdown(wait=False)
-        raise
-
-
-class TorchRunner:
+class TorchScriptEngine:
     """Loads the TorchScript artifact and runs batches of UINT8 NHWC or FP32 NCHW arrays."""
 
     def __init__(self, artifact: Path, plan: ExecutionPlan, max_batch_size: int) -> None:
@@ -95,6 +71,15 @@ class TorchRunner:
         self.module = torch.jit.freeze(module, preserved_attrs=["forward_normalized"])
         self._graphs: dict[int, tuple[Any, torch.Tensor, torch.Tensor]] = {}
         self._staging: torch.Tensor | None = None
+
+    @classmethod
+    def warmed(
+        cls, artifact: Path, plan: ExecutionPlan, max_batch_size: int, pixel_shape: tuple[int, ...]
+    ) -> TorchScriptEngine:
+        """Load the artifact and run every code path once: the builder for a ForwardWorker."""
+        engine = cls(artifact, plan, max_batch_size)
+        engine.warm_up(pixel_shape)
+        return engine
 
     def warm_up(self, pixel_shape: tuple[int, ...]) -> None:
         """Run every code path once (and capture CUDA graphs) before the model reports ready."""
