@@ -25,6 +25,8 @@ from kserve.protocol.infer_type import (
     RequestedOutput,
 )
 
+from . import kserve_compat
+
 # The header that tells where the JSON part of a binary-extension body ends.
 JSON_LENGTH_HEADER = "inference-header-content-length"
 
@@ -111,7 +113,7 @@ def input_to_numpy(tensor: InferInput) -> np.ndarray:
     dtype = _check_datatype(name, tensor.datatype)
     shape = _check_shape(name, tensor.shape)
     count = math.prod(shape)
-    raw = tensor._raw_data  # kserve keeps binary payloads here; this module is its only reader.
+    raw = kserve_compat.raw_data(tensor)
     if raw is not None:
         return _raw_to_numpy(raw, tensor.datatype, shape, name)
     data = tensor.data
@@ -174,8 +176,9 @@ def output_to_numpy(tensor: InferOutput) -> np.ndarray:
     """
     shape = list(tensor.shape)
     try:
-        if tensor._raw_data is not None:
-            return _raw_to_numpy(tensor._raw_data, tensor.datatype, shape, tensor.name)
+        raw = kserve_compat.raw_data(tensor)
+        if raw is not None:
+            return _raw_to_numpy(raw, tensor.datatype, shape, tensor.name)
         if isinstance(tensor.data, np.ndarray):
             return tensor.data
         return np.asarray(tensor.data, dtype=NUMPY_DTYPES[tensor.datatype]).reshape(shape)
@@ -271,14 +274,14 @@ def parse_rest_request(body: bytes, json_length: str | None, model_name: str) ->
         tensor = InferInput(name, shape, entry["datatype"], parameters=params or None)
         size = params.get("binary_data_size")
         if "data" in entry:
-            tensor._data = entry["data"]
+            tensor.data = entry["data"]
         elif size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(body):
                 raise InvalidInput(
                     f"input {name!r}: binary_data_size {size!r} does not fit the "
                     f"{len(body) - offset} bytes left in the body"
                 )
-            tensor._raw_data = view[offset : offset + size]
+            kserve_compat.set_raw_data(tensor, view[offset : offset + size])
             offset += size
         else:
             raise InvalidInput(f'input {name!r}: needs "data" or a binary_data_size parameter')

@@ -14,15 +14,13 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import kserve
-import kserve.model_server
 from fastapi import FastAPI, Request, Response
 from kserve.errors import InvalidInput, ModelNotReady
-from kserve.logging import KSERVE_TRACE_LOGGER_NAME
 from kserve.predictor_config import PredictorConfig
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferResponse
 
-from . import codecs
+from . import codecs, kserve_compat
 from .modelrepo import DEFAULT_MODEL_NAME
 
 logger = logging.getLogger(__name__)
@@ -39,7 +37,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     """An argument parser on top of kserve's own (ports, model name, predictor host, ...)."""
     parser = argparse.ArgumentParser(
         description=description,
-        parents=[kserve.model_server.parser],
+        parents=[kserve_compat.server_parser()],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.set_defaults(model_name=DEFAULT_MODEL_NAME)
@@ -126,7 +124,7 @@ def install_v2_infer_route(app: FastAPI, dataplane: DataPlane) -> None:
     """Serve POST /v2/models/{name}/infer with zero-copy parsing, ahead of kserve's route."""
 
     async def infer(request: Request, model_name: str) -> Response:
-        if not await dataplane.model_ready(model_name, True):
+        if not await kserve_compat.ready_to_infer(dataplane, model_name):
             raise ModelNotReady(model_name)
         body = await request.body()
         headers = dict(request.headers)
@@ -140,11 +138,7 @@ def install_v2_infer_route(app: FastAPI, dataplane: DataPlane) -> None:
         return Response(content=content, headers={**extra_headers, **encoding_headers})
 
     # Versioned paths stay kserve's, which answers 501 rather than serve another version.
-    app.router.add_api_route(
-        "/v2/models/{model_name}/infer", infer, methods=["POST"], include_in_schema=False
-    )
-    # Routes match in order: move ours in front of any registered before this call.
-    app.router.routes[:] = app.router.routes[-1:] + app.router.routes[:-1]
+    kserve_compat.add_route_first(app, "/v2/models/{model_name}/infer", infer, ["POST"])
 
 
 def run_server(
@@ -153,32 +147,41 @@ def run_server(
     max_request_bytes: int,
     predictor_config: PredictorConfig | None = None,
 ) -> None:
-    """Start kserve's ModelServer for one ready model with our limits and REST route."""
+    """Start kserve's ModelServer for one ready model with our limits and REST route.
+
+    Every setting reaches kserve as an explicit value: the constructor's arguments here, the
+    rest through `kserve_compat.apply_global_flags`.
+    """
     if args.workers != 1:
         raise SystemExit(
             f"--workers {args.workers}: this server keeps one process per replica (its batching "
             "and decode pool live in it); scale with replicas instead"
         )
-    # kserve's gRPC server reads its message limits from kserve's own parsed arguments.
-    kserve_args = kserve.model_server.args
+    kserve_compat.check_import_time_flags(args)
+    # --max_request_bytes bounds gRPC messages too, unless their own flags say otherwise.
     for key in ("grpc_max_receive_message_length", "grpc_max_send_message_length"):
-        if getattr(args, key) == kserve.model_server.MAX_GRPC_MESSAGE_LENGTH:
+        if getattr(args, key) == kserve_compat.DEFAULT_GRPC_MESSAGE_LENGTH:
             setattr(args, key, max_request_bytes)
-        setattr(kserve_args, key, getattr(args, key))
-    app = kserve.model_server.app
+    kserve_compat.apply_global_flags(args)
+    app = kserve_compat.rest_app()
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes)
     server = kserve.ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         workers=1,
-        enable_grpc=args.enable_grpc,
         max_threads=args.max_threads,
         max_asyncio_workers=args.max_asyncio_workers,
+        enable_grpc=args.enable_grpc,
+        enable_docs_url=args.enable_docs_url,
         enable_latency_logging=args.enable_latency_logging,
-        predictor_config=predictor_config,
+        access_log_format=args.access_log_format,
+        event_loop=args.event_loop,
+        timeout_keep_alive=args.timeout_keep_alive,
+        # No predictor_config means a predictor: nothing to forward to.
+        predictor_config=predictor_config or PredictorConfig(predictor_host=None),
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
     )
     install_v2_infer_route(app, server.dataplane)
-    if not args.enable_latency_logging:
-        # kserve's timing middleware logs two trace lines per request regardless of this flag.
-        logging.getLogger(KSERVE_TRACE_LOGGER_NAME).setLevel(logging.WARNING)
+    kserve_compat.quiet_timing_logs(args.enable_latency_logging)
     server.start([model])

@@ -1,0 +1,145 @@
+"""Every seam between this project and kserve's internals, in one place (written for kserve 0.21).
+
+kserve's public API does not cover everything the servers need: some settings are read only from
+the arguments kserve parses from `sys.argv` at import, the REST server serves a module-level
+FastAPI app, and binary tensor data lives in private attributes. Each function below works
+around one such behaviour; the comment above it names the kserve version and the behaviour.
+`tests/test_kserve_compat.py` holds one test per workaround that fails when a kserve upgrade
+changes that behaviour, so an upgrade starts there. Nothing else in the project reads a private
+kserve attribute or changes a kserve global.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import kserve.model_server
+from fastapi import FastAPI
+from kserve.logging import KSERVE_TRACE_LOGGER_NAME
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.infer_type import InferInput, InferOutput
+
+# The kserve release these workarounds were written against (pyproject.toml pins it).
+KSERVE_VERSION = "0.21.0"
+
+# kserve 0.21: the gRPC message limit kserve's flags default to (8 MiB).
+DEFAULT_GRPC_MESSAGE_LENGTH: int = kserve.model_server.MAX_GRPC_MESSAGE_LENGTH
+
+# kserve 0.21: settings that ModelServer's constructor does not take. ModelServer.__init__ reads
+# configure_logging and log_config_file from `kserve.model_server.args` (the namespace kserve
+# parsed from sys.argv at import), and ModelServer.start hands `vars(args)` to GRPCServer, which
+# reads its message limits from it. Flags parsed any other way (`main(argv)`, a test) would be
+# silently ignored, so `apply_global_flags` copies ours into that namespace.
+GLOBAL_ONLY_FLAGS = (
+    "configure_logging",
+    "log_config_file",
+    "grpc_max_send_message_length",
+    "grpc_max_receive_message_length",
+)
+
+
+def server_parser() -> argparse.ArgumentParser:
+    """kserve's ModelServer flags, to use as a parent parser.
+
+    kserve 0.21 exposes them only as the module-level `kserve.model_server.parser`
+    (kserve's own sklearnserver extends it the same way).
+    """
+    return kserve.model_server.parser
+
+
+def apply_global_flags(args: argparse.Namespace) -> None:
+    """Copy the flags kserve reads only from its import-time namespace (GLOBAL_ONLY_FLAGS)."""
+    kserve_args = kserve.model_server.args
+    for key in GLOBAL_ONLY_FLAGS:
+        setattr(kserve_args, key, getattr(args, key))
+
+
+def check_import_time_flags(args: argparse.Namespace) -> None:
+    """Refuse flags that kserve fixed at import and cannot change now; raises SystemExit.
+
+    kserve 0.21 builds its FastAPI app when `kserve.model_server` is imported, with
+    `docs_url` from the sys.argv of that moment; `--enable_docs_url` passed any other way
+    would be ignored without a word.
+    """
+    built_with_docs = rest_app().docs_url is not None
+    if bool(args.enable_docs_url) != built_with_docs:
+        raise SystemExit(
+            f"--enable_docs_url {args.enable_docs_url}: kserve {KSERVE_VERSION} reads this flag "
+            "from the process command line at import only; pass it there"
+        )
+
+
+# --- the REST app ------------------------------------------------------------------------
+
+
+def rest_app() -> FastAPI:
+    """The FastAPI app kserve's REST server will serve.
+
+    kserve 0.21's RESTServer imports its app by the string "kserve.model_server:app", the
+    module-level app; routes and middleware must be added to that object before
+    ModelServer.start().
+    """
+    return kserve.model_server.app
+
+
+def add_route_first(
+    app: FastAPI, path: str, endpoint: Callable[..., Any], methods: Sequence[str]
+) -> None:
+    """Add a route that takes precedence over any route already registered for the same path.
+
+    Starlette matches routes in list order. kserve 0.21 registers its own routes (including
+    POST /v2/models/{model_name}/infer) when the REST server starts, after ours; routes other
+    code registered earlier are moved behind ours here.
+    """
+    app.router.add_api_route(path, endpoint, methods=list(methods), include_in_schema=False)
+    app.router.routes[:] = app.router.routes[-1:] + app.router.routes[:-1]
+
+
+def quiet_timing_logs(enable_latency_logging: bool) -> None:
+    """Silence kserve's per-request timing lines unless latency logging is on.
+
+    kserve 0.21's RESTServer always installs a TimingMiddleware that logs two lines per request
+    on the `kserve.trace` logger, whatever --enable_latency_logging says.
+    """
+    if not enable_latency_logging:
+        logging.getLogger(KSERVE_TRACE_LOGGER_NAME).setLevel(logging.WARNING)
+
+
+# --- the data plane ----------------------------------------------------------------------
+
+
+async def ready_to_infer(dataplane: DataPlane, model_name: str) -> bool:
+    """Whether `model_name` is ready, without a round trip to the predictor.
+
+    kserve 0.21's DataPlane.model_ready probes a transformer's predictor on every call unless
+    `disable_predictor_health_check` is set; its own infer route sets it (positionally), and so
+    do we, by name. Raises ModelNotFound for an unknown model.
+    """
+    return await dataplane.model_ready(model_name, disable_predictor_health_check=True)
+
+
+# --- tensors -----------------------------------------------------------------------------
+
+
+def raw_data(tensor: InferInput | InferOutput) -> bytes | memoryview | None:
+    """The binary payload of a tensor (REST binary extension, gRPC raw contents), or None.
+
+    kserve 0.21 keeps it in the private `_raw_data` attribute and offers no public reader
+    other than `as_numpy()`, which copies and cannot report a size mismatch as the client's
+    error.
+    """
+    return tensor._raw_data
+
+
+def set_raw_data(tensor: InferInput, data: bytes | memoryview) -> None:
+    """Attach a binary payload to a request input without copying it.
+
+    kserve 0.21 has no public setter: `set_data_from_numpy` copies (`tobytes()`) and
+    InferRequest's `raw_inputs` argument assigns `_raw_data` by position, as this does.
+    `InferRequest.to_grpc` sends what is here as raw_input_contents (bytes only: a memoryview,
+    which the REST parser attaches, is for reading in this process).
+    """
+    tensor._raw_data = data
