@@ -11,12 +11,13 @@ PREDICTOR_GRPC_PORT ?= 9081
 STAMP := $(VENV)/.installed
 MODEL := $(MODEL_REPO)/$(MODEL_NAME)/1/model.pt
 
-.PHONY: help venv model-repo serve test lint unit bench images clean
+.PHONY: help venv model-repo serve test lint unit bench bench-ceiling images clean
 
 help:
 	@echo "make serve       create the venv, build the model repository, run predictor + transformer"
 	@echo "make test        lint (ruff, mypy) and the whole test suite"
 	@echo "make bench       benchmark: in-process limit vs served pipeline vs stock pattern"
+	@echo "make bench-ceiling  request-path ceiling with a zero-cost model (DURATION=5 s per cell)"
 	@echo "make model-repo  export the default model to $(MODEL_REPO)/"
 	@echo "make images      build the container images (needs a container engine)"
 
@@ -50,6 +51,12 @@ test: lint $(MODEL)
 
 bench: $(STAMP) $(MODEL)
 	$(BIN)/python -m bench --model_dir $(MODEL_REPO) --out bench-results
+
+# The request path alone: a zero-cost model, h2load (Debian's nghttp2-client), a bare grpc.aio
+# server for comparison. DURATION is the seconds of each measurement window.
+DURATION ?= 5
+bench-ceiling: $(STAMP) $(MODEL)
+	$(BIN)/python -m bench.ceiling --model_dir $(MODEL_REPO) --out bench-results --duration $(DURATION)
 
 images:
 	@if docker info >/dev/null 2>&1; then \

@@ -25,6 +25,16 @@ STOP_TIMEOUT_S = 20.0
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process `pid` so far, or None where /proc cannot tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # After the command name: state is field 3, utime 14 and stime 15 (1-based, proc(5)).
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
 def free_port() -> int:
     """A loopback port nobody listens on right now (the kernel picks it)."""
     with socket.socket() as sock:
@@ -76,12 +86,7 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time of the process so far, or None where /proc is unavailable."""
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return None
-        # After the command name: state is field 3, utime 14 and stime 15 (1-based, proc(5)).
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        return process_cpu_seconds(self.process.pid)
 
     def metrics(self) -> str:
         """The Prometheus exposition text of GET /metrics ('' when it cannot be read)."""
