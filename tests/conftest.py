@@ -74,7 +74,14 @@ def transformer(
 ) -> Iterator[Server]:
     """The real transformer, forwarding to the real predictor over gRPC."""
     log = tmp_path_factory.mktemp("logs") / "transformer.log"
-    server = start_server(
+    server = start_transformer(predictor, model_repository, log)
+    yield server
+    server.stop()
+
+
+def start_transformer(predictor: Server, model_repository: Path, log: Path, *extra: str) -> Server:
+    """Start a real transformer in front of `predictor`, with `extra` flags; returns when ready."""
+    return start_server(
         "transformer",
         [
             "--model_dir",
@@ -85,9 +92,8 @@ def transformer(
             predictor.grpc_target,
             "--max_request_bytes",
             str(TEST_MAX_REQUEST_BYTES),
+            *extra,
         ],
         log,
         without_torch=True,  # so every transformer test also proves it needs no torch
     )
-    yield server
-    server.stop()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import sys
 
+import kserve.model_server
+
 from common.server import run_server
 
+from . import demo
 from . import settings as settings_module
 from .model import ImageClassifierTransformer
 
@@ -15,6 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_module.parse(argv)
     model = ImageClassifierTransformer(settings)
     model.load()
+    if settings.demo:
+        page = demo.load(
+            settings.model_name, model.repository_version, settings.default_top_k, len(model.labels)
+        )
+        demo.install(kserve.model_server.app, page)
     run_server(model, settings.server_args, settings.max_request_bytes, settings.predictor)
     return 0
 

@@ -65,6 +65,7 @@ class ImageClassifierTransformer(Model):
     def load(self) -> bool:
         """Read labels, preprocessing and tensor names from the model repository."""
         version = resolve(self.settings.model_dir, self.settings.model_name)
+        self.repository_version = version.version
         self.params = version.preprocessing()
         self.labels = np.array(version.labels(), dtype=np.object_)
         self.pixel_input = version.config.inputs[0]

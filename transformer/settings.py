@@ -27,6 +27,7 @@ class TransformerSettings:
     max_image_pixels: int
     default_top_k: int
     max_request_bytes: int
+    demo: bool  # serve the demo page at GET / (see transformer/demo)
     server_args: argparse.Namespace
 
 
@@ -62,6 +63,11 @@ def parser() -> argparse.ArgumentParser:
         default=5,
         help="Classes returned per image unless the request's top_k says otherwise.",
     )
+    p.add_argument(
+        "--disable_demo",
+        action="store_true",
+        help="Do not serve the demo page (GET / for browsers, /demo/*); the API is unchanged.",
+    )
     # The controller injects --predictor_host but not the protocol; grpc-v2 is the only
     # forwarding this transformer speaks (kserve 0.21's REST-v2 forwarding is broken).
     p.set_defaults(predictor_protocol=FORWARD_PROTOCOL, predictor_request_timeout_seconds=60)
@@ -95,5 +101,6 @@ def parse(argv: list[str] | None = None) -> TransformerSettings:
         max_image_pixels=args.max_image_pixels,
         default_top_k=args.top_k,
         max_request_bytes=args.max_request_bytes,
+        demo=not args.disable_demo,
         server_args=args,
     )
