@@ -45,7 +45,9 @@ def missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+# Module scope: while playwright's sync API runs, its event loop is this thread's running loop,
+# and later tests that call asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Headless chromium from the Debian package (playwright's own download is not used)."""
     if not CHROMIUM.is_file():
