@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from kserve.logging import KSERVE_TRACE_LOGGER_NAME
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferInput, InferOutput
+from starlette.routing import BaseRoute
 
 # The kserve release these workarounds were written against (pyproject.toml pins it).
 KSERVE_VERSION = "0.21.0"
@@ -96,6 +97,17 @@ def add_route_first(
     """
     app.router.add_api_route(path, endpoint, methods=list(methods), include_in_schema=False)
     app.router.routes[:] = app.router.routes[-1:] + app.router.routes[:-1]
+
+
+def add_routes_first(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
+    """Put ready-made routes ahead of every route registered so far, in the order given.
+
+    For routes `add_route_first` cannot express (a Starlette Route subclass that matches only
+    some requests and lets the rest fall through to kserve's own route for the same path).
+    kserve 0.21 registers its routes when the REST server starts, behind these
+    (tests/test_demo.py checks `GET /` falling through to kserve's liveness answer).
+    """
+    app.router.routes[:0] = list(routes)
 
 
 def quiet_timing_logs(enable_latency_logging: bool) -> None:

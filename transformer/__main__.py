@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sys
 
-import kserve.model_server
-
+from common import kserve_compat
 from common.server import run_server
 
 from . import demo
@@ -22,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         page = demo.load(
             settings.model_name, model.repository_version, settings.default_top_k, len(model.labels)
         )
-        demo.install(kserve.model_server.app, page)
+        demo.install(kserve_compat.rest_app(), page)
     run_server(model, settings.server_args, settings.max_request_bytes, settings.predictor)
     return 0
 

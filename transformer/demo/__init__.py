@@ -21,6 +21,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
+from common import kserve_compat
+
 PAGE_PATH = "/"
 ASSET_PREFIX = "/demo/"
 ASSETS = {"demo.css": "text/css; charset=utf-8", "demo.js": "text/javascript; charset=utf-8"}
@@ -104,4 +106,4 @@ def routes(page: DemoPage) -> list[BaseRoute]:
 
 def install(app: FastAPI, page: DemoPage) -> None:
     """Put the page's routes first on `app`, ahead of kserve's own `GET /`."""
-    app.router.routes[:0] = routes(page)
+    kserve_compat.add_routes_first(app, routes(page))
