@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.cli import DEFAULT_MODEL_NAME, LOCAL_MODEL_REPOSITORY, positive_ints
+
 from .images import build_image_set, describe, write_image_set
 from .load import Client, LoadRun, client_for, closed_loop
 from .report import Report
@@ -81,8 +83,8 @@ def parse(argv: list[str] | None = None) -> BenchSettings:
         description="Benchmark the in-process limit, the served pipeline and the stock pattern.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model_dir", type=Path, default=Path("model_repository"))
-    p.add_argument("--model_name", default="image-classifier")
+    p.add_argument("--model_dir", type=Path, default=Path(LOCAL_MODEL_REPOSITORY))
+    p.add_argument("--model_name", default=DEFAULT_MODEL_NAME)
     p.add_argument("--out", type=Path, default=Path("bench-results"))
     p.add_argument(
         "--images_from",

@@ -20,6 +20,7 @@ from pathlib import Path
 from kserve.protocol.infer_type import InferRequest
 
 from common import codecs
+from common.cli import DEFAULT_MODEL_NAME
 from common.modelrepo import resolve
 from transformer.imaging import DecodeLimits, preprocess
 
@@ -54,7 +55,7 @@ def main() -> int:
     """Print the hop sizes as one JSON object on stdout."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--model_dir", type=Path, required=True)
-    p.add_argument("--model_name", default="image-classifier")
+    p.add_argument("--model_name", default=DEFAULT_MODEL_NAME)
     p.add_argument("--image", type=Path, required=True)
     args = p.parse_args()
     json.dump(measure(args.model_dir, args.model_name, args.image), sys.stdout)

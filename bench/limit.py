@@ -24,6 +24,7 @@ prepare_environment()  # as the predictor does, before torch loads
 
 import numpy as np  # noqa: E402
 
+from common.cli import DEFAULT_MODEL_NAME, positive_ints  # noqa: E402
 from common.cpus import available_cpus  # noqa: E402
 from common.modelrepo import resolve  # noqa: E402
 from predictor.torchscript import TorchScriptEngine, plan_execution  # noqa: E402
@@ -33,26 +34,13 @@ DEFAULT_BATCH_SIZES = "1,2,4,8,16"
 MAX_PIXELS = 50_000_000  # the transformer's default --max_image_pixels
 
 
-def parse_sizes(text: str) -> list[int]:
-    """'1,2,4' -> [1, 2, 4]; raises argparse.ArgumentTypeError for anything but positive ints."""
-    try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from exc
-    if not sizes or min(sizes) <= 0:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return sizes
-
-
 def measure(argv: list[str] | None = None) -> dict[str, object]:
     """Run the limit and return its JSON-ready result."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--model_dir", type=Path, required=True)
-    p.add_argument("--model_name", default="image-classifier")
+    p.add_argument("--model_name", default=DEFAULT_MODEL_NAME)
     p.add_argument("--images", type=Path, required=True, help="Directory of encoded images.")
-    p.add_argument("--batch_sizes", type=parse_sizes, default=parse_sizes(DEFAULT_BATCH_SIZES))
+    p.add_argument("--batch_sizes", type=positive_ints, default=positive_ints(DEFAULT_BATCH_SIZES))
     p.add_argument("--seconds", type=float, default=2.0, help="Least time per batch size.")
     p.add_argument("--num_threads", type=int, default=None)
     args = p.parse_args(argv)

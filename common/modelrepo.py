@@ -18,7 +18,6 @@ from typing import Any
 
 from . import pbtxt
 
-DEFAULT_MODEL_NAME = "image-classifier"
 CONFIG_FILE = "config.pbtxt"
 PREPROCESS_FILE = "preprocess.json"
 MODEL_FILE = "model.pt"
@@ -40,6 +39,7 @@ TRITON_TO_V2 = {
     "TYPE_STRING": "BYTES",
 }
 V2_TO_TRITON = {v2: triton for triton, v2 in TRITON_TO_V2.items()}
+DATA_TYPES = pbtxt.model_config_pb2.DataType
 
 
 class ModelRepositoryError(ValueError):
@@ -97,7 +97,12 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """What config.pbtxt declares about one model."""
+    """What config.pbtxt declares about one model: the one place its batching is decided.
+
+    `max_batch_size` is the most images one request may carry, at the transformer and at the
+    predictor alike, and the predictor's default forward-pass size; `max_queue_delay_us` is how
+    long the predictor (and Triton's dynamic batcher) waits for a fuller batch.
+    """
 
     name: str
     platform: str
@@ -109,49 +114,92 @@ class ModelConfig:
 
     @classmethod
     def parse(cls, text: str, source: str = CONFIG_FILE) -> ModelConfig:
-        """Parse config.pbtxt text; raises ModelRepositoryError naming what is wrong."""
+        """Parse config.pbtxt text with Triton's ModelConfig proto and check what these servers
+        need; raises ModelRepositoryError naming the file, the line and what was expected."""
         try:
-            message = pbtxt.parse(text)
+            message = pbtxt.parse(text, source)
         except pbtxt.PbtxtError as exc:
-            raise ModelRepositoryError(f"{source}: {exc}") from exc
+            raise ModelRepositoryError(str(exc)) from exc
 
-        def tensors(key: str) -> tuple[TensorSpec, ...]:
+        def fail(field: str, problem: str, after: str | None = None) -> ModelRepositoryError:
+            line = pbtxt.line_of(text, field, after)
+            return ModelRepositoryError(f"{source}{f' line {line}' if line else ''}: {problem}")
+
+        if not message.name:
+            raise fail("name", 'missing required field "name"')
+        if message.max_batch_size < 1:
+            raise fail(
+                "max_batch_size",
+                f"max_batch_size is {message.max_batch_size}, expected an integer >= 1 (the most "
+                "images per request; these servers always batch, so inputs have a batch "
+                "dimension that dims leave out)",
+            )
+
+        def tensors(key: str, entries: Any) -> tuple[TensorSpec, ...]:
             specs = []
-            for entry in message.get(key, []):
-                if not isinstance(entry, dict):
-                    raise ModelRepositoryError(f"{source}: {key} entries must be messages")
-                name = _one(entry, "name", source)
-                triton_type = _one(entry, "data_type", source)
+            for entry in entries:
+                if not entry.name:
+                    raise fail(key, f'each {key} needs a "name"')
+                triton_type = DATA_TYPES.Name(entry.data_type)
                 if triton_type not in TRITON_TO_V2:
-                    raise ModelRepositoryError(
-                        f"{source}: {key} {name!r} has data_type {triton_type!r}, "
-                        f"expected one of {sorted(TRITON_TO_V2)}"
+                    raise fail(
+                        "data_type",
+                        f"{key} {entry.name!r} has data_type {triton_type}, expected one of "
+                        f"{sorted(TRITON_TO_V2)}",
+                        f'"{entry.name}"',
                     )
-                dims = tuple(int(d) for d in entry.get("dims", []))
-                specs.append(TensorSpec(str(name), TRITON_TO_V2[triton_type], dims))
+                if any(d < 1 and d != -1 for d in entry.dims):
+                    raise fail(
+                        "dims",
+                        f"{key} {entry.name!r} has dims {list(entry.dims)}, expected sizes >= 1 "
+                        "(or -1 for a variable size)",
+                        f'"{entry.name}"',
+                    )
+                specs.append(TensorSpec(entry.name, TRITON_TO_V2[triton_type], tuple(entry.dims)))
             if not specs:
-                raise ModelRepositoryError(f"{source}: declares no {key}")
+                raise fail(key, f"declares no {key}")
+            names = [spec.name for spec in specs]
+            if len(set(names)) != len(names):
+                raise fail(key, f"{key} names repeat: {names}")
             return tuple(specs)
 
-        outputs = message.get("output", [])
-        labels = [o["label_filename"][0] for o in outputs if "label_filename" in o]
-        batching = message.get("dynamic_batching", [{}])[0]
+        labels = [o.label_filename for o in message.output if o.label_filename]
         return cls(
-            name=str(_one(message, "name", source)),
-            platform=str(message.get("platform", [""])[0]),
-            max_batch_size=int(message.get("max_batch_size", [0])[0]),
-            inputs=tensors("input"),
-            outputs=tensors("output"),
-            max_queue_delay_us=int(batching.get("max_queue_delay_microseconds", [0])[0]),
-            label_filename=str(labels[0]) if labels else None,
+            name=message.name,
+            platform=message.platform,
+            max_batch_size=message.max_batch_size,
+            inputs=tensors("input", message.input),
+            outputs=tensors("output", message.output),
+            max_queue_delay_us=message.dynamic_batching.max_queue_delay_microseconds,
+            label_filename=labels[0] if labels else None,
         )
 
+    def to_pbtxt(self) -> str:
+        """This configuration as config.pbtxt text (what `parse` reads back unchanged).
 
-def _one(message: pbtxt.Message, key: str, source: str) -> Any:
-    values = message.get(key)
-    if not values:
-        raise ModelRepositoryError(f"{source}: missing required field {key!r}")
-    return values[0]
+        One instance (KIND_AUTO): the predictor runs one model copy on one forward thread.
+        """
+        pb = pbtxt.model_config_pb2
+        message = pb.ModelConfig(
+            name=self.name, platform=self.platform, max_batch_size=self.max_batch_size
+        )
+        for spec in self.inputs:
+            message.input.add(
+                name=spec.name,
+                data_type=DATA_TYPES.Value(V2_TO_TRITON[spec.datatype]),
+                dims=spec.dims,
+            )
+        for index, spec in enumerate(self.outputs):
+            output = message.output.add(
+                name=spec.name,
+                data_type=DATA_TYPES.Value(V2_TO_TRITON[spec.datatype]),
+                dims=spec.dims,
+            )
+            if index == 0 and self.label_filename:
+                output.label_filename = self.label_filename
+        message.dynamic_batching.max_queue_delay_microseconds = self.max_queue_delay_us
+        message.instance_group.add(kind=pb.ModelInstanceGroup.KIND_AUTO, count=1)
+        return pbtxt.to_text(message)
 
 
 @dataclass(frozen=True)

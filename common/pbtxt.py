@@ -1,121 +1,83 @@
-"""A reader for the subset of protobuf text format that Triton's config.pbtxt uses.
+"""config.pbtxt in and out, through Triton's own ModelConfig proto.
 
-tritonclient ships the real ModelConfig proto, but it cannot be imported beside kserve (both
-register the protobuf package `inference`), so the servers parse the file with this instead.
-Every message becomes a dict from field name to a list of values (fields can repeat); scalars are
-str, int, float or bool, enum values are kept as their names.
+The generated `model_config_pb2` module ships inside tritonclient. Importing it the usual way
+runs `tritonclient/grpc/__init__.py`, whose service protos register the protobuf package
+`inference` a second time beside kserve's and fail; the config proto alone does not clash, so it
+is loaded from its file without its package. Parsing is protobuf's `text_format` against that
+schema: an unknown field, a wrong type or an unknown enum value is an error, never a default.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-Message = dict[str, list[Any]]
+from google.protobuf import text_format
 
-_TOKEN = re.compile(
-    r"""
-    \s+ | \#[^\n]*                                  # whitespace and comments: skipped
-    | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
-    | (?P<number>[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)
-    | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
-    | (?P<punct>[{}\[\]:,;<>])
-    """,
-    re.VERBOSE,
-)
+_MODULE = "tritonclient.grpc.model_config_pb2"
 
 
 class PbtxtError(ValueError):
-    """The text is not valid protobuf text format (says where and what was found)."""
+    """config.pbtxt is not a valid Triton ModelConfig (says where and what was expected)."""
 
 
-def _tokens(text: str) -> list[tuple[str, str, int]]:
-    tokens: list[tuple[str, str, int]] = []
-    pos = 0
-    while pos < len(text):
-        match = _TOKEN.match(text, pos)
-        if match is None:
-            line = text.count("\n", 0, pos) + 1
-            raise PbtxtError(f"line {line}: unexpected character {text[pos]!r}")
-        if match.lastgroup is not None:
-            line = text.count("\n", 0, pos) + 1
-            tokens.append((match.lastgroup, match.group(match.lastgroup), line))
-        pos = match.end()
-    return tokens
+def _load_proto_module() -> ModuleType:
+    """tritonclient's generated model_config_pb2, without running tritonclient.grpc's __init__."""
+    loaded = sys.modules.get(_MODULE)
+    if loaded is not None:  # tritonclient.grpc imported in this process (never beside kserve)
+        return loaded
+    package = importlib.util.find_spec("tritonclient")
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("tritonclient is not installed: it provides Triton's ModelConfig proto")
+    path = Path(next(iter(package.submodule_search_locations))) / "grpc" / "model_config_pb2.py"
+    spec = importlib.util.spec_from_file_location(_MODULE, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load Triton's ModelConfig proto from {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # Registered under its own name, so a later `import tritonclient.grpc` reuses it instead of
+    # adding model_config.proto to the descriptor pool twice.
+    sys.modules[_MODULE] = module
+    return module
 
 
-class _Parser:
-    def __init__(self, text: str) -> None:
-        self.tokens = _tokens(text)
-        self.i = 0
-
-    def peek(self) -> tuple[str, str, int] | None:
-        return self.tokens[self.i] if self.i < len(self.tokens) else None
-
-    def take(self, expected: str | None = None) -> tuple[str, str, int]:
-        token = self.peek()
-        if token is None:
-            raise PbtxtError(f"unexpected end of text, expected {expected or 'a value'}")
-        if expected is not None and token[1] != expected:
-            raise PbtxtError(f"line {token[2]}: expected {expected!r}, found {token[1]!r}")
-        self.i += 1
-        return token
-
-    def message(self, closing: str | None) -> Message:
-        fields: Message = {}
-        while True:
-            token = self.peek()
-            if token is None:
-                if closing is not None:
-                    raise PbtxtError(f"unexpected end of text, expected {closing!r}")
-                return fields
-            if closing is not None and token[1] == closing:
-                self.i += 1
-                return fields
-            kind, name, line = self.take()
-            if kind != "ident":
-                raise PbtxtError(f"line {line}: expected a field name, found {name!r}")
-            fields.setdefault(name, []).extend(self.field_values())
-            following = self.peek()
-            if following is not None and following[1] in (",", ";"):
-                self.i += 1
-
-    def field_values(self) -> list[Any]:
-        token = self.peek()
-        if token is not None and token[1] == ":":
-            self.i += 1
-            token = self.peek()
-        if token is not None and token[1] == "[":
-            self.i += 1
-            values: list[Any] = []
-            while True:
-                token = self.peek()
-                if token is not None and token[1] == "]":
-                    self.i += 1
-                    return values
-                values.append(self.value())
-                token = self.peek()
-                if token is not None and token[1] == ",":
-                    self.i += 1
-        return [self.value()]
-
-    def value(self) -> Any:
-        kind, text, line = self.take()
-        if text in ("{", "<"):
-            return self.message("}" if text == "{" else ">")
-        if kind == "string":
-            return bytes(text[1:-1], "utf-8").decode("unicode_escape")
-        if kind == "number":
-            return float(text) if any(c in text for c in ".eE") else int(text)
-        if kind == "ident":
-            if text in ("true", "True"):
-                return True
-            if text in ("false", "False"):
-                return False
-            return text
-        raise PbtxtError(f"line {line}: expected a value, found {text!r}")
+model_config_pb2 = _load_proto_module()
 
 
-def parse(text: str) -> Message:
-    """Parse protobuf text format into nested dicts; raises PbtxtError on malformed text."""
-    return _Parser(text).message(closing=None)
+def parse(text: str, source: str) -> Any:
+    """Parse config.pbtxt text into a ModelConfig message; raises PbtxtError naming the line."""
+    message = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        line = exc.GetLine()
+        where = f"{source} line {line}" if line else source
+        reason = str(exc).split(" : ", 1)[-1].rstrip(".")
+        raise PbtxtError(
+            f"{where}: {reason}; expected Triton's ModelConfig text format "
+            "(https://github.com/triton-inference-server/common/blob/main/protobuf/"
+            "model_config.proto)"
+        ) from exc
+    return message
+
+
+def to_text(message: Any) -> str:
+    """A ModelConfig message as config.pbtxt text."""
+    return str(text_format.MessageToString(message))
+
+
+def line_of(text: str, field: str, after: str | None = None) -> int | None:
+    """The first line of `text` that sets `field` (at or after the first line holding `after`,
+    when given), or None; for messages about a value that parsed but is not allowed."""
+    setting = re.compile(rf"(^|[\s{{\[,;]){re.escape(field)}\s*[:{{\[]")
+    seen = after is None
+    for number, line in enumerate(text.splitlines(), start=1):
+        code = line.split("#", 1)[0]
+        seen = seen or (after is not None and after in code)
+        if seen and setting.search(code):
+            return number
+    return None

@@ -21,7 +21,7 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferResponse
 
 from . import codecs, kserve_compat
-from .modelrepo import DEFAULT_MODEL_NAME
+from .cli import DEFAULT_MODEL_NAME, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -48,22 +48,6 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         help="Largest request body (HTTP, answered with 413) and gRPC message accepted.",
     )
     return parser
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer > 0."""
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a number >= 0."""
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
 
 
 class BodyLimitMiddleware:

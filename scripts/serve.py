@@ -17,6 +17,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from common.cli import DEFAULT_MODEL_NAME, LOCAL_MODEL_REPOSITORY
+
 EXAMPLE_IMAGE = Path(__file__).resolve().parent.parent / "tests" / "data" / "coffee.jpg"
 
 
@@ -38,8 +40,8 @@ def wait_ready(url: str, name: str, process: subprocess.Popen[bytes], timeout: f
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model_dir", default="model_repository")
-    p.add_argument("--model_name", default="image-classifier")
+    p.add_argument("--model_dir", default=LOCAL_MODEL_REPOSITORY)
+    p.add_argument("--model_name", default=DEFAULT_MODEL_NAME)
     p.add_argument("--transformer_http_port", type=int, default=8080)
     p.add_argument("--transformer_grpc_port", type=int, default=8081)
     p.add_argument("--predictor_http_port", type=int, default=9080)

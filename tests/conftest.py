@@ -10,10 +10,11 @@ import pytest
 
 from bench.servers import ServerProcess as Server
 from bench.servers import start
+from common.cli import DEFAULT_MODEL_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
-MODEL_NAME = "image-classifier"
+MODEL_NAME = DEFAULT_MODEL_NAME
 # Small enough that the 413 test stays cheap, large enough for every good request here.
 TEST_MAX_REQUEST_BYTES = 8 * 1024 * 1024
 

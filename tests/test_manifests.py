@@ -467,3 +467,18 @@ def test_triton_runs_the_same_transformer_against_triton_grpc() -> None:
     (server,) = runtime["spec"]["containers"]
     assert flag_value(server["args"], "--model-store") == "/mnt/models"
     assert flag_value(server["args"], "--grpc-port") == str(model["ports"][0]["containerPort"])
+
+
+BATCHING_FLAGS = ("--max_batch_size", "--max_batch_delay_ms", "--max_images")
+
+
+@needs_kubectl
+@each_overlay
+def test_batching_is_left_to_the_model_config(overlay: str) -> None:
+    """config.pbtxt decides batching for our servers and Triton alike; a flag in a manifest
+    would quietly override it in the cluster only. Flags appear once (components append)."""
+    for label, container in isvc_containers(isvc_of(overlay)):
+        args = container.get("args", [])
+        assert not [a for a in args if a in BATCHING_FLAGS], (label, args)
+        flags = [a for a in args if a.startswith("--")]
+        assert len(flags) == len(set(flags)), (label, args)

@@ -38,23 +38,53 @@ def test_config_declares_tensors_batching_and_labels() -> None:
     assert config.label_filename == "labels.txt"
 
 
-def test_pbtxt_keeps_repeated_fields_and_nesting() -> None:
-    message = pbtxt.parse('a: 1 a: 2 b { c: "x\\"y" d: [1.5, -2] } e: true')
-    assert message == {"a": [1, 2], "b": [{"c": ['x"y'], "d": [1.5, -2]}], "e": [True]}
+def test_writer_and_reader_round_trip() -> None:
+    from predictor.export import model_config
+
+    written = model_config("some-model")
+    text = written.to_pbtxt()
+    assert ModelConfig.parse(text) == written
+    # What a Triton server would read: the real proto, field by field.
+    message = pbtxt.parse(text, "config.pbtxt")
+    assert message.max_batch_size == written.max_batch_size
+    assert message.dynamic_batching.max_queue_delay_microseconds == written.max_queue_delay_us
+    assert [d for d in message.input[0].dims] == list(written.inputs[0].dims)
+
+
+def test_exported_config_is_what_the_writer_writes(model_repository: Path) -> None:
+    from predictor.export import model_config
+
+    assert resolve(model_repository, "image-classifier").config == model_config("image-classifier")
 
 
 @pytest.mark.parametrize(
-    ("text", "message"),
+    ("change", "message"),
     [
-        ('name: "m" input [ { name: "x" data_type: TYPE_WHAT dims: [1] } ]', "TYPE_WHAT"),
-        ('name: "m" input [ { name: "x" data_type: TYPE_FP32 ', "end of text"),
-        ("platform: 'x'", "'name'"),
-        ('name: "m" output [ { name: "y" data_type: TYPE_FP32 } ]', "declares no input"),
+        # A typo: Triton's schema has no such field (it used to parse, leaving the limit at 0).
+        (
+            ("max_batch_size: 16", "max_batch_sise: 16"),
+            r'line 4: .*no field named "max_batch_sise"',
+        ),
+        (("max_batch_size: 16", 'max_batch_size: "16"'), r"line 4: .*Couldn't parse integer"),
+        (("max_batch_size: 16", "max_batch_size: 0"), r"line 4: max_batch_size is 0, expected"),
+        (("max_batch_size: 16", "max_batch_size: -2"), r"line 4: max_batch_size is -2"),
+        (("TYPE_UINT8", "TYPE_UINT9"), r"line 5: .*no value named TYPE_UINT9"),
+        (("TYPE_FP32", "TYPE_BF16"), r"line 8: output 'logits__0' has data_type TYPE_BF16"),
+        (("224, 224, 3", "224, 0, 3"), r"line 5: input 'pixels__0' has dims \[224, 0, 3\]"),
+        (
+            ("max_queue_delay_microseconds: 1500", "max_queue_delay_microseconds: 1.5"),
+            r"line 12: .*integer: 1.5",
+        ),
+        (('name: "image-classifier"', 'name: "a" name: "b"'), r"line 2: .*multiple \"name\""),
     ],
 )
-def test_malformed_config_says_what_is_wrong(text: str, message: str) -> None:
-    with pytest.raises(ModelRepositoryError, match=message):
-        ModelConfig.parse(text)
+def test_config_mistakes_name_file_line_and_expectation(
+    change: tuple[str, str], message: str
+) -> None:
+    text = CONFIG.replace(*change)
+    assert text != CONFIG
+    with pytest.raises(ModelRepositoryError, match=r"^/repo/m/config\.pbtxt " + message):
+        ModelConfig.parse(text, "/repo/m/config.pbtxt")
 
 
 def _repo(tmp_path: Path, versions: list[str]) -> Path:

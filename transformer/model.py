@@ -23,7 +23,7 @@ from kserve.errors import InferenceError, InvalidInput, ServerNotReady
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from common import codecs
-from common.modelrepo import resolve
+from common.modelrepo import CONFIG_FILE, ModelConfig, ModelRepositoryError, resolve
 
 from .imaging import DecodeLimits, preprocess
 from .postprocess import top_k, v1_predictions
@@ -70,7 +70,7 @@ class ImageClassifierTransformer(Model):
         self.labels = np.array(version.labels(), dtype=np.object_)
         self.pixel_input = version.config.inputs[0]
         self.logits_output = version.config.outputs[0]
-        self.max_images = self.settings.max_images or version.config.max_batch_size or 1
+        self.max_images = checked_max_images(self.settings.max_images, version.config)
         self.limits = DecodeLimits(max_pixels=self.settings.max_image_pixels)
         self.ready = True
         return self.ready
@@ -231,6 +231,22 @@ class ImageClassifierTransformer(Model):
                 f"the predictor answered logits of shape {list(logits.shape)} for {count} images"
             )
         return logits
+
+
+def checked_max_images(flag: int | None, config: ModelConfig) -> int:
+    """Images per request: the config's max_batch_size, or a smaller --max_images.
+
+    Raises ModelRepositoryError for a larger one: the predictor refuses requests of more than
+    max_batch_size images, so the transformer must never accept them.
+    """
+    if flag is None:
+        return config.max_batch_size
+    if flag > config.max_batch_size:
+        raise ModelRepositoryError(
+            f"--max_images {flag} exceeds max_batch_size {config.max_batch_size} in "
+            f"{CONFIG_FILE}: the predictor refuses requests of more images than that"
+        )
+    return flag
 
 
 def _b64decode(text: str) -> bytes:

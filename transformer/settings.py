@@ -8,10 +8,10 @@ from pathlib import Path
 
 from kserve.predictor_config import PredictorConfig
 
+from common.cli import DEFAULT_MODEL_DIR, positive_int
 from common.cpus import available_cpus
-from common.server import base_parser, positive_int
+from common.server import base_parser
 
-DEFAULT_MODEL_DIR = "/mnt/models"
 FORWARD_PROTOCOL = "grpc-v2"
 
 
@@ -49,7 +49,8 @@ def parser() -> argparse.ArgumentParser:
         "--max_images",
         type=positive_int,
         default=None,
-        help="Most images in one request (default: the model's max_batch_size).",
+        help="Most images in one request (default and upper bound: the model config's "
+        "max_batch_size, which the predictor enforces).",
     )
     p.add_argument(
         "--max_image_pixels",
