@@ -36,6 +36,7 @@ from pathlib import Path
 import grpc
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
+from common.cli import DEFAULT_MODEL_NAME, LOCAL_MODEL_REPOSITORY, positive_ints
 from common.codecs import serialize_bytes
 from common.modelrepo import resolve
 
@@ -43,7 +44,7 @@ from . import h2load
 from .ceiling_report import BARE, PREDICTOR, CeilingCell, CeilingReport, DecodeRate
 from .images import ORIGINAL, PHONE, build_image_set
 from .servers import ROOT, ServerProcess, process_cpu_seconds, start
-from .support import environment, positive_ints, run_json_module
+from .support import environment, run_json_module
 
 TRANSFORMER = "transformer"
 REQUEST_ID = "00000000-0000-0000-0000-000000000000"  # a uuid's length, as the transformer sends
@@ -84,8 +85,8 @@ def parse(argv: list[str] | None = None) -> CeilingSettings:
         description="Measure the request-path ceiling of both servers with a zero-cost model.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model_dir", type=Path, default=Path("model_repository"))
-    p.add_argument("--model_name", default="image-classifier")
+    p.add_argument("--model_dir", type=Path, default=Path(LOCAL_MODEL_REPOSITORY))
+    p.add_argument("--model_name", default=DEFAULT_MODEL_NAME)
     p.add_argument("--out", type=Path, default=Path("bench-results"))
     p.add_argument("--images_from", type=Path, default=ROOT / "tests" / "data")
     p.add_argument(

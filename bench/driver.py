@@ -43,7 +43,7 @@ from .stats import (
     median_by_kind,
     summarize,
 )
-from .support import environment, positive_ints, run_json_module
+from .support import environment, run_json_module
 
 DEFAULT_CONCURRENCY = "1,4,16"
 MAX_REQUESTS_PER_CELL = 20_000  # a bound, far above what 2 CPUs serve in one cell

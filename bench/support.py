@@ -1,4 +1,4 @@
-"""Helpers both benchmark commands share: integer-list flags, child processes, the machine.
+"""Helpers both benchmark commands share: child processes, the machine.
 
 Imports neither kserve nor tritonclient.grpc, so `bench.driver` (tritonclient) and
 `bench.ceiling` (kserve's protobuf) can both use it.
@@ -6,7 +6,6 @@ Imports neither kserve nor tritonclient.grpc, so `bench.driver` (tritonclient) a
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -19,19 +18,6 @@ from typing import Any
 from .servers import ROOT
 
 SUBPROCESS_TIMEOUT_S = 300
-
-
-def positive_ints(text: str) -> tuple[int, ...]:
-    """'1,4,16' -> (1, 4, 16), sorted and unique; raises ArgumentTypeError otherwise."""
-    try:
-        values = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from exc
-    if not values or values[0] <= 0:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return tuple(values)
 
 
 def environment() -> dict[str, Any]:
