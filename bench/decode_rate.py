@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from common.cpus import available_cpus
-from common.modelrepo import DEFAULT_MODEL_NAME, resolve
+from common.cli import DEFAULT_MODEL_NAME
+from common.modelrepo import resolve
 from transformer.imaging import DecodeLimits, preprocess
 
 MAX_PIXELS = 50_000_000  # the transformer's default --max_image_pixels

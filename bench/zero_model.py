@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.modelrepo import CONFIG_FILE, DEFAULT_MODEL_NAME, MODEL_FILE, PREPROCESS_FILE, resolve
+from common.cli import DEFAULT_MODEL_NAME
+from common.modelrepo import CONFIG_FILE, MODEL_FILE, PREPROCESS_FILE, resolve
 
 
 class ZeroCostClassifier(nn.Module):
