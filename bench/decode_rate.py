@@ -19,8 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-from common.cpus import available_cpus
 from common.cli import DEFAULT_MODEL_NAME
+from common.cpus import available_cpus
 from common.modelrepo import resolve
 from transformer.imaging import DecodeLimits, preprocess
 
