@@ -108,7 +108,8 @@
     const labels = output("label");
     const scores = output("score");
     if (!labels || !scores) {
-      return { ok: false, status: response.status, message: "response has no label/score outputs", ms };
+      const message = "the response has no label and score outputs";
+      return { ok: false, status: response.status, message, ms };
     }
     const classes = labels.data.map((label, i) => ({ label, score: scores.data[i] }));
     return { ok: true, classes, ms };
@@ -134,7 +135,7 @@
 
   // --- cards ------------------------------------------------------------------------------
 
-  const cards = []; // { file, element, url, generation }
+  const cards = []; // { file, element, url, generation, status }
 
   function addFiles(files) {
     const batch = document.createDocumentFragment(); // newest batch first, in the chosen order
@@ -148,7 +149,7 @@
       element.querySelector(".name").textContent = file.name || "pasted image";
       element.querySelector(".name").title = file.name || "";
       batch.append(element);
-      const card = { file, element, url, generation: 0 };
+      const card = { file, element, url, generation: 0, status: 0 };
       cards.push(card);
       run(card);
     }
@@ -178,6 +179,7 @@
   }
 
   function show(card, outcome) {
+    card.status = outcome.ok ? 200 : outcome.status;
     const el = card.element;
     const state = el.querySelector(".state");
     if (outcome.ms !== null) el.querySelector(".time").textContent = `${Math.round(outcome.ms)} ms`;
@@ -299,6 +301,8 @@
   keyInput.addEventListener("change", () => {
     keyPanel.classList.remove("needed");
     pollReadiness();
+    // Images refused for want of a key are asked again with the new one.
+    cards.filter((card) => card.status === 401 || card.status === 403).forEach(run);
   });
 
   pollReadiness();
