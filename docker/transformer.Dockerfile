@@ -22,11 +22,13 @@ COPY pyproject.toml README.md /tmp/src/
 COPY common /tmp/src/common
 COPY transformer /tmp/src/transformer
 
-# Base dependencies only (no `predictor` extra); the last check fails the build
-# if anything pulled torch in anyway.
+# Base dependencies only (no `predictor` extra); the checks fail the build if
+# anything pulled torch in anyway, or the demo page's files (package data) are
+# missing from the installed package.
 RUN pip install --no-cache-dir /tmp/src \
  && rm -rf /tmp/src \
- && python -c "import kserve, transformer, importlib.util as u; assert u.find_spec('torch') is None, 'torch in the transformer image'"
+ && python -c "import kserve, transformer, importlib.util as u; assert u.find_spec('torch') is None, 'torch in the transformer image'" \
+ && python -c "from transformer import demo; demo.load('check', '1', 5, 1000)"
 
 # Numeric uid/gid so the kubelet can verify runAsNonRoot.
 RUN useradd --uid 1000 --user-group --no-create-home --home-dir /tmp --shell /usr/sbin/nologin app

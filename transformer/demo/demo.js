@@ -232,6 +232,7 @@
   async function pollReadiness() {
     clearTimeout(pollTimer);
     const round = ++pollRound;
+    if (document.hidden) return; // a background tab polls nothing; see visibilitychange below
     try {
       const response = await fetch(READY_URL, { headers: authHeaders(), cache: "no-store" });
       if (response.ok) {
@@ -303,6 +304,10 @@
     pollReadiness();
     // Images refused for want of a key are asked again with the new one.
     cards.filter((card) => card.status === 401 || card.status === 403).forEach(run);
+  });
+
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) pollReadiness();
   });
 
   pollReadiness();
