@@ -43,12 +43,19 @@ from common.modelrepo import resolve
 from . import h2load
 from .ceiling_report import BARE, PREDICTOR, CeilingCell, CeilingReport, DecodeRate
 from .images import ORIGINAL, PHONE, build_image_set
-from .servers import ROOT, ServerProcess, process_cpu_seconds, start
+from .servers import ROOT, ServerProcess, histogram_totals, process_cpu_seconds, start
 from .support import environment, run_json_module
 
 TRANSFORMER = "transformer"
+# As shipped, and with coalescing off (every client request its own predictor call).
+DEFAULT_TRANSFORMERS = (
+    (TRANSFORMER, ()),
+    ("transformer, no coalescing", ("--coalesce_max_images", "1")),
+)
 REQUEST_ID = "00000000-0000-0000-0000-000000000000"  # a uuid's length, as the transformer sends
 CHECK_TIMEOUT_S = 30.0
+# kserve's per-call histogram: its count is the calls a server answered.
+PREDICTOR_REQUESTS_METRIC = "request_predict_seconds"
 H2LOAD_GRACE_S = 30.0
 
 
@@ -117,7 +124,8 @@ def parse(argv: list[str] | None = None) -> CeilingSettings:
         type=transformer_variant,
         default=None,
         metavar="LABEL=FLAGS",
-        help="A transformer configuration to measure (repeatable); default: as shipped.",
+        help="A transformer configuration to measure (repeatable); default: as shipped and "
+        "with coalescing off.",
     )
     args = p.parse_args(argv)
     model_dir = args.model_dir if args.model_dir.is_absolute() else Path.cwd() / args.model_dir
@@ -133,7 +141,7 @@ def parse(argv: list[str] | None = None) -> CeilingSettings:
         warmup_s=args.warmup,
         duration_s=args.duration,
         predictor_args=tuple(shlex.split(args.predictor_args)),
-        transformers=tuple(args.transformer or [(TRANSFORMER, ())]),
+        transformers=tuple(args.transformer or DEFAULT_TRANSFORMERS),
     )
 
 
@@ -213,8 +221,10 @@ def measure_cell(
     images: int,
     in_flight: int,
     settings: CeilingSettings,
+    predictor: ServerProcess | None = None,
 ) -> CeilingCell:
-    """One h2load window against `target`, with the CPU the servers and h2load spent in it."""
+    """One h2load window against `target`, with the CPU the servers and h2load spent in it
+    and, given the `predictor` behind a transformer, its calls per request in the window."""
     argv = h2load.command(
         h2load.find_h2load(),
         target,
@@ -226,9 +236,12 @@ def measure_cell(
     )
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def sample() -> tuple[float, list[float | None], float | None]:
+    def sample() -> tuple[float, list[float | None], float | None, float | None]:
         cpus = [process_cpu_seconds(s.process.pid) for s in servers]
-        return time.perf_counter(), cpus, process_cpu_seconds(process.pid)
+        calls = None
+        if predictor is not None:
+            calls = histogram_totals(predictor.metrics(), PREDICTOR_REQUESTS_METRIC)[1]
+        return time.perf_counter(), cpus, process_cpu_seconds(process.pid), calls
 
     time.sleep(settings.warmup_s)
     first = sample()
@@ -266,6 +279,11 @@ def measure_cell(
         server_cpu_ms_per_request=sum(known) if len(known) == len(servers) else None,
         client_cpu_ms_per_request=per_request(first[2], last[2]),
         cpu_ms_by_process=by_process,
+        predictor_calls_per_request=(
+            None
+            if first[3] is None or last[3] is None or requests <= 0
+            else (last[3] - first[3]) / requests
+        ),
     )
     print(
         f"[ceiling] {label} {images}x{in_flight}: {cell.requests_per_s:,.0f} req/s, "
@@ -394,6 +412,7 @@ def run(settings: CeilingSettings) -> CeilingReport:
                                 1,
                                 in_flight,
                                 settings,
+                                predictor,
                             )
                         )
                 finally:

@@ -32,6 +32,8 @@ class CeilingCell:
     server_cpu_ms_per_request: float | None  # all server processes behind the target
     client_cpu_ms_per_request: float | None
     cpu_ms_by_process: dict[str, float | None] = field(default_factory=dict)
+    # Transformer cells: predictor calls per client request (below 1 when calls are shared).
+    predictor_calls_per_request: float | None = None
 
     @property
     def images_per_s(self) -> float:
@@ -49,6 +51,7 @@ class DecodeRate:
     """The transformer's decode-only rate in-process on the image the transformer cells send."""
 
     images_per_s: float
+    cpu_ms_per_image: float
     threads: int
     single_decode_ms: float
     image: str
@@ -123,6 +126,14 @@ class CeilingReport:
             return None
         return _ratio(cell.images_per_s, self.decode.images_per_s)
 
+    def transformer_cpu_over_decode(self, label: str, in_flight: int) -> float | None:
+        """Decode CPU-ms per image over what the served pair spends per image (transformer and
+        predictor processes): the rate ratio a quiet, CPU-bound machine would show."""
+        cell = self.find(label, 1, in_flight)
+        if cell is None or self.decode is None or cell.server_cpu_ms_per_request is None:
+            return None
+        return _ratio(self.decode.cpu_ms_per_image, cell.server_cpu_ms_per_request)
+
     def targets(self) -> list[Target]:
         """The issue's ratio targets at the highest concurrency measured."""
         if not self.cells:
@@ -176,6 +187,11 @@ class CeilingReport:
                         for label in self.transformers
                         for f in self.in_flights()
                     },
+                    "decode_cpu_over_transformer_cpu": {
+                        f"{label} {f}": self.transformer_cpu_over_decode(label, f)
+                        for label in self.transformers
+                        for f in self.in_flights()
+                    },
                 },
                 "targets": [
                     {"name": t.name, "value": t.value, "threshold": t.threshold, "met": t.met}
@@ -219,7 +235,8 @@ class CeilingReport:
             lines.append(
                 f"Transformer, 1-image requests ({d.image}, {d.image_bytes / 1000:.0f} KB): "
                 f"decode-only rate {d.images_per_s:.0f} images/s in-process "
-                f"({d.threads} threads, {d.single_decode_ms:.2f} ms per decode)"
+                f"({d.threads} threads, {d.single_decode_ms:.2f} ms per decode, "
+                f"{d.cpu_ms_per_image:.2f} CPU-ms per image)"
             )
         for label in self.transformers:
             cells = [self.find(label, 1, f) for f in flights]
@@ -229,16 +246,22 @@ class CeilingReport:
             )
             ratios = [self.transformer_over_decode(label, f) for f in flights]
             lines.append(f"{'  / decode-only':34}" + "".join(_ratio_text(r, 14) for r in ratios))
+            cpu = [self.transformer_cpu_over_decode(label, f) for f in flights]
+            lines.append(
+                f"{'  decode CPU / served CPU':34}" + "".join(_ratio_text(r, 14) for r in cpu)
+            )
         lines.append("")
         lines.append("CPU-ms per request: server processes (each) | h2load; errors")
         for cell in self.cells:
+            calls = cell.predictor_calls_per_request
+            shared = "" if calls is None else f", {calls:.2f} predictor calls per request"
             each = ", ".join(
                 f"{name} {_num(ms, 0, 2)}" for name, ms in cell.cpu_ms_by_process.items()
             )
             lines.append(
                 f"  {cell.server:28} {cell.images_per_request}x{cell.in_flight:<4}"
                 f"{_num(cell.server_cpu_ms_per_request, 8, 2)} ({each}) |"
-                f"{_num(cell.client_cpu_ms_per_request, 6, 2)}   errors {cell.errors}"
+                f"{_num(cell.client_cpu_ms_per_request, 6, 2)}   errors {cell.errors}{shared}"
             )
         lines.append("")
         lines.append("Targets")

@@ -120,6 +120,23 @@ def quiet_timing_logs(enable_latency_logging: bool) -> None:
         logging.getLogger(KSERVE_TRACE_LOGGER_NAME).setLevel(logging.WARNING)
 
 
+def use_lean_grpc(enable_latency_logging: bool) -> None:
+    """Serve gRPC ModelInfer through `common.lean_grpc`, and without the per-call log line
+    unless latency logging is on.
+
+    kserve 0.21's GRPCServer.start builds its servicer and interceptors from the names
+    `InferenceServicer` and `LoggingInterceptor` in `kserve.protocol.grpc.server`, with no
+    parameter to choose them, so those names are rebound here (before ModelServer.start).
+    """
+    from kserve.protocol.grpc import server as grpc_server
+
+    from .lean_grpc import LeanInferenceServicer, QuietLoggingInterceptor
+
+    grpc_server.InferenceServicer = LeanInferenceServicer
+    if not enable_latency_logging:
+        grpc_server.LoggingInterceptor = QuietLoggingInterceptor
+
+
 # --- the data plane ----------------------------------------------------------------------
 
 

@@ -168,4 +168,5 @@ def run_server(
     )
     install_v2_infer_route(app, server.dataplane)
     kserve_compat.quiet_timing_logs(args.enable_latency_logging)
+    kserve_compat.use_lean_grpc(args.enable_latency_logging)
     server.start([model])

@@ -81,7 +81,7 @@ def test_report_ratios_targets_json_and_plot(tmp_path: Path) -> None:
             _cell(PREDICTOR, 8, 64, 900.0, 1.5),
             _cell("transformer", 1, 64, 450.0, 4.0),
         ],
-        decode=DecodeRate(500.0, 2, 4.0, "a.jpg", 60_000),
+        decode=DecodeRate(500.0, 3.0, 2, 4.0, "a.jpg", 60_000),
         transformers=["transformer"],
     )
     assert report.predictor_over_bare(1, 64) == 0.5
@@ -89,6 +89,7 @@ def test_report_ratios_targets_json_and_plot(tmp_path: Path) -> None:
     assert report.find(PREDICTOR, 8, 64) is not None
     assert report.find(PREDICTOR, 8, 64).images_per_s == 7200.0  # type: ignore[union-attr]
     assert report.transformer_over_decode("transformer", 64) == 0.9
+    assert report.transformer_cpu_over_decode("transformer", 64) == 0.75
     targets = {t.name: t for t in report.targets()}
     assert targets["predictor / bare, 1-image requests, 64 in flight"].met is False
     assert targets["transformer / decode-only rate (best)"].met is True

@@ -1,7 +1,8 @@
 """The transformer's kserve.Model: images in, UINT8 pixels to the predictor, top-k classes out.
 
-The hooks hand each other explicit values: preprocess returns a PreparedBatch (the predictor
-request plus what postprocess needs to know), predict forwards it over gRPC and returns a
+The hooks hand each other explicit values: preprocess returns a PreparedBatch (the pixels plus
+what postprocess needs to know), predict forwards the pixels over gRPC through the coalescer
+(concurrent requests share one predictor call, `transformer.coalesce`) and returns a
 ForwardedBatch, postprocess shapes the answer for the protocol the client used.
 """
 
@@ -12,6 +13,7 @@ import base64
 import binascii
 import logging
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,7 @@ from kserve.protocol.infer_type import InferRequest, InferResponse
 from common import codecs
 from common.modelrepo import CONFIG_FILE, ModelConfig, ModelRepositoryError, resolve
 
+from .coalesce import Coalescer
 from .imaging import DecodeLimits, preprocess
 from .postprocess import top_k, v1_predictions
 from .settings import TransformerSettings
@@ -38,9 +41,9 @@ TOP_K_PARAMETER = "top_k"
 
 @dataclass(frozen=True)
 class PreparedBatch:
-    """What preprocess hands predict: the predictor request and how to answer the client."""
+    """What preprocess hands predict: the pixels and how to answer the client."""
 
-    request: InferRequest
+    pixels: np.ndarray  # UINT8 [N, H, W, 3]
     protocol: str  # "v1" or "v2"
     top_k: int
     response_id: str
@@ -48,9 +51,9 @@ class PreparedBatch:
 
 @dataclass(frozen=True)
 class ForwardedBatch:
-    """What predict hands postprocess: the predictor's answer for a prepared batch."""
+    """What predict hands postprocess: the predictor's logits for a prepared batch."""
 
-    response: InferResponse
+    logits: np.ndarray  # [N, classes], checked
     batch: PreparedBatch
 
 
@@ -72,6 +75,11 @@ class ImageClassifierTransformer(Model):
         self.logits_output = version.config.outputs[0]
         self.max_images = checked_max_images(self.settings.max_images, version.config)
         self.limits = DecodeLimits(max_pixels=self.settings.max_image_pixels)
+        self.coalescer = Coalescer(
+            self._forward,
+            self.settings.coalesce_max_images or version.config.max_batch_size or 1,
+            self.settings.coalesce_delay_ms / 1000,
+        )
         self.ready = True
         return self.ready
 
@@ -113,12 +121,7 @@ class ImageClassifierTransformer(Model):
                 f"{len(images)} images in one request, expected 1 to {self.max_images}"
             )
         pixels = await self._decode_all(images)
-        request = InferRequest(
-            model_name=self.name,
-            infer_inputs=[codecs.numpy_input(self.pixel_input.name, pixels)],
-            request_id=response_id,
-        )
-        return PreparedBatch(request, protocol, k, response_id)
+        return PreparedBatch(pixels, protocol, k, response_id)
 
     async def predict(
         self,
@@ -128,7 +131,7 @@ class ImageClassifierTransformer(Model):
     ) -> ForwardedBatch:
         """Forward the pixels to the predictor; its errors become 400, 503 or 500 here."""
         try:
-            response = await super().predict(payload.request, headers)
+            logits = await self.coalescer.submit(payload.pixels, (payload.response_id, headers))
         except grpc.aio.AioRpcError as err:
             code, details = err.code(), err.details()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -136,7 +139,7 @@ class ImageClassifierTransformer(Model):
             if code == grpc.StatusCode.UNAVAILABLE:
                 raise ServerNotReady(f"the predictor is unavailable: {details}") from err
             raise InferenceError(f"the predictor failed: {code.name}: {details}") from err
-        return ForwardedBatch(response, payload)
+        return ForwardedBatch(logits, payload)
 
     async def postprocess(
         self,
@@ -146,8 +149,7 @@ class ImageClassifierTransformer(Model):
     ) -> dict[str, Any] | InferResponse:
         """Top-k classes per image, shaped for the protocol the client used."""
         batch = result.batch
-        logits = self._logits(result.response, batch.request.inputs[0].shape[0])
-        class_ids, scores = top_k(logits, batch.top_k)
+        class_ids, scores = top_k(result.logits, batch.top_k)
         if batch.protocol == "v1":
             return {"predictions": v1_predictions(class_ids, scores, self.labels)}
         return InferResponse(
@@ -217,6 +219,21 @@ class ImageClassifierTransformer(Model):
             return preprocess(data, self.params, self.limits)
         except InvalidInput as exc:
             raise InvalidInput(f"{where}: {exc.reason}") from exc
+
+    async def _forward(
+        self, pixels: np.ndarray, tags: Sequence[tuple[str, dict[str, str] | None]]
+    ) -> np.ndarray:
+        """One predictor call (the coalescer's `send`): pixels in, checked logits out. A call
+        for one request carries its id and forwardable headers; a shared call its own id."""
+        request_id, headers = tags[0] if len(tags) == 1 else (str(uuid.uuid4()), None)
+        request = InferRequest(
+            model_name=self.name,
+            infer_inputs=[codecs.numpy_input(self.pixel_input.name, pixels)],
+            request_id=request_id,
+        )
+        response = await super().predict(request, headers)
+        assert isinstance(response, InferResponse)
+        return self._logits(response, pixels.shape[0])
 
     def _logits(self, response: InferResponse, count: int) -> np.ndarray:
         output = response.get_output_by_name(self.logits_output.name)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kserve.predictor_config import PredictorConfig
 
-from common.cli import DEFAULT_MODEL_DIR, positive_int
+from common.cli import DEFAULT_MODEL_DIR, non_negative_float, positive_int
 from common.cpus import available_cpus
 from common.server import base_parser
 
@@ -26,6 +26,8 @@ class TransformerSettings:
     max_images: int | None  # None: the model config's max_batch_size
     max_image_pixels: int
     default_top_k: int
+    coalesce_max_images: int | None  # None: the model config's max_batch_size
+    coalesce_delay_ms: float
     max_request_bytes: int
     demo: bool  # serve the demo page at GET / (see transformer/demo)
     server_args: argparse.Namespace
@@ -69,6 +71,20 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Do not serve the demo page (GET / for browsers, /demo/*); the API is unchanged.",
     )
+    p.add_argument(
+        "--coalesce_max_images",
+        type=positive_int,
+        default=None,
+        help="Most images of concurrent requests sent in one predictor call (default: the "
+        "model's max_batch_size; 1 sends every request on its own).",
+    )
+    p.add_argument(
+        "--coalesce_delay_ms",
+        type=non_negative_float,
+        default=2.0,
+        help="Longest wait for more requests to share a predictor call, only under load "
+        "(while another call is in flight).",
+    )
     # The controller injects --predictor_host but not the protocol; grpc-v2 is the only
     # forwarding this transformer speaks (kserve 0.21's REST-v2 forwarding is broken).
     p.set_defaults(predictor_protocol=FORWARD_PROTOCOL, predictor_request_timeout_seconds=60)
@@ -101,6 +117,8 @@ def parse(argv: list[str] | None = None) -> TransformerSettings:
         max_images=args.max_images,
         max_image_pixels=args.max_image_pixels,
         default_top_k=args.top_k,
+        coalesce_max_images=args.coalesce_max_images,
+        coalesce_delay_ms=args.coalesce_delay_ms,
         max_request_bytes=args.max_request_bytes,
         demo=not args.disable_demo,
         server_args=args,
