@@ -18,6 +18,7 @@ from typing import Any
 
 import kserve.model_server
 from fastapi import FastAPI
+from grpc_interceptor.exceptions import Unauthenticated, Unimplemented
 from kserve.logging import KSERVE_TRACE_LOGGER_NAME
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferInput, InferOutput
@@ -172,3 +173,52 @@ def set_raw_data(tensor: InferInput, data: bytes | memoryview) -> None:
     which the REST parser attaches, is for reading in this process).
     """
     tensor._raw_data = data
+
+
+# --- the gRPC servicer -------------------------------------------------------------------
+
+# kserve 0.21's ExceptionToStatusInterceptor turns these grpc_interceptor exceptions into their
+# status code and message; any other exception from a servicer becomes INTERNAL.
+GrpcUnimplemented = Unimplemented
+GrpcUnauthenticated = Unauthenticated
+
+
+def grpc_rpc_names() -> list[str]:
+    """The RPCs of kserve's generated GRPCInferenceService (its servicer base's methods)."""
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as generated
+
+    return [n for n in vars(generated.GRPCInferenceServiceServicer) if not n.startswith("_")]
+
+
+def replace_grpc_servicer(subclass: Callable[[type], type]) -> None:
+    """Make kserve's gRPC server use `subclass(<the servicer in place>)` as its servicer
+    (kserve's InferenceServicer, or use_lean_grpc's subclass of it when that ran first).
+
+    kserve 0.21's GRPCServer.start builds the servicer from the module-global name
+    `kserve.protocol.grpc.server.InferenceServicer` and takes no interceptors of ours, so the
+    subclass replaces that name (before ModelServer.start).
+    """
+    import kserve.protocol.grpc.server as grpc_server
+
+    grpc_server.InferenceServicer = subclass(grpc_server.InferenceServicer)
+
+
+def repository_rpcs() -> dict[str, Callable[..., Any]]:
+    """RepositoryModelLoad/Unload handlers that answer, for a servicer subclass.
+
+    kserve 0.21's servicer reads `response["name"]` from ModelRepositoryExtension.load/unload,
+    which return None: the model is (un)loaded, then the call fails with INTERNAL. These make the
+    same calls on the extension (the servicer's private `_mode_repository_extension`, sic) and
+    build the response from the request.
+    """
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    async def load(self: Any, request: Any, context: Any) -> Any:
+        await self._mode_repository_extension.load(model_name=request.model_name)
+        return pb.RepositoryModelLoadResponse(model_name=request.model_name, isLoaded=True)
+
+    async def unload(self: Any, request: Any, context: Any) -> Any:
+        await self._mode_repository_extension.unload(model_name=request.model_name)
+        return pb.RepositoryModelUnloadResponse(model_name=request.model_name, isUnloaded=True)
+
+    return {"RepositoryModelLoad": load, "RepositoryModelUnload": unload}

@@ -22,6 +22,7 @@ from kserve.protocol.infer_type import InferResponse
 
 from . import codecs, kserve_compat
 from .cli import DEFAULT_MODEL_NAME, positive_int
+from .exposure import ExposurePolicy, install_grpc_policy, install_policy
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +131,10 @@ def run_server(
     args: argparse.Namespace,
     max_request_bytes: int,
     predictor_config: PredictorConfig | None = None,
+    policy: ExposurePolicy | None = None,
 ) -> None:
-    """Start kserve's ModelServer for one ready model with our limits and REST route.
+    """Start kserve's ModelServer for one ready model with our limits, REST route and
+    exposure policy (common.exposure: which routes and RPCs are served, and keys).
 
     Every setting reaches kserve as an explicit value: the constructor's arguments here, the
     rest through `kserve_compat.apply_global_flags`.
@@ -149,6 +152,8 @@ def run_server(
     kserve_compat.apply_global_flags(args)
     app = kserve_compat.rest_app()
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes)
+    policy = policy or ExposurePolicy()
+    install_policy(app, policy)  # added last, so it runs before the body limit
     server = kserve.ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,
@@ -169,4 +174,5 @@ def run_server(
     install_v2_infer_route(app, server.dataplane)
     kserve_compat.quiet_timing_logs(args.enable_latency_logging)
     kserve_compat.use_lean_grpc(args.enable_latency_logging)
+    install_grpc_policy(policy)  # after: it guards whichever servicer is in place
     server.start([model])

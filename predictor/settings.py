@@ -25,6 +25,7 @@ class PredictorSettings:
     max_batch_size: int | None  # None: the model config's max_batch_size
     max_batch_delay_ms: float | None  # None: the model config's dynamic batching delay
     max_request_bytes: int
+    model_repository_api: bool
     server_args: argparse.Namespace
 
 
@@ -67,6 +68,13 @@ def parser() -> argparse.ArgumentParser:
         help="Longest wait for a fuller batch under load (default: the model "
         "config's dynamic_batching delay).",
     )
+    p.add_argument(
+        "--enable_model_repository_api",
+        action="store_true",
+        help="Serve the V2 model repository extension (REST /v2/repository/..., gRPC "
+        "RepositoryModelLoad/Unload). Off by default: one call unloads the model, and kserve "
+        "cannot load it back without a restart.",
+    )
     return p
 
 
@@ -84,5 +92,6 @@ def parse(argv: list[str] | None = None) -> PredictorSettings:
         max_batch_size=args.max_batch_size,
         max_batch_delay_ms=args.max_batch_delay_ms,
         max_request_bytes=args.max_request_bytes,
+        model_repository_api=args.enable_model_repository_api,
         server_args=args,
     )

@@ -5,7 +5,8 @@ package `inference`), so the pytest process, which imports kserve, runs this scr
 
     python tests/grpc_client.py < calls.json > results.json
 
-Input: a JSON list of calls, each {"op": ..., "url": "host:port", ...}. Output: a list of
+Input: a JSON list of calls, each {"op": ..., "url": "host:port", ...}; "headers" (optional)
+become gRPC metadata on the call. Output: a list of
 results in the same order, {"ok": true, ...} or {"ok": false, "code": ..., "message": ...}.
 """
 
@@ -22,15 +23,16 @@ from tritonclient.utils import InferenceServerException
 
 
 def health(client: grpcclient.InferenceServerClient, call: dict[str, Any]) -> dict[str, Any]:
+    headers = call.get("headers")
     return {
-        "live": client.is_server_live(),
-        "ready": client.is_server_ready(),
-        "model_ready": client.is_model_ready(call["model"]),
+        "live": client.is_server_live(headers=headers),
+        "ready": client.is_server_ready(headers=headers),
+        "model_ready": client.is_model_ready(call["model"], headers=headers),
     }
 
 
 def metadata(client: grpcclient.InferenceServerClient, call: dict[str, Any]) -> dict[str, Any]:
-    meta = client.get_model_metadata(call["model"], as_json=True)
+    meta = client.get_model_metadata(call["model"], headers=call.get("headers"), as_json=True)
     return {"inputs": meta.get("inputs", []), "outputs": meta.get("outputs", [])}
 
 
@@ -40,7 +42,9 @@ def infer_images(client: grpcclient.InferenceServerClient, call: dict[str, Any])
     tensor = grpcclient.InferInput("image", [len(blobs)], "BYTES")
     tensor.set_data_from_numpy(np.array(blobs, dtype=np.object_))
     parameters = {"top_k": call["top_k"]} if "top_k" in call else None
-    result = client.infer(call["model"], [tensor], parameters=parameters)
+    result = client.infer(
+        call["model"], [tensor], parameters=parameters, headers=call.get("headers")
+    )
     return {
         "class_id": result.as_numpy("class_id").tolist(),
         "label": [[v.decode() for v in row] for row in result.as_numpy("label")],

@@ -299,3 +299,27 @@ def test_set_raw_data_is_sent_as_grpc_raw_contents() -> None:
     message = InferRequest("m", [tensor]).to_grpc()
     assert list(message.raw_input_contents) == [b"abcd"]
     assert kserve_compat.raw_data(tensor) == b"abcd"
+
+
+# --- the gRPC servicer (common.exposure guards it) ---------------------------------------
+
+
+def test_grpc_server_builds_its_servicer_by_module_global_name() -> None:
+    from kserve.protocol.grpc import server as grpc_server
+
+    source = inspect.getsource(grpc_server.GRPCServer.start)
+    assert "InferenceServicer(" in source and "interceptors=" in source
+    assert "interceptors" not in inspect.signature(grpc_server.GRPCServer).parameters
+
+
+def test_repository_extension_returns_nothing_for_the_servicer_to_read() -> None:
+    """kserve's RepositoryModelUnload reads response["name"] from this None: INTERNAL."""
+    from kserve.protocol.grpc.servicer import InferenceServicer
+
+    registry = ModelRepository()
+    model = kserve.Model("m")
+    model.ready = True
+    registry.update(model)
+    assert asyncio.run(ModelRepositoryExtension(registry).unload("m")) is None
+    assert 'response["name"]' in inspect.getsource(InferenceServicer.RepositoryModelUnload)
+    assert "_mode_repository_extension" in inspect.getsource(InferenceServicer.__init__)

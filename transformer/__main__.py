@@ -5,16 +5,22 @@ from __future__ import annotations
 import sys
 
 from common import kserve_compat
+from common.exposure import ExposurePolicy
 from common.server import run_server
 
 from . import demo
 from . import settings as settings_module
+from .auth import ApiKeyFileError, ApiKeys
 from .model import ImageClassifierTransformer
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, read the model repository, then serve until SIGINT/SIGTERM."""
     settings = settings_module.parse(argv)
+    try:
+        keys = ApiKeys(settings.api_key_file) if settings.api_key_file else None
+    except ApiKeyFileError as exc:
+        raise SystemExit(f"--api_key_file: {exc}") from None
     model = ImageClassifierTransformer(settings)
     model.load()
     if settings.demo:
@@ -22,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
             settings.model_name, model.repository_version, settings.default_top_k, len(model.labels)
         )
         demo.install(kserve_compat.rest_app(), page)
-    run_server(model, settings.server_args, settings.max_request_bytes, settings.predictor)
+    # The model repository API is never served here: the transformer is the public entry point.
+    policy = ExposurePolicy(control_plane=False, api_keys=keys)
+    run_server(model, settings.server_args, settings.max_request_bytes, settings.predictor, policy)
     return 0
 
 

@@ -27,6 +27,7 @@ from kserve.protocol.infer_type import InferRequest, InferResponse
 from common import codecs
 from common.modelrepo import CONFIG_FILE, ModelConfig, ModelRepositoryError, resolve
 
+from .auth import without_credentials
 from .coalesce import Coalescer
 from .imaging import DecodeLimits, preprocess
 from .postprocess import top_k, v1_predictions
@@ -131,7 +132,9 @@ class ImageClassifierTransformer(Model):
     ) -> ForwardedBatch:
         """Forward the pixels to the predictor; its errors become 400, 503 or 500 here."""
         try:
-            logits = await self.coalescer.submit(payload.pixels, (payload.response_id, headers))
+            # kserve forwards an incoming Authorization header; the client's key stays here.
+            tag = (payload.response_id, without_credentials(headers))
+            logits = await self.coalescer.submit(payload.pixels, tag)
         except grpc.aio.AioRpcError as err:
             code, details = err.code(), err.details()
             if code == grpc.StatusCode.INVALID_ARGUMENT:

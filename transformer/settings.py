@@ -30,6 +30,7 @@ class TransformerSettings:
     coalesce_delay_ms: float
     max_request_bytes: int
     demo: bool  # serve the demo page at GET / (see transformer/demo)
+    api_key_file: Path | None  # None: no client authentication here (e.g. at the gateway)
     server_args: argparse.Namespace
 
 
@@ -85,6 +86,13 @@ def parser() -> argparse.ArgumentParser:
         help="Longest wait for more requests to share a predictor call, only under load "
         "(while another call is in flight).",
     )
+    p.add_argument(
+        "--api_key_file",
+        default=None,
+        help="File of API keys, one per line, reloaded when it changes. When given, every "
+        "route and RPC except health and readiness needs 'Authorization: Bearer <key>' "
+        "(REST) or 'authorization' metadata (gRPC).",
+    )
     # The controller injects --predictor_host but not the protocol; grpc-v2 is the only
     # forwarding this transformer speaks (kserve 0.21's REST-v2 forwarding is broken).
     p.set_defaults(predictor_protocol=FORWARD_PROTOCOL, predictor_request_timeout_seconds=60)
@@ -121,5 +129,6 @@ def parse(argv: list[str] | None = None) -> TransformerSettings:
         coalesce_delay_ms=args.coalesce_delay_ms,
         max_request_bytes=args.max_request_bytes,
         demo=not args.disable_demo,
+        api_key_file=Path(args.api_key_file) if args.api_key_file else None,
         server_args=args,
     )
