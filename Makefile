@@ -44,7 +44,7 @@ serve: $(STAMP) $(MODEL)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy common predictor transformer rollout scripts tests bench
+	$(BIN)/mypy common predictor transformer rollout scripts tests bench batch
 
 test: lint $(MODEL)
 	MODEL_REPOSITORY=$(MODEL_REPO) $(BIN)/python -m pytest
@@ -61,7 +61,8 @@ bench-ceiling: $(STAMP) $(MODEL)
 images:
 	@if docker info >/dev/null 2>&1; then \
 		docker build -f docker/predictor.Dockerfile -t image-classifier-predictor:dev . && \
-		docker build -f docker/transformer.Dockerfile -t image-classifier-transformer:dev . ; \
+		docker build -f docker/transformer.Dockerfile -t image-classifier-transformer:dev . && \
+		docker build -f docker/batch.Dockerfile -t image-classifier-batch:dev . ; \
 	else echo "make images: no container engine reachable (docker info failed)"; exit 1; fi
 
 clean:

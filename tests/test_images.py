@@ -18,7 +18,7 @@ def dockerfile(component: str) -> str:
     return (ROOT / "docker" / f"{component}.Dockerfile").read_text()
 
 
-@pytest.mark.parametrize("component", ["predictor", "transformer"])
+@pytest.mark.parametrize("component", ["predictor", "transformer", "batch"])
 def test_entrypoint_is_the_package_and_user_is_not_root(component: str) -> None:
     text = dockerfile(component)
     assert f'ENTRYPOINT ["python", "-m", "{component}"]' in text

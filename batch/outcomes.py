@@ -1,0 +1,92 @@
+"""What an engine answers per image (predicted, skipped or failed), and the engine contract.
+
+Engines take an iterator of `Work` and yield one outcome per item, in any order; they pull
+work only as fast as they can use it, so the job's database look-ups stay a bounded step ahead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from .sources import Image, Work, read_image
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """An image's top-k classes, best first."""
+
+    key: str
+    sha256: str
+    class_ids: tuple[int, ...]
+    labels: tuple[str, ...]
+    scores: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An image whose stored prediction has the same sha256: nothing to do."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An image that cannot be classified, and why (the reason the servers would give)."""
+
+    key: str
+    sha256: str | None
+    reason: str
+
+
+Outcome = Prediction | Skipped | Failure
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot go on (service unreachable after retries): the job stops."""
+
+
+class EngineConfigError(ValueError):
+    """The engine cannot run with these settings (e.g. no version known): a usage error."""
+
+
+class Engine(Protocol):
+    """Classifies images; one instance per run."""
+
+    model_name: str
+    model_version: str
+    kind: str  # "url" or "model_dir", recorded in batch_runs
+
+    def classify(self, work: Iterable[Work]) -> Iterator[Outcome]:
+        """One outcome per work item, in any order; raises EngineUnavailable."""
+        ...
+
+    def close(self) -> None:
+        """Release threads and connections."""
+        ...
+
+
+def read_unless_stored(item: Work) -> Image | Skipped | Failure:
+    """The image's bytes and sha256; Skipped when its stored prediction is for these very
+    bytes, Failure when the file cannot be read."""
+    try:
+        image = read_image(item.path)
+    except OSError as exc:
+        return Failure(item.key, None, f"cannot read {item.path}: {exc.strerror or exc}")
+    return Skipped(item.key) if item.stored_sha256 == image.sha256 else image
+
+
+def top_up(
+    items: Iterator[Work], in_flight: set[Future[T]], limit: int, start: Callable[[Work], Future[T]]
+) -> bool:
+    """Start work until `limit` are in flight; returns True once `items` is exhausted."""
+    while len(in_flight) < limit:
+        item = next(items, None)
+        if item is None:
+            return True
+        in_flight.add(start(item))
+    return False

@@ -1,0 +1,264 @@
+"""The batch command's settings: its flags and environment, parsed and validated once at start.
+
+Nothing here imports torch, kserve or tritonclient: which engine runs decides what loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.cpus import available_cpus
+from common.modelrepo import DEFAULT_MODEL_NAME
+
+DEFAULT_DB = "sqlite:///predictions.db"
+DB_ENV = "BATCH_DB_URL"  # the manifests fill it from a Secret, so the URL is never in args
+INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in every pod of an Indexed Job
+DEFAULT_TOP_K = 5
+DEFAULT_CHUNK = 256
+DEFAULT_CONCURRENCY = 8
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_RETRIES = 5
+MAX_IMAGE_PIXELS = 50_000_000  # the transformer's default --max_image_pixels
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of the work: the keys whose stable hash modulo `count` is `index`."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """Everything one batch run needs, validated."""
+
+    source: Path
+    db_url: str
+    engine: str  # "url" or "model_dir"
+    url: str | None
+    model_dir: Path | None
+    model_name: str
+    model_version: str | None  # None: the newest (model_dir) or the served one (url)
+    shard: Shard
+    top_k: int
+    chunk_size: int
+    batch_size: int
+    concurrency: int
+    decode_workers: int
+    num_threads: int
+    timeout_s: float
+    retries: int
+    max_image_pixels: int
+    progress: str  # "auto", "bar" or "plain"
+    json_summary: bool
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0."""
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from exc
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from exc
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def parse_shard(text: str) -> Shard:
+    """'2/4' -> Shard(2, 4); raises argparse.ArgumentTypeError unless 0 <= INDEX < COUNT."""
+    index_text, sep, count_text = text.partition("/")
+    try:
+        index, count = int(index_text), int(count_text)
+    except ValueError:
+        index, count = -1, 0
+    if not sep or count <= 0 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(
+            f"--shard {text!r}: expected INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/4"
+        )
+    return Shard(index, count)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The batch command line."""
+    p = argparse.ArgumentParser(
+        prog="python -m batch",
+        description="Classify every image under SOURCE and upsert the top-k predictions into "
+        "a SQL table. Exit status: 0 all images predicted or skipped, 1 some images failed "
+        "(see the batch_errors table), 2 bad flags, 3 the job stopped (service or database "
+        "unreachable); a re-run resumes where it stopped.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "source",
+        type=Path,
+        help="A directory (searched recursively; dot files are ignored) or a text file "
+        "listing image paths, one per line (relative paths are relative to the file).",
+    )
+    p.add_argument(
+        "--db",
+        default=None,
+        help=f"SQLAlchemy URL, e.g. sqlite:///predictions.db or "
+        f"postgresql+psycopg://user:password@host/db (default: ${DB_ENV}, else {DEFAULT_DB}).",
+    )
+    engine = p.add_mutually_exclusive_group(required=True)
+    engine.add_argument(
+        "--url", default=None, help="HOST:PORT of a running transformer's V2 gRPC endpoint."
+    )
+    engine.add_argument(
+        "--model_dir",
+        type=Path,
+        default=None,
+        help="Model repository: run the model in this process with the servers' own code.",
+    )
+    p.add_argument("--model_name", default=DEFAULT_MODEL_NAME)
+    p.add_argument(
+        "--model_version",
+        default=None,
+        help="Version recorded with each row (default: with --model_dir the newest version "
+        "directory, with --url the version the server reports).",
+    )
+    p.add_argument(
+        "--shard",
+        type=parse_shard,
+        default=None,
+        help=f"INDEX/COUNT: this process's stable hash partition of the images (default: "
+        f"${INDEX_ENV}/--shard_count when {INDEX_ENV} is set, else 0/1).",
+    )
+    p.add_argument(
+        "--shard_count",
+        type=positive_int,
+        default=None,
+        help=f"COUNT for the index in ${INDEX_ENV} (an Indexed Job's completions).",
+    )
+    p.add_argument("--top_k", type=positive_int, default=DEFAULT_TOP_K, help="Classes stored.")
+    p.add_argument(
+        "--chunk_size",
+        type=positive_int,
+        default=DEFAULT_CHUNK,
+        help="Rows written per transaction (and keys looked up per query).",
+    )
+    p.add_argument(
+        "--batch_size",
+        type=positive_int,
+        default=None,
+        help=f"--model_dir: images per forward pass (default: the model's max_batch_size, "
+        f"at most {DEFAULT_BATCH_SIZE}).",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=DEFAULT_CONCURRENCY,
+        help="--url: requests in flight.",
+    )
+    p.add_argument(
+        "--decode_workers",
+        type=positive_int,
+        default=None,
+        help="--model_dir: threads reading and decoding images (default: the CPUs available).",
+    )
+    p.add_argument(
+        "--num_threads",
+        type=positive_int,
+        default=None,
+        help="--model_dir: torch intra-op threads (default: the CPUs available).",
+    )
+    p.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=DEFAULT_TIMEOUT_S,
+        help="--url: deadline of one request, in seconds.",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=DEFAULT_RETRIES,
+        help="--url: retries (exponential backoff) of a request answered UNAVAILABLE or "
+        "past its deadline, before the job stops.",
+    )
+    p.add_argument(
+        "--max_image_pixels",
+        type=positive_int,
+        default=MAX_IMAGE_PIXELS,
+        help="--model_dir: largest image (width x height) decoded, as the transformer's flag.",
+    )
+    p.add_argument(
+        "--progress",
+        choices=["auto", "bar", "plain"],
+        default="auto",
+        help="auto: a progress bar on a terminal, plain periodic lines otherwise.",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="Print the final summary as one JSON object."
+    )
+    return p
+
+
+def parse(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> BatchSettings:
+    """Parse and validate the command line and environment; exits with usage on bad flags."""
+    env = os.environ if environ is None else environ
+    p = parser()
+    args = p.parse_args(argv)
+    shard = args.shard
+    if shard is None:
+        index_text = env.get(INDEX_ENV)
+        count = args.shard_count or 1
+        if index_text is None:
+            shard = Shard(0, count) if count == 1 else None
+            if shard is None:
+                p.error(f"--shard_count {count} needs ${INDEX_ENV} or --shard INDEX/COUNT")
+        else:
+            try:
+                shard = parse_shard(f"{index_text}/{count}")
+            except argparse.ArgumentTypeError:
+                p.error(
+                    f"${INDEX_ENV}={index_text!r} with --shard_count {count}: expected an index "
+                    f"from 0 to {count - 1}"
+                )
+    elif args.shard_count is not None and args.shard_count != shard.count:
+        p.error(f"--shard {shard} and --shard_count {args.shard_count} disagree")
+    if not args.source.exists():
+        p.error(f"SOURCE {args.source}: no such directory or file")
+    if args.retries < 0:
+        p.error(f"--retries {args.retries}: expected 0 or more")
+    cpus = available_cpus()
+    return BatchSettings(
+        source=args.source,
+        db_url=args.db or env.get(DB_ENV) or DEFAULT_DB,
+        engine="url" if args.url else "model_dir",
+        url=args.url,
+        model_dir=args.model_dir,
+        model_name=args.model_name,
+        model_version=args.model_version,
+        shard=shard,
+        top_k=args.top_k,
+        chunk_size=args.chunk_size,
+        batch_size=args.batch_size or 0,
+        concurrency=args.concurrency,
+        decode_workers=args.decode_workers or cpus,
+        num_threads=args.num_threads or cpus,
+        timeout_s=args.timeout,
+        retries=args.retries,
+        max_image_pixels=args.max_image_pixels,
+        progress=args.progress,
+        json_summary=args.json,
+    )

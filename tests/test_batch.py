@@ -1,0 +1,437 @@
+"""`python -m batch`: both engines into real SQLite and PostgreSQL, kills, bad files, versions.
+
+Every run is the real command in a process of its own (the --url engine imports
+tritonclient.grpc, which cannot share this process with kserve), on the real model; the
+in-process engine's rows are checked against the independent reference, the --url engine's
+against the in-process engine's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import reference
+from batch_db import DATABASES, fresh_database, query
+from conftest import DATA, MODEL_NAME, ROOT, Server
+
+from batch.outcomes import Failure, Prediction
+from batch.settings import Shard, parse, parse_shard
+from batch.sources import list_images, select, shard_of
+from batch.store import Store
+
+GOOD = {
+    "photos/coffee.jpg": "coffee.jpg",
+    "photos/chelsea.jpg": "chelsea.jpg",
+    "photos/deeper/rocket.jpg": "rocket.jpg",
+    "astronaut.jpg": "astronaut.jpg",
+    "camera.png": "camera.png",
+}
+BAD = {
+    "broken.jpg": "truncated or corrupt",  # half a JPEG
+    "notes.txt": "not a supported image",
+}
+RUN_TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five photos (nested), a truncated JPEG, a text file and a dot file to ignore."""
+    root = tmp_path_factory.mktemp("source")
+    for key, name in GOOD.items():
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(DATA / name, root / key)
+    coffee = (DATA / "coffee.jpg").read_bytes()
+    (root / "broken.jpg").write_bytes(coffee[: len(coffee) // 2])
+    (root / "notes.txt").write_text("a shopping list, not an image\n")
+    (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    return root
+
+
+@pytest.fixture(scope="module")
+def expected() -> dict[str, np.ndarray]:
+    """The reference probabilities of every good image, by key."""
+    return {key: reference.probabilities((DATA / name).read_bytes()) for key, name in GOOD.items()}
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("JOB_COMPLETION_INDEX", "BATCH_DB_URL")}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def batch(*args: str, timeout: float = RUN_TIMEOUT_S) -> tuple[int, dict[str, Any], str]:
+    """Run `python -m batch ... --json`; returns (exit status, summary or {}, stderr)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "batch", *args, "--json", "--progress", "plain"],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    lines = done.stdout.strip().splitlines()
+    summary = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+    return done.returncode, summary, done.stderr
+
+
+def local_args(source: Path, db: str, repo: Path, *extra: str) -> list[str]:
+    return [str(source), "--db", db, "--model_dir", str(repo), "--model_name", MODEL_NAME, *extra]
+
+
+def stored(db: str, version: str = "1") -> dict[str, tuple[Any, ...]]:
+    rows = query(
+        db,
+        "SELECT image_key, sha256, class_id, label, score, top_k FROM predictions "
+        "WHERE model_version = :version",
+        version=version,
+    )
+    return {row[0]: row[1:] for row in rows}
+
+
+def top_k_of(value: Any) -> list[dict[str, Any]]:
+    """The top_k JSON column (a string on SQLite with raw SQL, a list on PostgreSQL)."""
+    return json.loads(value) if isinstance(value, str) else list(value)
+
+
+def assert_errors(db: str) -> None:
+    errors = dict(query(db, "SELECT image_key, reason FROM batch_errors"))
+    assert sorted(errors) == sorted(BAD)
+    for key, fragment in BAD.items():
+        assert fragment in errors[key], errors[key]
+
+
+# ------------------------------------------------------------------------ pure parts
+
+
+def test_shard_flags_and_job_index(source: Path) -> None:
+    assert parse_shard("2/4") == Shard(2, 4)
+    for bad in ("4/4", "-1/2", "1", "a/b", "0/0"):
+        with pytest.raises(Exception, match="INDEX/COUNT"):
+            parse_shard(bad)
+    base = [str(source), "--model_dir", "repo"]
+    assert parse(base, environ={}).shard == Shard(0, 1)
+    assert parse([*base, "--shard_count", "3"], {"JOB_COMPLETION_INDEX": "2"}).shard == Shard(2, 3)
+    assert parse([*base, "--shard", "1/2"], {"JOB_COMPLETION_INDEX": "0"}).shard == Shard(1, 2)
+    with pytest.raises(SystemExit):
+        parse([*base, "--shard_count", "3"], {"JOB_COMPLETION_INDEX": "3"})
+    settings = parse(base, environ={"BATCH_DB_URL": "sqlite:///x.db"})
+    assert settings.db_url == "sqlite:///x.db"
+
+
+def test_shards_partition_the_keys_stably(source: Path) -> None:
+    keys = {f"dir{i % 7}/image{i}.jpg": Path("/dev/null") for i in range(1000)}
+    parts = [select(keys, Shard(i, 4)) for i in range(4)]
+    assert sum(len(p) for p in parts) == len(keys)
+    assert set().union(*parts) == set(keys)
+    assert min(len(p) for p in parts) > 200  # a hash, not a range: roughly even
+    # Pinned: the same in every process and release (not Python's salted hash()); a change
+    # would move keys between the shards of Jobs already running.
+    assert [shard_of(f"k{i}", 3) for i in range(6)] == [0, 1, 2, 1, 2, 2]
+
+
+def test_sources_from_directory_and_list(source: Path, tmp_path: Path) -> None:
+    keys = list_images(source)
+    assert sorted(keys) == sorted([*GOOD, *BAD])  # the dot file is ignored
+    listing = tmp_path / "images.txt"
+    listing.write_text(f"# photos\n{source / 'camera.png'}\n\nrelative/a.jpg\n")
+    (tmp_path / "relative").mkdir()
+    (tmp_path / "relative" / "a.jpg").write_bytes(b"x")
+    listed = list_images(listing)
+    assert listed == {
+        (source / "camera.png").as_posix(): source / "camera.png",
+        "relative/a.jpg": tmp_path / "relative" / "a.jpg",
+    }
+
+
+@pytest.mark.parametrize("kind", DATABASES)
+def test_store_upserts_are_idempotent(kind: str, tmp_path: Path) -> None:
+    with fresh_database(kind, tmp_path) as db:
+        store = Store(db)
+        run = store.start_run("src", "m", "1", "model_dir", "0/1")
+        good = Prediction("a.jpg", "f" * 64, (3, 1), ("three", "one"), (0.75, 0.25))
+        bad = Failure("b.jpg", None, "not a supported image")
+        for _ in range(2):
+            store.write(run, "m", "1", [good], [bad])
+        assert store.stored_hashes("m", "1", ["a.jpg", "b.jpg"]) == {"a.jpg": "f" * 64}
+        assert store.stored_hashes("m", "2", ["a.jpg"]) == {}
+        # The image is fixed and predicted: its error row goes, its prediction is replaced.
+        fixed = Prediction("b.jpg", "e" * 64, (5,), ("five",), (1.0,))
+        store.write(run, "m", "1", [fixed], [])
+        store.close()
+        assert query(db, "SELECT count(*) FROM predictions") == [(2,)]
+        assert query(db, "SELECT count(*) FROM batch_errors") == [(0,)]
+        (row,) = query(
+            db, "SELECT class_id, label, score, top_k FROM predictions WHERE image_key = 'a.jpg'"
+        )
+        assert row[:3] == (3, "three", 0.75)
+        assert top_k_of(row[3])[1] == {"class_id": 1, "label": "one", "score": 0.25}
+
+
+# ------------------------------------------------------------------------ real runs
+
+
+@pytest.fixture(scope="module")
+def first_run(
+    source: Path, model_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, int, dict[str, Any], str]:
+    """One in-process run into a new SQLite file: (URL, exit status, summary, stderr)."""
+    db = f"sqlite:///{tmp_path_factory.mktemp('first') / 'predictions.db'}"
+    return (db, *batch(*local_args(source, db, model_repository)))
+
+
+def check_in_process_run(
+    db: str,
+    source: Path,
+    model_repository: Path,
+    expected: dict[str, np.ndarray],
+    status: int,
+    summary: dict[str, Any],
+    stderr: str,
+) -> None:
+    """Every photo predicted as the reference does, bad files recorded; a re-run skips."""
+    labels = (model_repository / MODEL_NAME / "labels.txt").read_text().splitlines()
+    assert status == 1, stderr  # 1: some images failed
+    assert (summary["images"], summary["predicted"], summary["failed"]) == (7, 5, 2)
+    rows = stored(db)
+    assert sorted(rows) == sorted(GOOD)
+    for key, (sha256, class_id, label, score, top_k) in rows.items():
+        entries = top_k_of(top_k)
+        assert len(entries) == 5
+        reference.assert_matches(
+            [e["class_id"] for e in entries], [e["score"] for e in entries], expected[key]
+        )
+        assert (class_id, label, score) == (
+            entries[0]["class_id"],
+            labels[class_id],
+            entries[0]["score"],
+        )
+        assert sha256 == hashlib.sha256((source / key).read_bytes()).hexdigest()
+    assert_errors(db)
+
+    status, summary, stderr = batch(*local_args(source, db, model_repository))
+    assert status == 1, stderr
+    assert (summary["predicted"], summary["skipped"], summary["failed"]) == (0, 5, 2)
+    assert stored(db) == rows
+    runs = query(
+        db,
+        "SELECT status, engine, model_version, images, predicted, skipped, "
+        "failed FROM batch_runs ORDER BY id",
+    )
+    assert runs == [
+        ("finished", "model_dir", "1", 7, 5, 0, 2),
+        ("finished", "model_dir", "1", 7, 0, 5, 2),
+    ]
+
+
+def test_model_dir_engine_sqlite(
+    first_run: tuple[str, int, dict[str, Any], str],
+    source: Path,
+    model_repository: Path,
+    expected: dict[str, np.ndarray],
+) -> None:
+    check_in_process_run(first_run[0], source, model_repository, expected, *first_run[1:])
+
+
+def test_model_dir_engine_postgresql(
+    source: Path, model_repository: Path, expected: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    with fresh_database("postgresql", tmp_path) as db:
+        status, summary, stderr = batch(*local_args(source, db, model_repository))
+        check_in_process_run(db, source, model_repository, expected, status, summary, stderr)
+
+
+@pytest.mark.parametrize("kind", DATABASES)
+def test_url_engine_matches_in_process(
+    kind: str,
+    source: Path,
+    first_run: tuple[str, int, dict[str, Any], str],
+    transformer: Server,
+    tmp_path: Path,
+) -> None:
+    """The --url engine through the real transformer stores what the in-process engine does."""
+    local_db = first_run[0]
+    with fresh_database(kind, tmp_path) as db:
+        status, summary, stderr = batch(
+            str(source),
+            "--db",
+            db,
+            "--url",
+            transformer.grpc_target,
+            "--model_name",
+            MODEL_NAME,
+            "--model_version",
+            "1",
+            "--concurrency",
+            "4",
+        )
+        assert status == 1, stderr
+        assert (summary["engine"], summary["predicted"], summary["failed"]) == ("url", 5, 2)
+        remote, local = stored(db), stored(local_db)
+        assert sorted(remote) == sorted(local) == sorted(GOOD)
+        for key in GOOD:
+            ours, theirs = remote[key], local[key]
+            assert ours[:3] == theirs[:3]  # sha256, class_id, label
+            assert ours[3] == pytest.approx(theirs[3], abs=2e-3)
+        assert_errors(db)
+        assert dict(query(db, "SELECT image_key, reason FROM batch_errors")) == dict(
+            query(local_db, "SELECT image_key, reason FROM batch_errors")
+        )
+
+
+def test_url_engine_retries_then_stops(source: Path, tmp_path: Path) -> None:
+    """Nothing listening: UNAVAILABLE is retried with backoff, then the job stops with 3."""
+    import socket
+
+    with socket.socket() as sock:  # a free port with nothing behind it
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    status, _, stderr = batch(
+        str(source),
+        "--db",
+        f"sqlite:///{tmp_path / 'p.db'}",
+        "--url",
+        f"127.0.0.1:{port}",
+        "--model_version",
+        "1",
+        "--retries",
+        "2",
+        "--timeout",
+        "2",
+        timeout=60,
+    )
+    assert status == 3, stderr
+    assert "UNAVAILABLE after 3 attempts" in stderr
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("kind", DATABASES)
+def test_killed_run_resumes_exactly(
+    kind: str, model_repository: Path, expected: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    """SIGKILL mid-way, then run again: every image once, none missing, the content right."""
+    copies = 16
+    root = tmp_path / "many"
+    for i in range(copies):
+        for key, name in GOOD.items():
+            target = root / f"copy{i:02d}" / key
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(DATA / name, target)
+    total = copies * len(GOOD)
+    with fresh_database(kind, tmp_path) as db:
+        args = [
+            sys.executable,
+            "-m",
+            "batch",
+            *local_args(
+                root,
+                db,
+                model_repository,
+                "--chunk_size",
+                "8",
+                "--batch_size",
+                "4",
+            ),
+            "--progress",
+            "plain",
+        ]
+        job = subprocess.Popen(
+            args, cwd=ROOT, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        count = 0
+        try:
+            while count < 16 and job.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+                try:
+                    count = query(db, "SELECT count(*) FROM predictions")[0][0]
+                except Exception:  # the schema may not exist yet
+                    count = 0
+        finally:
+            job.send_signal(signal.SIGKILL)
+            job.wait(30)
+        before = query(db, "SELECT count(*) FROM predictions")[0][0]
+        assert 0 < before < total, f"the kill was not mid-way: {before} of {total} rows"
+        assert query(db, "SELECT status, finished_at FROM batch_runs") == [("running", None)]
+
+        status, summary, stderr = batch(
+            *local_args(root, db, model_repository, "--chunk_size", "8", "--batch_size", "4")
+        )
+        assert status == 0, stderr
+        assert summary["skipped"] == before
+        assert summary["predicted"] == total - before
+        rows = query(db, "SELECT image_key, class_id, top_k FROM predictions")
+        assert len(rows) == total
+        assert len({row[0] for row in rows}) == total
+        for key, _, top_k in rows:
+            entries = top_k_of(top_k)
+            base = key.split("/", 1)[1]
+            reference.assert_matches(
+                [e["class_id"] for e in entries], [e["score"] for e in entries], expected[base]
+            )
+
+
+def test_new_model_version_writes_beside_the_old(
+    source: Path, model_repository: Path, tmp_path: Path
+) -> None:
+    """Version 2 appears in the repository: its rows go beside version 1's, which stay."""
+    repo = tmp_path / "repository"
+    shutil.copytree(
+        model_repository / MODEL_NAME,
+        repo / MODEL_NAME,
+        symlinks=True,
+        ignore=shutil.ignore_patterns("[0-9]*"),
+    )
+    for version in ("1", "2"):
+        (repo / MODEL_NAME / version).mkdir()
+        (repo / MODEL_NAME / version / "model.pt").symlink_to(
+            model_repository / MODEL_NAME / "1" / "model.pt"
+        )
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    status, summary, stderr = batch(*local_args(source, db, repo, "--model_version", "1"))
+    assert status == 1, stderr
+    v1 = query(db, "SELECT image_key, created_at FROM predictions WHERE model_version = '1'")
+    status, summary, stderr = batch(*local_args(source, db, repo))  # the newest: 2
+    assert status == 1, stderr
+    assert (summary["model_version"], summary["predicted"]) == ("2", 5)
+    assert (
+        query(db, "SELECT image_key, created_at FROM predictions WHERE model_version = '1'") == v1
+    )
+    assert sorted(stored(db, "2")) == sorted(GOOD)
+    assert query(
+        db,
+        "SELECT model_version, count(*) FROM predictions GROUP BY model_version "
+        "ORDER BY model_version",
+    ) == [("1", 5), ("2", 5)]
+
+
+def test_url_engine_needs_neither_kserve_nor_torch() -> None:
+    """The --url engine's modules load with torch blocked, and never pull kserve in (its
+    protobuf package clashes with tritonclient.grpc's)."""
+    code = (
+        "import sys, batch.job, batch.remote, batch.store\n"
+        "assert 'kserve' not in sys.modules, 'kserve was imported'\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("without_torch.py")), "-c", code],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
