@@ -1,37 +1,51 @@
 """The one place the batch job reaches the predictor's model runner (import, never copy).
 
-`open_runner` builds the very runner the predictor serves with, on its own forward thread, and
-hands back something with `async`-free `submit(batch) -> Future[logits]` and `close()`. When the
-predictor's runner API changes, this adapter is the only batch code that follows it.
+`ForwardRunner` builds the very engine the predictor serves with, on the predictor's own
+`ForwardWorker` thread, and offers the batch job's synchronous code `submit(batch) ->
+concurrent Future[logits]` and `close()`. The worker's `run` is a coroutine (the predictor
+awaits it on its event loop), so the adapter keeps a small event loop on a thread of its own
+to await it. When the predictor's runner API changes, this is the only batch code that follows.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from concurrent.futures import Future
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from common.modelrepo import ModelVersion
-from predictor.runtime import plan_execution, start_forward_thread
+from predictor.torchscript import ExecutionPlan, TorchScriptEngine, plan_execution
+from predictor.worker import ForwardWorker
 
 
 class ForwardRunner:
-    """The predictor's runner on its own forward thread: submit batches, get logits futures."""
+    """The predictor's engine on its forward thread: submit batches, get logits futures."""
 
     def __init__(self, version: ModelVersion, max_batch_size: int, num_threads: int) -> None:
         """Load and warm the model (CPU, or CUDA when present) on a new forward thread."""
-        plan = plan_execution("auto", "auto", "auto", num_threads, torch.cuda.is_available())
-        self.plan = plan
-        self._runner, self._thread = start_forward_thread(
-            Path(version.artifact), plan, max_batch_size, version.config.inputs[0].dims
+        self.plan: ExecutionPlan = plan_execution(
+            "auto", "auto", "auto", num_threads, torch.cuda.is_available()
         )
+        artifact, pixel_shape, plan = version.artifact, version.config.inputs[0].dims, self.plan
+        self.worker = ForwardWorker(
+            lambda: TorchScriptEngine.warmed(artifact, plan, max_batch_size, pixel_shape)
+        )
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(
+            target=self._loop.run_forever, name="forward-loop", daemon=True
+        )
+        self._loop_thread.start()
 
     def submit(self, pixels: list[np.ndarray]) -> Future[np.ndarray]:
         """Stack UINT8 [H, W, C] images and run them as one batch on the forward thread."""
-        return self._thread.submit(lambda: self._runner.run(np.stack(pixels)))
+        return asyncio.run_coroutine_threadsafe(self.worker.run(np.stack(pixels)), self._loop)
 
     def close(self) -> None:
-        """Stop the forward thread once the batches already submitted are done."""
-        self._thread.shutdown(wait=True)
+        """Stop the forward thread and the loop."""
+        self.worker.close()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join()
+        self._loop.close()

@@ -13,11 +13,13 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.cli import DEFAULT_MODEL_NAME, LOCAL_MODEL_REPOSITORY, positive_ints
 
+from .batch import BatchResult, BatchRun, measure_in_process, measure_url, repeated_source
 from .images import build_image_set, describe, write_image_set
 from .load import Client, LoadRun, client_for, closed_loop
 from .report import Report
@@ -34,6 +36,7 @@ from .stats import (
     PEER,
     PROTOCOLS,
     SERVED,
+    V2_GRPC,
     CellResult,
     HopResult,
     LimitPoint,
@@ -289,8 +292,10 @@ def measure_pipeline(
     expected_top1: dict[str, int],
     log_dir: Path,
     agreements: dict[str, str],
+    then: Callable[[Pipeline], None] | None = None,
 ) -> list[CellResult]:
-    """Start one pipeline and run every protocol and concurrency against it."""
+    """Start one pipeline and run every protocol and concurrency against it (then `then`,
+    while it still runs)."""
     cells = []
     print(f"[bench] starting the {spec.name} pipeline", file=sys.stderr, flush=True)
     with running(spec, settings.model_dir, settings.model_name, log_dir) as pipeline:
@@ -322,6 +327,8 @@ def measure_pipeline(
                     flush=True,
                 )
                 cells.append(cell)
+        if then is not None:
+            then(pipeline)
     return cells
 
 
@@ -343,6 +350,27 @@ def run(settings: BenchSettings) -> Report:
         settings, image_dir, log_dir, dict(zip(names, kinds, strict=True))
     )
     hop = measure_hop(settings, paths[0], log_dir)
+    print("[bench] python -m batch, in-process engine", file=sys.stderr, flush=True)
+    batch_dir = out / "batch"
+    batch_source = repeated_source(image_dir, batch_dir / "images")
+    batch_in_process = measure_in_process(
+        settings.model_dir, settings.model_name, batch_source, batch_dir, log_dir
+    )
+    batch_concurrency = max(settings.concurrency)
+    batch_url: list[BatchRun] = []
+
+    def batch_through(pipeline: Pipeline) -> None:
+        print("[bench] python -m batch, --url engine", file=sys.stderr, flush=True)
+        batch_url.append(
+            measure_url(
+                pipeline.transformer.grpc_target,
+                settings.model_name,
+                batch_concurrency,
+                batch_source,
+                batch_dir,
+                log_dir,
+            )
+        )
 
     agreements: dict[str, str] = {}
     ours = dataclasses.replace(
@@ -351,7 +379,7 @@ def run(settings: BenchSettings) -> Report:
         transformer_args=settings.served_transformer_args,
     )
     cells = measure_pipeline(
-        ours, settings, blobs, names, kinds, expected_top1, log_dir, agreements
+        ours, settings, blobs, names, kinds, expected_top1, log_dir, agreements, batch_through
     )
     if not settings.skip_peer:
         cells += measure_pipeline(
@@ -386,6 +414,21 @@ def run(settings: BenchSettings) -> Report:
         targets=evaluate_targets(ratios, cells),
         top1_agreement=agreements,
         runtime_s=time.perf_counter() - started,
+        batch=BatchResult(
+            in_process=batch_in_process,
+            limit_images_per_s=limit.best.images_per_s,
+            url=batch_url[0] if batch_url else None,
+            served_images_per_s=next(
+                (
+                    c.images_per_s
+                    for c in cells
+                    if c.pipeline == SERVED
+                    and c.protocol == V2_GRPC
+                    and c.concurrency == batch_concurrency
+                ),
+                None,
+            ),
+        ),
     )
 
 

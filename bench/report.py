@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .batch import BatchResult
 from .stats import (
     PEER,
     PROTOCOLS,
@@ -50,6 +51,7 @@ class Report:
     targets: list[Target]
     top1_agreement: dict[str, str] = field(default_factory=dict)
     runtime_s: float | None = None
+    batch: BatchResult | None = None  # python -m batch's two ratios (bench/batch.py)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN becomes null)."""
@@ -68,6 +70,7 @@ class Report:
             "targets": [{**dataclasses.asdict(t), "passed": t.passed} for t in self.targets],
             "top1_agreement": self.top1_agreement,
             "runtime_s": self.runtime_s,
+            "batch": self.batch.to_json() if self.batch else None,
         }
         return _without_nan(data)
 
@@ -191,6 +194,9 @@ class Report:
                 f"  hop: served {r.hop_served_bytes / 1000:.1f} KB/image; peer sends "
                 f"{_ratio(r.hop_peer_over_served)} as many bytes"
             )
+        if self.batch is not None:
+            lines.append("")
+            lines.extend(self.batch.format_lines())
         lines.append("")
         lines.append("Targets")
         for target in self.targets:
