@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -165,10 +166,17 @@ def run(settings: BatchSettings, store: Store, engine: Engine) -> Summary:
     )
 
 
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM (Kubernetes deleting or evicting the pod): stop like an unreachable service, so
+    the chunks already done are kept and the run is recorded as stopped."""
+    raise SystemExit(EXIT_STOPPED)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; see the exit statuses in `batch.settings.parser`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = parse(argv)
+    signal.signal(signal.SIGTERM, _stop)
     store: Store | None = None
     engine: Engine | None = None
     try:
