@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.cli import DEFAULT_MODEL_NAME, positive_int
 from common.cpus import available_cpus
-from common.modelrepo import DEFAULT_MODEL_NAME
 
 DEFAULT_DB = "sqlite:///predictions.db"
 DB_ENV = "BATCH_DB_URL"  # the manifests fill it from a Secret, so the URL is never in args
@@ -60,17 +60,6 @@ class BatchSettings:
     max_image_pixels: int
     progress: str  # "auto", "bar" or "plain"
     json_summary: bool
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer > 0."""
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from exc
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def positive_float(text: str) -> float:
