@@ -35,6 +35,8 @@ from .sources import Image, Work
 IMAGE_INPUT = "image"  # the transformer's V2 input: one BYTES element per encoded image file
 OUTPUTS = ("class_id", "label", "score")
 RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+# Statuses that no image can get past (wrong model name, key, endpoint): the job stops, exit 2.
+FATAL = ("NOT_FOUND", "UNAUTHENTICATED", "PERMISSION_DENIED", "UNIMPLEMENTED")
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 5.0
 # The transformer names the image in its errors ("image 0: ..."); one image per request here,
@@ -72,10 +74,22 @@ class RemoteEngine:
         self._clients: list[grpcclient.InferenceServerClient] = []
         self._lock = threading.Lock()
         self._rng = random.Random()
+        self.headers = {"authorization": f"Bearer {settings.api_key}"} if settings.api_key else None
         self.pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="grpc")
-        metadata = self._call(
-            lambda client: client.get_model_metadata(self.model_name, client_timeout=self.timeout_s)
-        )
+        try:
+            metadata = self._call(
+                lambda client: client.get_model_metadata(
+                    self.model_name, headers=self.headers, client_timeout=self.timeout_s
+                )
+            )
+        except InferenceServerException as exc:
+            self.close()
+            raise EngineConfigError(
+                f"{self.url}: model {self.model_name!r}: {status_name(exc)}: {exc.message()}"
+            ) from exc
+        except EngineUnavailable:
+            self.close()
+            raise
         versions = list(metadata.versions)
         version = settings.model_version or (versions[-1] if versions else None)
         if version is None:
@@ -154,11 +168,14 @@ class RemoteEngine:
                     [tensor],
                     outputs=outputs,
                     parameters={"top_k": self.top_k},
+                    headers=self.headers,
                     client_timeout=self.timeout_s,
                 )
             )
         except InferenceServerException as exc:
             status, message = status_name(exc), str(exc.message() or "")
+            if status in FATAL:
+                raise EngineConfigError(f"{self.url}: {status}: {message}") from exc
             if status == "INVALID_ARGUMENT":
                 return Failure(item.key, image.sha256, message.removeprefix(SINGLE_IMAGE_PREFIX))
             return Failure(item.key, image.sha256, f"{status}: {message}")

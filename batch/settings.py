@@ -16,6 +16,7 @@ from common.cpus import available_cpus
 
 DEFAULT_DB = "sqlite:///predictions.db"
 DB_ENV = "BATCH_DB_URL"  # the manifests fill it from a Secret, so the URL is never in args
+API_KEY_ENV = "BATCH_API_KEY"  # --url: the transformer's API key, also from a Secret
 INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in every pod of an Indexed Job
 DEFAULT_TOP_K = 5
 DEFAULT_CHUNK = 256
@@ -45,6 +46,7 @@ class BatchSettings:
     db_url: str
     engine: str  # "url" or "model_dir"
     url: str | None
+    api_key: str | None  # --url: sent as `authorization: Bearer <key>` gRPC metadata
     model_dir: Path | None
     model_name: str
     model_version: str | None  # None: the newest (model_dir) or the served one (url)
@@ -93,8 +95,8 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m batch",
         description="Classify every image under SOURCE and upsert the top-k predictions into "
         "a SQL table. Exit status: 0 all images predicted or skipped, 1 some images failed "
-        "(see the batch_errors table), 2 bad flags, 3 the job stopped (service or database "
-        "unreachable); a re-run resumes where it stopped.",
+        "(see the batch_errors table), 2 bad flags or settings (model, API key), 3 the job "
+        "stopped (service or database unreachable, SIGTERM); a re-run resumes where it stopped.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
@@ -111,7 +113,10 @@ def parser() -> argparse.ArgumentParser:
     )
     engine = p.add_mutually_exclusive_group(required=True)
     engine.add_argument(
-        "--url", default=None, help="HOST:PORT of a running transformer's V2 gRPC endpoint."
+        "--url",
+        default=None,
+        help=f"HOST:PORT of a running transformer's V2 gRPC endpoint (its API key, if it "
+        f"needs one, from ${API_KEY_ENV}).",
     )
     engine.add_argument(
         "--model_dir",
@@ -235,6 +240,7 @@ def parse(argv: list[str] | None = None, environ: Mapping[str, str] | None = Non
         db_url=args.db or env.get(DB_ENV) or DEFAULT_DB,
         engine="url" if args.url else "model_dir",
         url=args.url,
+        api_key=env.get(API_KEY_ENV) or None,
         model_dir=args.model_dir,
         model_name=args.model_name,
         model_version=args.model_version,

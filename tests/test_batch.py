@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import reference
 from batch_db import DATABASES, fresh_database, query
-from conftest import DATA, MODEL_NAME, ROOT, Server
+from conftest import DATA, MODEL_NAME, ROOT, Server, start_server
 
 from batch.outcomes import Failure, Prediction
 from batch.settings import Shard, parse, parse_shard
@@ -70,12 +70,14 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def batch(*args: str, timeout: float = RUN_TIMEOUT_S) -> tuple[int, dict[str, Any], str]:
+def batch(
+    *args: str, timeout: float = RUN_TIMEOUT_S, env: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any], str]:
     """Run `python -m batch ... --json`; returns (exit status, summary or {}, stderr)."""
     done = subprocess.run(
         [sys.executable, "-m", "batch", *args, "--json", "--progress", "plain"],
         cwd=ROOT,
-        env=clean_env(),
+        env={**clean_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -88,6 +90,21 @@ def batch(*args: str, timeout: float = RUN_TIMEOUT_S) -> tuple[int, dict[str, An
 
 def local_args(source: Path, db: str, repo: Path, *extra: str) -> list[str]:
     return [str(source), "--db", db, "--model_dir", str(repo), "--model_name", MODEL_NAME, *extra]
+
+
+def url_args(source: Path, db: str, target: str, model: str = MODEL_NAME, *extra: str) -> list[str]:
+    return [
+        str(source),
+        "--db",
+        db,
+        "--url",
+        target,
+        "--model_name",
+        model,
+        "--model_version",
+        "1",
+        *extra,
+    ]
 
 
 def stored(db: str, version: str = "1") -> dict[str, tuple[Any, ...]]:
@@ -264,17 +281,7 @@ def test_url_engine_matches_in_process(
     local_db = first_run[0]
     with fresh_database(kind, tmp_path) as db:
         status, summary, stderr = batch(
-            str(source),
-            "--db",
-            db,
-            "--url",
-            transformer.grpc_target,
-            "--model_name",
-            MODEL_NAME,
-            "--model_version",
-            "1",
-            "--concurrency",
-            "4",
+            *url_args(source, db, transformer.grpc_target, MODEL_NAME, "--concurrency", "4")
         )
         assert status == 1, stderr
         assert (summary["engine"], summary["predicted"], summary["failed"]) == ("url", 5, 2)
@@ -435,3 +442,41 @@ def test_url_engine_needs_neither_kserve_nor_torch() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_url_engine_stops_on_a_wrong_model_or_key(
+    source: Path,
+    model_repository: Path,
+    predictor: Server,
+    transformer: Server,
+    tmp_path: Path,
+) -> None:
+    """What no image can get past stops the job with 2 (not one error row per image); the
+    API key from $BATCH_API_KEY opens a transformer that requires one."""
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    status, _, stderr = batch(*url_args(source, db, transformer.grpc_target, "no-such-model"))
+    assert status == 2, stderr
+    assert "no-such-model" in stderr and "NOT_FOUND" in stderr
+
+    key = "batch-test-key-0123456789"
+    key_file = tmp_path / "keys.txt"
+    key_file.write_text(key + "\n")
+    keyed = start_server(
+        "transformer",
+        [
+            *("--model_dir", str(model_repository), "--model_name", MODEL_NAME),
+            *("--predictor_host", predictor.grpc_target, "--api_key_file", str(key_file)),
+        ],
+        tmp_path / "transformer-keyed.log",
+        without_torch=True,
+    )
+    try:
+        args = [str(source), "--db", db, "--url", keyed.grpc_target, "--model_version", "1"]
+        status, _, stderr = batch(*args, env={"BATCH_API_KEY": "wrong-wrong-wrong-wrong"})
+        assert status == 2, stderr
+        assert "UNAUTHENTICATED" in stderr and "wrong-wrong" not in stderr
+        status, summary, stderr = batch(*args, env={"BATCH_API_KEY": key})
+        assert status == 1, stderr
+        assert (summary["predicted"], summary["failed"]) == (5, 2)
+    finally:
+        keyed.stop()
