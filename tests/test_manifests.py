@@ -482,3 +482,141 @@ def test_batching_is_left_to_the_model_config(overlay: str) -> None:
         assert not [a for a in args if a in BATCHING_FLAGS], (label, args)
         flags = [a for a in args if a.startswith("--")]
         assert len(flags) == len(set(flags)), (label, args)
+
+
+# ---------------------------------------------------------------------------- security
+
+KUBERNETES_VERSION = "1.30.0"  # the oldest Kubernetes KServe 0.21 supports, per its docs
+RBAC_DIR = "rbac/rollout"
+ALLOWED_NAMESPACES = {
+    # Knative's activator and autoscaler; the ingress / local gateway; Prometheus.
+    "Knative": {"knative-serving", "istio-system", "monitoring"},
+    "Standard": {"istio-system", "monitoring"},
+}
+METRICS_PORTS = {8080, 9091}
+
+
+def kubernetes_documents(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The built-in Kubernetes kinds among rendered documents (KServe's own are CRDs)."""
+    return [d for d in docs if not d["apiVersion"].startswith("serving.kserve.io/")]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("path", [*(f"overlays/{o}" for o in sorted(OVERLAYS)), RBAC_DIR])
+def test_kubernetes_kinds_pass_strict_schema_validation(path: str) -> None:
+    import kubernetes_validate
+
+    for doc in kubernetes_documents(render(path)):
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+@needs_kubectl
+@each_overlay
+def test_serving_pods_mount_no_service_account_token(overlay: str) -> None:
+    isvc = isvc_of(overlay)
+    for label, pod in [*predictor_pods(isvc), ("transformer", isvc["spec"]["transformer"])]:
+        assert pod.get("automountServiceAccountToken") is False, label
+
+
+@needs_kubectl
+@each_overlay
+def test_transformer_reads_api_keys_from_a_secret(overlay: str) -> None:
+    transformer = isvc_of(overlay)["spec"]["transformer"]
+    (container,) = transformer["containers"]
+    key_file = Path(flag_value(container["args"], "--api_key_file") or "")
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(key_file.parent)]
+    assert mount.get("readOnly") is True and "subPath" not in mount  # updates reach the file
+    (volume,) = [v for v in transformer["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "image-classifier-api-keys"
+    assert key_file.name in {"api-keys"}
+    for label, predictor in predictor_pods(isvc_of(overlay)):
+        for c in predictor_containers(predictor):
+            assert "--api_key_file" not in c.get("args", []), label  # keys stay at the edge
+
+
+def network_policies(overlay: str) -> dict[str, dict[str, Any]]:
+    """The rendered NetworkPolicies of an overlay, by the component they select."""
+    found = {}
+    for doc in render(f"overlays/{overlay}"):
+        if doc["kind"] == "NetworkPolicy":
+            labels = doc["spec"]["podSelector"]["matchLabels"]
+            assert labels["serving.kserve.io/inferenceservice"] == "image-classifier"
+            found[labels["component"]] = doc["spec"]
+    return found
+
+
+def peers(rule: dict[str, Any]) -> list[str]:
+    """Each `from` entry of an ingress rule as 'pods:<component>' or 'ns:<namespace>'."""
+    named = []
+    for peer in rule["from"]:
+        assert set(peer) in ({"podSelector"}, {"namespaceSelector"}), peer  # no ipBlock, no AND
+        if "podSelector" in peer:
+            labels = peer["podSelector"]["matchLabels"]
+            assert labels["serving.kserve.io/inferenceservice"] == "image-classifier"
+            named.append(f"pods:{labels['component']}")
+        else:
+            named.append(
+                f"ns:{peer['namespaceSelector']['matchLabels']['kubernetes.io/metadata.name']}"
+            )
+    return named
+
+
+@needs_kubectl
+@each_overlay
+def test_network_policies_admit_only_the_serving_path(overlay: str) -> None:
+    expect = OVERLAYS[overlay]
+    policies = network_policies(overlay)
+    if expect.mode is None:
+        assert not policies  # the cluster's default mode decides the path: see README
+        return
+    assert set(policies) == {"predictor", "transformer"}
+    for component, spec in policies.items():
+        assert spec["policyTypes"] == ["Ingress"]
+        assert spec["ingress"], component  # an empty list would deny all, a missing one too
+        for rule in spec["ingress"]:
+            assert rule.get("from") and rule.get("ports"), (component, rule)  # never open to all
+            sources = peers(rule)
+            ports = {p["port"] for p in rule["ports"]}
+            namespaces = {s[3:] for s in sources if s.startswith("ns:")}
+            assert namespaces <= ALLOWED_NAMESPACES[expect.mode], (component, namespaces)
+            if "ns:monitoring" in sources:
+                assert sources == ["ns:monitoring"] and ports <= METRICS_PORTS
+            if component == "transformer":
+                assert not [s for s in sources if s.startswith("pods:")]
+            else:
+                assert set(sources) - {"ns:monitoring"} <= {
+                    "pods:transformer",
+                    *(
+                        {"ns:knative-serving", "ns:istio-system"}
+                        if expect.mode == "Knative"
+                        else ()
+                    ),
+                }
+    predictor_sources = {s for r in policies["predictor"]["ingress"] for s in peers(r)}
+    assert "pods:transformer" in predictor_sources
+    if expect.mode == "Standard":
+        (grpc_rule,) = [
+            r for r in policies["predictor"]["ingress"] if "pods:transformer" in peers(r)
+        ]
+        assert peers(grpc_rule) == ["pods:transformer"]
+        assert [p["port"] for p in grpc_rule["ports"]] == [8081]  # the h2c port, nothing else
+
+
+@needs_kubectl
+def test_the_gateway_authentication_example_renders_and_exempts_only_health() -> None:
+    docs = render("examples/gateway-auth")
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == ["AuthorizationPolicy"] * 2 + ["RequestAuthentication"] * 2
+    for doc in docs:
+        if doc["kind"] == "RequestAuthentication":
+            assert all(r["issuer"] and r["jwksUri"] for r in doc["spec"]["jwtRules"])
+            continue
+        (rule,) = doc["spec"]["rules"]
+        assert doc["spec"]["action"] == "DENY"
+        assert rule["from"] == [{"source": {"notRequestPrincipals": ["*"]}}]
+        (operation,) = [t["operation"] for t in rule["to"]]
+        assert sorted(operation["notPaths"]) == [
+            "/v2/health/live",
+            "/v2/health/ready",
+            "/v2/models/*/ready",
+        ]

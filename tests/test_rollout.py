@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes.kube_api import FakeKube, kubeconfig_text
+import yaml
+from fakes.kube_api import FakeKube, kubeconfig_text, rbac_request
 
 from rollout.cli import main
 from rollout.errors import ExitCode, RolloutError
@@ -74,11 +75,17 @@ def standard_isvc() -> dict[str, Any]:
     return isvc
 
 
+# Every (verb, API group, resource) the CLI sent in this module's tests, for the RBAC test last.
+SENT: set[tuple[str, str, str]] = set()
+ROLE = Path(__file__).resolve().parents[1] / "manifests" / "rbac" / "rollout" / "role.yaml"
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeKube]:
     server = FakeKube().start()
     yield server
     server.stop()
+    SENT.update(r for r in map(rbac_request, server.requests) if r is not None)
 
 
 @pytest.fixture
@@ -602,3 +609,22 @@ def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
     for code in ExitCode:
         assert f"  {int(code)}  " in out
     assert main(["canary"]) == ExitCode.USAGE  # --percent is required
+
+
+# Keep this test last: it reads what every test above sent.
+def test_the_rollout_role_grants_exactly_what_the_cli_uses() -> None:
+    if not SENT:
+        pytest.skip("run the whole of tests/test_rollout.py: this compares what its tests sent")
+    role = yaml.safe_load(ROLE.read_text())
+    assert role["kind"] == "Role"  # namespaced: the CLI works in one namespace
+    granted = {
+        (verb, group, resource)
+        for rule in role["rules"]
+        for verb in rule["verbs"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert "*" not in {part for grant in granted for part in grant}
+    assert SENT == granted, f"used but not granted: {SENT - granted}; granted, unused: " + str(
+        granted - SENT
+    )

@@ -471,3 +471,23 @@ def _status(code: int, reason: str, message: str) -> Obj:
 
 def _not_found(plural: str, name: str) -> Obj:
     return _status(404, "NotFound", f'{plural}.serving.kserve.io "{name}" not found')
+
+
+def rbac_request(request: Recorded) -> tuple[str, str, str] | None:
+    """The (verb, API group, resource) an API server's RBAC checks for a recorded request, or
+    None for discovery and other non-resource paths (which the default `system:discovery`
+    ClusterRole already allows every authenticated client)."""
+    if not request.path.startswith(GROUP_PATH):
+        return None
+    parts = [p for p in request.path[len(GROUP_PATH) :].split("/") if p]
+    if len(parts) not in (4, 5) or parts[1] != "namespaces":
+        return None
+    resource, named = parts[3], len(parts) == 5
+    if request.method == "GET":
+        verb = "get" if named else ("watch" if request.query.get("watch") else "list")
+    else:
+        verbs = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+        verb = verbs.get(request.method, request.method.lower())
+        if request.method == "DELETE" and not named:
+            verb = "deletecollection"
+    return verb, GROUP_PATH.strip("/").split("/")[1], resource
