@@ -10,14 +10,17 @@ PREDICTOR_HTTP_PORT ?= 9080
 PREDICTOR_GRPC_PORT ?= 9081
 STAMP := $(VENV)/.installed
 MODEL := $(MODEL_REPO)/$(MODEL_NAME)/1/model.pt
+SOAK_MINUTES ?= 10
 
 .PHONY: help venv model-repo serve test lint unit bench bench-ceiling images clean
+.PHONY: help venv model-repo serve test lint unit bench soak images clean
 
 help:
 	@echo "make serve       create the venv, build the model repository, run predictor + transformer"
 	@echo "make test        lint (ruff, mypy) and the whole test suite"
 	@echo "make bench       benchmark: in-process limit vs served pipeline vs stock pattern"
 	@echo "make bench-ceiling  request-path ceiling with a zero-cost model (DURATION=5 s per cell)"
+	@echo "make soak        $(SOAK_MINUTES) min at concurrency 16: errors, latency, memory (not in CI)"
 	@echo "make model-repo  export the default model to $(MODEL_REPO)/"
 	@echo "make images      build the container images (needs a container engine)"
 
@@ -57,6 +60,8 @@ bench: $(STAMP) $(MODEL)
 DURATION ?= 5
 bench-ceiling: $(STAMP) $(MODEL)
 	$(BIN)/python -m bench.ceiling --model_dir $(MODEL_REPO) --out bench-results --duration $(DURATION)
+soak: $(STAMP) $(MODEL)
+	$(BIN)/python -m bench.soak --model_dir $(MODEL_REPO) --minutes $(SOAK_MINUTES) --out soak-results
 
 images:
 	@if docker info >/dev/null 2>&1; then \
@@ -66,4 +71,4 @@ images:
 	else echo "make images: no container engine reachable (docker info failed)"; exit 1; fi
 
 clean:
-	rm -rf $(VENV) $(MODEL_REPO) bench-results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MODEL_REPO) bench-results soak-results .pytest_cache .mypy_cache .ruff_cache

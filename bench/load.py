@@ -7,8 +7,6 @@ imports tritonclient.grpc, so it must never share a process with kserve.
 
 from __future__ import annotations
 
-import base64
-import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,9 +19,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from .stats import V1_JSON, V2_GRPC
+from .v1 import JSON_HEADERS, v1_body
 
 REQUEST_TIMEOUT_S = 60.0
-JSON_HEADERS = {"content-type": "application/json"}
 T = TypeVar("T")
 
 
@@ -35,12 +33,6 @@ class Sender(Protocol):
     def top1(self, index: int) -> int: ...
 
     def close(self) -> None: ...
-
-
-def v1_body(image: bytes) -> bytes:
-    """The V1 request body for one image: {"instances": [{"image": {"b64": ...}}]}."""
-    encoded = base64.b64encode(image).decode("ascii")
-    return json.dumps({"instances": [{"image": {"b64": encoded}}]}).encode()
 
 
 class V1Sender:

@@ -116,11 +116,17 @@ class ServerProcess:
 
 
 def start(
-    name: str, module: str, args: list[str], log_dir: Path, launcher: Sequence[str] = ()
+    name: str,
+    module: str,
+    args: list[str],
+    log_dir: Path,
+    launcher: Sequence[str] = (),
+    ports: tuple[int, int] | None = None,
 ) -> ServerProcess:
-    """Start `python [launcher] -m module` on free ports without latency logging; does not
-    wait. `launcher` is a script that runs the module (tests/without_torch.py, say)."""
-    http_port, grpc_port = free_port(), free_port()
+    """Start `python [launcher] -m module` on free ports (or `ports`: HTTP, gRPC) without
+    latency logging; does not wait. `launcher` is a script that runs the module
+    (tests/without_torch.py, say)."""
+    http_port, grpc_port = ports or (free_port(), free_port())
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
     command = [

@@ -49,3 +49,14 @@ def non_negative_float(text: str) -> float:
     if not value >= 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from exc
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value

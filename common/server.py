@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kserve
 from fastapi import FastAPI, Request, Response
@@ -23,6 +23,9 @@ from kserve.protocol.infer_type import InferResponse
 from . import codecs, kserve_compat
 from .cli import DEFAULT_MODEL_NAME, positive_int
 from .exposure import ExposurePolicy, install_grpc_policy, install_policy
+
+if TYPE_CHECKING:
+    from .lifecycle import Lifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -132,9 +135,12 @@ def run_server(
     max_request_bytes: int,
     predictor_config: PredictorConfig | None = None,
     policy: ExposurePolicy | None = None,
+    life: Lifecycle | None = None,
 ) -> None:
     """Start kserve's ModelServer for one ready model with our limits, REST route and
-    exposure policy (common.exposure: which routes and RPCs are served, and keys).
+    exposure policy (common.exposure: which routes and RPCs are served, and keys); serve until
+    a signal (with `life`: the drain and request bounds of common.lifecycle), then release the
+    model.
 
     Every setting reaches kserve as an explicit value: the constructor's arguments here, the
     rest through `kserve_compat.apply_global_flags`.
@@ -170,9 +176,15 @@ def run_server(
         predictor_config=predictor_config or PredictorConfig(predictor_host=None),
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
+        grace_period=life.settings.stop_grace_s if life else 30,
     )
     install_v2_infer_route(app, server.dataplane)
     kserve_compat.quiet_timing_logs(args.enable_latency_logging)
     kserve_compat.use_lean_grpc(args.enable_latency_logging)
     install_grpc_policy(policy)  # after: it guards whichever servicer is in place
-    server.start([model])
+    if life is not None:
+        life.install(server, app)  # after both: it bounds the servicer in use
+    try:
+        server.start([model])
+    finally:
+        model.stop()

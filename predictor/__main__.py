@@ -9,6 +9,7 @@ from .tuning import keep_freed_memory, prepare_environment
 prepare_environment()  # before torch is imported anywhere below
 
 from common.exposure import ExposurePolicy  # noqa: E402
+from common.lifecycle import Lifecycle  # noqa: E402
 from common.server import run_server  # noqa: E402
 
 from . import settings as settings_module  # noqa: E402
@@ -22,7 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     model = ImageClassifierPredictor(settings)
     model.load()
     policy = ExposurePolicy(control_plane=settings.model_repository_api)
-    run_server(model, settings.server_args, settings.max_request_bytes, policy=policy)
+    run_server(
+        model,
+        settings.server_args,
+        settings.max_request_bytes,
+        policy=policy,
+        life=Lifecycle(settings.lifecycle),
+    )
     return 0
 
 

@@ -13,10 +13,10 @@ from kserve import Model
 from kserve.errors import InvalidInput, ModelNotReady
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
-from common import codecs
+from common import admission, codecs
 from common.modelrepo import ModelRepositoryError, ModelVersion, TensorSpec, resolve
 
-from .batcher import AdaptiveBatcher
+from .batcher import AdaptiveBatcher, BatcherClosed, DeadlineExpired, QueueFull
 from .settings import PredictorSettings
 from .torchscript import TorchScriptEngine, plan_execution
 from .worker import ForwardWorker
@@ -47,12 +47,15 @@ def check_pixels(array: np.ndarray, spec: TensorSpec, max_batch_size: int) -> np
     return array
 
 
-async def forward_in_passes(batcher: AdaptiveBatcher, array: np.ndarray) -> np.ndarray:
-    """Results for every row of `array`, split across forward passes when a pass takes fewer."""
+async def forward_in_passes(
+    batcher: AdaptiveBatcher, array: np.ndarray, deadline: float | None = None
+) -> np.ndarray:
+    """Results for every row of `array`, split across forward passes when a pass takes fewer;
+    raises what AdaptiveBatcher.submit raises."""
     size = batcher.max_batch_size
     if len(array) <= size:
-        return await batcher.submit(array)
-    parts = [batcher.submit(array[i : i + size]) for i in range(0, len(array), size)]
+        return await batcher.submit(array, deadline)
+    parts = [batcher.submit(array[i : i + size], deadline) for i in range(0, len(array), size)]
     return np.concatenate(await asyncio.gather(*parts))
 
 
@@ -95,10 +98,12 @@ class ImageClassifierPredictor(Model):
         self.worker = ForwardWorker(
             lambda: TorchScriptEngine.warmed(artifact, plan, max_batch, pixel_shape)
         )
-        self.batcher = AdaptiveBatcher(self.worker.run, max_batch, delay_ms / 1000)
+        # Always room for one full request (it may be split into several passes).
+        queue_size = max(s.max_queue_size, max_batch, self.max_request_images)
+        self.batcher = AdaptiveBatcher(self.worker.run, max_batch, delay_ms / 1000, queue_size)
         logger.info(
             "loaded %s version %s on %s (%s, %d threads, CUDA graphs %s), max batch %d, "
-            "delay %.1f ms",
+            "delay %.1f ms, queue %d images",
             s.model_name,
             self.version.version,
             plan.device,
@@ -107,6 +112,7 @@ class ImageClassifierPredictor(Model):
             plan.cuda_graphs,
             max_batch,
             delay_ms,
+            queue_size,
         )
         self.ready = True
         return self.ready
@@ -134,14 +140,15 @@ class ImageClassifierPredictor(Model):
         response_headers: dict[str, str] | None = None,
     ) -> dict[str, Any] | InferResponse:
         """Logits for a V1 {"instances": ...} body or a V2 request; raises InvalidInput."""
-        if self.batcher is None:
+        batcher = self.batcher
+        if batcher is None:
             raise ModelNotReady(self.name)
         if isinstance(payload, InferRequest):
             array = self._v2_input(payload)
         else:
             array = self._v1_input(payload)
         pixels = check_pixels(array, self.input_spec, self.max_request_images)
-        logits = await forward_in_passes(self.batcher, pixels)
+        logits = await self._run(batcher, pixels)
         if not isinstance(payload, InferRequest):
             return {"predictions": logits}
         return InferResponse(
@@ -150,6 +157,18 @@ class ImageClassifierPredictor(Model):
             infer_outputs=[codecs.numpy_output(self.output_spec.name, logits)],
             use_binary_outputs=True,
         )
+
+    @staticmethod
+    async def _run(batcher: AdaptiveBatcher, pixels: np.ndarray) -> np.ndarray:
+        """The logits for `pixels` from some batch; refusals become 503 and 504 errors."""
+        try:
+            return await forward_in_passes(batcher, pixels, admission.deadline())
+        except QueueFull as exc:
+            raise admission.Overloaded(f"the predictor is at capacity: {exc}") from exc
+        except BatcherClosed as exc:
+            raise admission.Unavailable(f"the predictor is stopping: {exc}") from exc
+        except DeadlineExpired as exc:
+            raise admission.DeadlinePassed(str(exc)) from exc
 
     def _v2_input(self, request: InferRequest) -> np.ndarray:
         names = [t.name for t in request.inputs]

@@ -6,9 +6,17 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import lifecycle
 from common.cli import DEFAULT_MODEL_DIR, non_negative_float, positive_int
 from common.cpus import available_cpus
 from common.server import base_parser
+
+# Images that may wait for a forward pass, as Triton's max_queue_size (which counts requests;
+# images bound the wait better when a request may hold a whole batch). Sized for about one
+# second of waiting at the measured throughput: ~55-60 images/s for the served pipeline on
+# this 2-CPU machine (README, Performance; a short shared-machine run), so 64. A GPU predictor
+# runs thousands of images/s: components/gpu raises it to match.
+DEFAULT_MAX_QUEUE_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -24,8 +32,10 @@ class PredictorSettings:
     num_threads: int
     max_batch_size: int | None  # None: the model config's max_batch_size
     max_batch_delay_ms: float | None  # None: the model config's dynamic batching delay
+    max_queue_size: int
     max_request_bytes: int
     model_repository_api: bool
+    lifecycle: lifecycle.LifecycleSettings
     server_args: argparse.Namespace
 
 
@@ -75,6 +85,14 @@ def parser() -> argparse.ArgumentParser:
         "RepositoryModelLoad/Unload). Off by default: one call unloads the model, and kserve "
         "cannot load it back without a restart.",
     )
+    p.add_argument(
+        "--max_queue_size",
+        type=positive_int,
+        default=DEFAULT_MAX_QUEUE_SIZE,
+        help="Most images waiting for a forward pass (about 1 s of work); past it requests are "
+        "refused at once with 503 (Retry-After) / UNAVAILABLE.",
+    )
+    lifecycle.add_flags(p)
     return p
 
 
@@ -91,7 +109,9 @@ def parse(argv: list[str] | None = None) -> PredictorSettings:
         num_threads=args.num_threads or available_cpus(),
         max_batch_size=args.max_batch_size,
         max_batch_delay_ms=args.max_batch_delay_ms,
+        max_queue_size=args.max_queue_size,
         max_request_bytes=args.max_request_bytes,
         model_repository_api=args.enable_model_repository_api,
+        lifecycle=lifecycle.LifecycleSettings.from_args(args),
         server_args=args,
     )

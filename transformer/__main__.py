@@ -6,6 +6,7 @@ import sys
 
 from common import kserve_compat
 from common.exposure import ExposurePolicy
+from common.lifecycle import Lifecycle
 from common.server import run_server
 
 from . import demo
@@ -30,7 +31,18 @@ def main(argv: list[str] | None = None) -> int:
         demo.install(kserve_compat.rest_app(), page)
     # The model repository API is never served here: the transformer is the public entry point.
     policy = ExposurePolicy(control_plane=False, api_keys=keys)
-    run_server(model, settings.server_args, settings.max_request_bytes, settings.predictor, policy)
+    run_server(
+        model,
+        settings.server_args,
+        settings.max_request_bytes,
+        settings.predictor,
+        policy,
+        life=Lifecycle(
+            settings.lifecycle,
+            checks=(model.predictor.ready,),
+            max_inflight_requests=settings.max_inflight_requests,
+        ),
+    )
     return 0
 
 

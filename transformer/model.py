@@ -18,10 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import numpy as np
 from kserve import Model
-from kserve.errors import InferenceError, InvalidInput, ServerNotReady
+from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from common import codecs
@@ -32,6 +31,7 @@ from .coalesce import Coalescer
 from .imaging import DecodeLimits, preprocess
 from .postprocess import top_k, v1_predictions
 from .settings import TransformerSettings
+from .upstream import PredictorLink
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,12 @@ class ImageClassifierTransformer(Model):
         super().__init__(settings.model_name)
         self.settings = settings
         self._pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+        self.predictor = PredictorLink(
+            settings.predictor.predictor_host,
+            settings.model_name,
+            settings.predictor.predictor_request_timeout_seconds,
+            settings.max_request_bytes,
+        )
 
     def load(self) -> bool:
         """Read labels, preprocessing and tensor names from the model repository."""
@@ -130,18 +136,11 @@ class ImageClassifierTransformer(Model):
         headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> ForwardedBatch:
-        """Forward the pixels to the predictor; its errors become 400, 503 or 500 here."""
-        try:
-            # kserve forwards an incoming Authorization header; the client's key stays here.
-            tag = (payload.response_id, without_credentials(headers))
-            logits = await self.coalescer.submit(payload.pixels, tag)
-        except grpc.aio.AioRpcError as err:
-            code, details = err.code(), err.details()
-            if code == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidInput(f"the predictor rejected the request: {details}") from err
-            if code == grpc.StatusCode.UNAVAILABLE:
-                raise ServerNotReady(f"the predictor is unavailable: {details}") from err
-            raise InferenceError(f"the predictor failed: {code.name}: {details}") from err
+        """Forward the pixels to the predictor (through the coalescer); its errors become 400,
+        503, 504 or 500 here."""
+        # kserve forwards an incoming Authorization header; the client's key stays here.
+        tag = (payload.response_id, without_credentials(headers))
+        logits = await self.coalescer.submit(payload.pixels, tag)
         return ForwardedBatch(logits, payload)
 
     async def postprocess(
@@ -234,8 +233,7 @@ class ImageClassifierTransformer(Model):
             infer_inputs=[codecs.numpy_input(self.pixel_input.name, pixels)],
             request_id=request_id,
         )
-        response = await super().predict(request, headers)
-        assert isinstance(response, InferResponse)
+        response = await self.predictor.infer(request, headers)
         return self._logits(response, pixels.shape[0])
 
     def _logits(self, response: InferResponse, count: int) -> np.ndarray:

@@ -1,0 +1,259 @@
+"""A server's life once it serves: readiness that tells the truth, and the drain on SIGTERM.
+
+On SIGTERM (how Kubernetes says "stop"):
+  1. readiness answers false at once (REST `/v2/health/ready`, `/v2/models/<m>/ready`,
+     `/v1/models/<m>`; gRPC `ServerReady`, `ModelReady`), so the pod leaves its Service;
+  2. the server keeps serving for `--drain_seconds` while that change reaches every node and
+     ingress (clients still routed here are served, not refused);
+  3. it stops accepting (listeners close, gRPC refuses new calls), lets the requests in flight
+     finish (each bounded by `--request_timeout_seconds`) and exits.
+SIGINT (Ctrl-C) skips step 2; a second signal during the drain cuts it short. Liveness is not
+touched: it is about the process, and the process is fine.
+
+Readiness also takes checks of the component's own (the transformer adds "the predictor
+answers ready"). The hooks into kserve's server (its REST and gRPC servers, its data plane's
+readiness) are at the end of this module, each naming the kserve behaviour it relies on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import kserve
+from fastapi import FastAPI
+from kserve.errors import InferenceError
+from kserve.protocol.dataplane import DataPlane
+
+from . import admission
+from .cli import non_negative_float, positive_float
+
+logger = logging.getLogger(__name__)
+
+# Endpoint removal takes a few seconds to reach every kube-proxy and ingress after a pod starts
+# terminating (the endpoints controller, then each node's watch; 1-3 s on a healthy cluster).
+# 5 s covers that with margin; requests arriving meanwhile are still served.
+DEFAULT_DRAIN_SECONDS = 5.0
+# The longest a request may take. Measured here (2 CPUs, shared): p99 0.37 s at concurrency 16,
+# and the queues are sized for about 1 s of waiting, so 10 s is reached only by a stuck call.
+# It also bounds the shutdown: exit comes at most drain + timeout + 1 s after SIGTERM, which the
+# manifests' terminationGracePeriodSeconds (30) covers.
+DEFAULT_REQUEST_TIMEOUT_S = 10.0
+STOP_MARGIN_S = 1.0
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Add --drain_seconds and --request_timeout_seconds (both components take them)."""
+    parser.add_argument(
+        "--drain_seconds",
+        type=non_negative_float,
+        default=DEFAULT_DRAIN_SECONDS,
+        help="After SIGTERM: readiness false at once, keep serving this long (endpoint "
+        "propagation), then stop accepting and finish what is in flight.",
+    )
+    parser.add_argument(
+        "--request_timeout_seconds",
+        type=positive_float,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        help="Longest time for one inference request (REST: answered 504; gRPC: the client's "
+        "deadline if shorter); also bounds the wait for in-flight requests at shutdown.",
+    )
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    """The drain and the per-request time bound."""
+
+    drain_seconds: float = DEFAULT_DRAIN_SECONDS
+    request_timeout_seconds: float = DEFAULT_REQUEST_TIMEOUT_S
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> LifecycleSettings:
+        """The settings from parsed flags (see add_flags)."""
+        return cls(args.drain_seconds, args.request_timeout_seconds)
+
+    @property
+    def stop_grace_s(self) -> int:
+        """How long in-flight requests may take to finish once accepting stops."""
+        return math.ceil(self.request_timeout_seconds + STOP_MARGIN_S)
+
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+class Lifecycle:
+    """Whether this server should receive traffic, and the stop sequence after a signal."""
+
+    def __init__(
+        self,
+        settings: LifecycleSettings,
+        checks: tuple[ReadinessCheck, ...] = (),
+        max_inflight_requests: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.checks = checks
+        self.inflight = admission.InflightLimit(max_inflight_requests)
+        self.draining = False
+
+    def install(self, server: kserve.ModelServer, app: FastAPI) -> None:
+        """Wire readiness, request bounds and the drain into `server` before its start()."""
+        install(server, app, self, self.inflight)
+
+    async def ready(self) -> bool:
+        """False from the first signal on, or while any readiness check says so."""
+        if self.draining:
+            return False
+        for check in self.checks:
+            if not await check():
+                return False
+        return True
+
+    async def supervise(
+        self, started: Callable[[], bool], stop_accepting: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run beside the servers: once `started()`, take SIGTERM/SIGINT over and, on one,
+        drain, then `stop_accepting()` (which returns when in-flight requests are done)."""
+        while not started():
+            await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        received: list[int] = []
+        signalled = asyncio.Event()
+
+        def on_signal(sig: int) -> None:
+            received.append(sig)
+            signalled.set()
+
+        # After the REST server started: uvicorn installs its own handlers in serve(), and
+        # these replace them (uvicorn would close its port at once).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        await signalled.wait()
+        signalled.clear()
+        self.draining = True
+        drain = self.settings.drain_seconds if received[0] == signal.SIGTERM else 0.0
+        name = signal.Signals(received[0]).name
+        if drain > 0:
+            logger.info(
+                "%s: readiness is now false; serving on for %.1f s (--drain_seconds)", name, drain
+            )
+            try:
+                await asyncio.wait_for(signalled.wait(), drain)
+                logger.info("second signal: drain cut short")
+            except TimeoutError:
+                pass
+        logger.info(
+            "%s: no longer accepting; waiting up to %d s for requests in flight",
+            name,
+            self.settings.stop_grace_s,
+        )
+        await stop_accepting()
+
+
+# --- hooks into kserve 0.21's ModelServer ---------------------------------------------------
+# Each relies on one behaviour of kserve 0.21 (tests/test_lifecycle.py checks them).
+
+
+def install(
+    server: kserve.ModelServer,
+    app: FastAPI,
+    lifecycle: Lifecycle,
+    inflight: admission.InflightLimit,
+) -> None:
+    """Wire readiness, request bounds and the drain into `server` before `server.start()`."""
+    timeout_s = lifecycle.settings.request_timeout_seconds
+    # kserve 0.21 configures only its own and uvicorn's loggers (in ModelServer.__init__);
+    # ours would print nothing below WARNING. They use kserve's handler.
+    kserve_logger = logging.getLogger("kserve")
+    for name in ("common", "predictor", "transformer"):
+        ours = logging.getLogger(name)
+        ours.handlers, ours.propagate = list(kserve_logger.handlers), False
+        ours.setLevel(logging.INFO)
+    gate_readiness(server.dataplane, lifecycle.ready)
+    app.add_middleware(admission.RequestBoundsMiddleware, inflight=inflight, timeout_s=timeout_s)
+    app.add_exception_handler(admission.Unavailable, admission.unavailable_handler)
+    app.add_exception_handler(admission.DeadlinePassed, admission.deadline_handler)
+    bound_grpc_infer(inflight, timeout_s)
+
+    async def stop_accepting() -> None:
+        # kserve 0.21: ModelServer keeps its uvicorn server in `_rest_server._server` and its
+        # GRPCServer in `_grpc_server`; its own stop() stops neither in single-worker mode.
+        rest = server._rest_server._server if server._rest_server else None
+        if rest is not None:
+            rest.should_exit = True  # uvicorn: close the port, finish in-flight, return
+        if server._grpc_server is not None:
+            await server._grpc_server.stop()  # grace: ModelServer(grace_period=...)
+
+    def started() -> bool:
+        rest = server._rest_server._server if server._rest_server else None
+        return bool(rest is not None and rest.started)
+
+    # kserve 0.21: ModelServer.start() appends its servers to `servers` and gathers the list in
+    # one event loop, so a coroutine added before start() runs beside them.
+    server.servers.append(lifecycle.supervise(started, stop_accepting))
+
+
+def gate_readiness(dataplane: DataPlane, check: Callable[[], Awaitable[bool]]) -> None:
+    """Make the readiness answers (REST and gRPC, server and model) also require `check()`.
+
+    kserve 0.21 answers every readiness endpoint through `DataPlane.ready()` and
+    `DataPlane.model_ready(name)`; its inference routes call `model_ready(name, True)`
+    (disable_predictor_health_check) and are left alone, so a draining server still serves.
+    """
+    original_ready = dataplane.ready
+    original_model_ready = dataplane.model_ready
+
+    async def ready() -> bool:
+        return await check() and bool(await original_ready())
+
+    async def model_ready(model_name: str, disable_predictor_health_check: bool = False) -> bool:
+        is_ready = bool(await original_model_ready(model_name, disable_predictor_health_check))
+        if disable_predictor_health_check:  # an inference route asking, not a probe
+            return is_ready
+        return is_ready and await check()
+
+    dataplane.ready = ready
+    dataplane.model_ready = model_ready
+
+
+def bound_grpc_infer(inflight: admission.InflightLimit, timeout_s: float) -> None:
+    """Give gRPC ModelInfer calls the same bounds as REST ones, and the right status codes.
+
+    kserve 0.21's InferenceServicer.ModelInfer does not pass the call's deadline on, and its
+    error interceptor maps InferenceError to INVALID_ARGUMENT and cannot map ServerNotReady
+    (it reads a `reason` that class lacks); the wrapper answers those here instead.
+    """
+    from kserve.protocol.grpc.servicer import InferenceServicer
+
+    original: Callable[..., Awaitable[Any]] = getattr(
+        InferenceServicer.ModelInfer, "__wrapped__", InferenceServicer.ModelInfer
+    )
+
+    async def model_infer(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        client_timeout = context.time_remaining()
+        try:
+            with inflight.admit(), admission.request_deadline(timeout_s, client_timeout) as due:
+                async with asyncio.timeout_at(_loop_time(due)):
+                    return await original(self, request, context)
+        except admission.Unavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except (admission.DeadlinePassed, TimeoutError) as exc:
+            detail = str(exc) or f"no answer within the deadline ({timeout_s:g} s at most)"
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, detail)
+        except InferenceError as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+
+    model_infer.__wrapped__ = original  # type: ignore[attr-defined]
+    InferenceServicer.ModelInfer = model_infer
+
+
+def _loop_time(monotonic_due: float) -> float:
+    loop = asyncio.get_running_loop()
+    return loop.time() + (monotonic_due - time.monotonic())

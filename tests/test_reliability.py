@@ -1,0 +1,347 @@
+"""Faults, overload and shutdown, proven under load: real processes on loopback, real model.
+
+One predictor and one transformer for the module, as separate processes (as pods would run
+them); the tests run in order and the last one stops the transformer. Timings here are only
+bounds for a slow, shared machine; the figures measured are printed (`pytest -s`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from conftest import DATA, MODEL_NAME, start_server
+
+from bench.servers import ServerProcess, start
+from bench.soak import Outcome, Recorder
+from bench.stats import percentile
+from bench.v1 import JSON_HEADERS as HEADERS
+from bench.v1 import v1_body
+
+DRAIN_S = 2.0  # the transformer's --drain_seconds here (short: the test waits through it)
+INFLIGHT = 24  # the transformer's --max_inflight_requests here (above the load's 16)
+CONCURRENCY = 16
+QUEUE = 32  # the predictor's --max_queue_size here: one full batch
+# Generous, for a slow shared machine: accepted work must finish inside it (it is the bound).
+REQUEST_TIMEOUT_S = 30.0
+CLIENT_TIMEOUT_S = REQUEST_TIMEOUT_S + 10  # past the servers' timeout: a hang shows as one
+
+
+@dataclass
+class Pipeline:
+    """The module's two servers; the predictor is replaced when a test restarts it."""
+
+    predictor: ServerProcess
+    transformer: ServerProcess
+    predictor_args: list[str]
+    log_dir: Path
+
+    @property
+    def infer_url(self) -> str:
+        """The transformer's V1 predict URL."""
+        return f"{self.transformer.url}/v1/models/{MODEL_NAME}:predict"
+
+    def restart_predictor(self, name: str) -> None:
+        """Start a new predictor on the same ports (the transformer keeps its target)."""
+        old = self.predictor
+        self.predictor = start(
+            name,
+            "predictor",
+            self.predictor_args,
+            self.log_dir,
+            ports=(old.http_port, old.grpc_port),
+        )
+
+
+@pytest.fixture(scope="module")
+def pipeline(
+    model_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pipeline]:
+    """A predictor and a transformer of this module's own (the tests kill and stop them)."""
+    log_dir = tmp_path_factory.mktemp("reliability")
+    common = [
+        "--model_dir",
+        str(model_repository),
+        "--model_name",
+        MODEL_NAME,
+        "--request_timeout_seconds",
+        str(REQUEST_TIMEOUT_S),
+    ]
+    predictor_args = [*common, "--drain_seconds", "1", "--max_queue_size", str(QUEUE)]
+    predictor = start_server("predictor", predictor_args, log_dir / "predictor.log")
+    holder = Pipeline(predictor, predictor, predictor_args, log_dir)
+    try:
+        holder.transformer = start_server(
+            "transformer",
+            [
+                *common,
+                "--predictor_host",
+                predictor.grpc_target,
+                "--max_inflight_requests",
+                str(INFLIGHT),
+                "--drain_seconds",
+                str(DRAIN_S),
+            ],
+            log_dir / "transformer.log",
+            without_torch=True,
+        )
+        yield holder
+    finally:
+        holder.transformer.stop()
+        holder.predictor.stop()
+
+
+def image_body() -> bytes:
+    """A V1 body with one small real photo."""
+    return v1_body((DATA / "chelsea.jpg").read_bytes())
+
+
+async def status_of(client: httpx.AsyncClient, url: str) -> int | str:
+    """The HTTP status of GET `url`, or the client error's name."""
+    try:
+        return (await client.get(url, timeout=2.0)).status_code
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+
+
+async def wait_for(
+    client: httpx.AsyncClient, url: str, wanted: int, timeout_s: float, period_s: float = 0.05
+) -> float:
+    """Poll GET `url` until it answers `wanted`; returns when (time.monotonic()). Raises
+    TimeoutError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await status_of(client, url) == wanted:
+            return time.monotonic()
+        await asyncio.sleep(period_s)
+    raise TimeoutError(f"{url} did not answer {wanted} within {timeout_s:.0f} s")
+
+
+def statuses(outcomes: list[Outcome]) -> dict[str, int]:
+    """How many outcomes of each status."""
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[str(outcome.status)] = counts.get(str(outcome.status), 0) + 1
+    return counts
+
+
+def pixels_body(images: int) -> tuple[bytes, dict[str, str]]:
+    """A V2 binary REST request of `images` UINT8 224x224 RGB images for the predictor."""
+    pixels = np.random.default_rng(0).integers(0, 256, (images, 224, 224, 3), dtype=np.uint8)
+    tensor = {
+        "name": "pixels__0",
+        "datatype": "UINT8",
+        "shape": [images, 224, 224, 3],
+        "parameters": {"binary_data_size": pixels.nbytes},
+    }
+    header = json.dumps({"inputs": [tensor]}).encode()
+    headers = {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }
+    return header + pixels.tobytes(), headers
+
+
+def test_an_overload_burst_is_shed_fast_while_accepted_requests_stay_bounded(
+    pipeline: Pipeline,
+) -> None:
+    body = image_body()
+    pixels, pixel_headers = pixels_body(8)
+    predictor_url = f"{pipeline.predictor.url}/v2/models/{MODEL_NAME}/infer"
+
+    async def burst() -> tuple[list[tuple[float, httpx.Response]], list[tuple[float, int]]]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S, limits=limits) as client:
+
+            async def one(url: str, content: bytes, headers: dict[str, str]) -> tuple[float, Any]:
+                started = time.monotonic()
+                response = await client.post(url, content=content, headers=headers)
+                return time.monotonic() - started, response
+
+            transformer_jobs = [one(pipeline.infer_url, body, HEADERS) for _ in range(6 * INFLIGHT)]
+            front = await asyncio.gather(*transformer_jobs)
+            # 40 requests of 16 images straight at the predictor: 640 images for a queue of 64.
+            back = await asyncio.gather(
+                *(one(predictor_url, pixels, pixel_headers) for _ in range(40))
+            )
+            return list(front), [(t, r.status_code) for t, r in back]
+
+    front, back = asyncio.run(burst())
+    shed = [(t, r) for t, r in front if r.status_code == 503]
+    served = [t for t, r in front if r.status_code == 200]
+    shed_s = [t for t, _ in shed]
+    print(
+        f"\noverload: transformer {len(served)} served (p50 {percentile(served, 50):.2f} s, "
+        f"max {max(served):.2f} s), {len(shed)} shed (p50 {percentile(shed_s, 50):.2f} s, "
+        f"p90 {percentile(shed_s, 90):.2f} s); predictor "
+        f"{statuses([Outcome(0, t, s) for t, s in back])}"
+    )
+    assert {r.status_code for _, r in front} <= {200, 503}
+    assert len(shed) >= INFLIGHT and len(served) >= INFLIGHT // 2
+    assert all(r.headers.get("retry-after") == "1" for _, r in shed)
+    assert "--max_inflight_requests" in shed[0][1].json()["error"]
+    # Refused at once, not queued: faster than the work itself. (Client-side times on a busy
+    # machine include opening 144 connections at once, so the bound is relative.)
+    assert percentile(shed_s, 50) < percentile(served, 50)
+    assert max(served) < REQUEST_TIMEOUT_S  # accepted requests finish inside their timeout
+    back_statuses = [s for _, s in back]
+    assert set(back_statuses) <= {200, 503} and back_statuses.count(503) >= 5
+    assert back_statuses.count(200) >= QUEUE // 8  # at least the queue's worth was served
+
+
+def test_predictor_killed_twice_under_load_gives_only_200_or_503_and_recovers(
+    pipeline: Pipeline,
+) -> None:
+    body = image_body()
+    # Load workers wait half a second after a 503, as Retry-After asks (not hammering the
+    # machine while the predictor restarts); recovery is timed by a prober of its own.
+    recorder = Recorder(pipeline.infer_url, body, CONCURRENCY, CLIENT_TIMEOUT_S, 0.5)
+    ready_url = f"{pipeline.transformer.url}/v2/health/ready"
+    model_ready_url = f"{pipeline.transformer.url}/v2/models/{MODEL_NAME}/ready"
+    rounds: list[dict[str, float]] = []
+
+    async def first_200(client: httpx.AsyncClient) -> float:
+        """Send one request after another until one answers 200; returns when."""
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            try:
+                response = await client.post(pipeline.infer_url, content=body, headers=HEADERS)
+                if response.status_code == 200:
+                    return time.monotonic()
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.02)
+        raise TimeoutError("the transformer did not serve again within 30 s")
+
+    async def scenario() -> None:
+        done = False
+        load = asyncio.ensure_future(recorder.run(lambda: done))
+        async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S) as probe:
+            await asyncio.sleep(2.0)
+            for round_ in range(2):
+                pipeline.predictor.process.send_signal(signal.SIGKILL)
+                killed = time.monotonic()
+                unready = await wait_for(probe, ready_url, 503, 5.0)
+                model_unready = await status_of(probe, model_ready_url)
+                await asyncio.sleep(1.0)  # a second of traffic against a dead predictor
+                pipeline.predictor.process.wait()
+                pipeline.restart_predictor(f"predictor-restart-{round_ + 1}")
+                predictor_ready = await wait_for(
+                    probe, f"{pipeline.predictor.url}/v2/health/ready", 200, 180.0, 0.02
+                )
+                served_again = await first_200(probe)
+                ready_again = await wait_for(probe, ready_url, 200, 10.0)
+                await asyncio.sleep(1.0)  # traffic after the recovery
+                down = [
+                    o.latency_s
+                    for o in recorder.outcomes
+                    if killed <= o.started < predictor_ready and o.status == 503
+                ]
+                rounds.append(
+                    {
+                        "unready_after_s": unready - killed,
+                        "model_ready_status": float(model_unready == 503),
+                        "predictor_down_s": predictor_ready - killed,
+                        "503s_while_down": len(down),
+                        "503_p50_ms": percentile(down or [0.0], 50) * 1000,
+                        "503_p99_ms": percentile(down or [0.0], 99) * 1000,
+                        "503_max_ms": max(down or [0.0]) * 1000,
+                        "served_again_after_ready_s": served_again - predictor_ready,
+                        "ready_again_after_ready_s": max(0.0, ready_again - predictor_ready),
+                    }
+                )
+        done = True
+        await load
+
+    asyncio.run(scenario())
+    counts = statuses(recorder.outcomes)
+    lost = sum(n for status, n in counts.items() if status not in ("200", "503"))
+    print(f"\nfault test: {counts}, lost {lost}")
+    for number, figures in enumerate(rounds, 1):
+        print(f"  round {number}: " + ", ".join(f"{k} {v:.3g}" for k, v in figures.items()))
+    assert lost == 0, counts  # every request ended as 200 or 503: no 500, none hung
+    assert counts.get("200", 0) > 0
+    for figures in rounds:
+        assert figures["503s_while_down"] > 0 and figures["model_ready_status"] == 1.0
+        assert figures["unready_after_s"] < 5.0
+        # "At once": on a quiet machine tens of ms; the predictor's restart (torch load and
+        # warm-up on every CPU) starves this machine, so the bound is loose.
+        assert figures["503_p50_ms"] < 2000
+        # "Within a second" of the predictor's readiness (measured and printed); loose here.
+        assert figures["served_again_after_ready_s"] < 5.0
+        assert figures["ready_again_after_ready_s"] < 5.0
+
+
+def test_sigterm_under_load_drains_and_loses_no_request_started_before_the_drain_ended(
+    pipeline: Pipeline,
+) -> None:
+    transformer = pipeline.transformer
+    body = image_body()
+    recorder = Recorder(pipeline.infer_url, body, CONCURRENCY, CLIENT_TIMEOUT_S)
+    ready_url = f"{transformer.url}/v2/health/ready"
+    marks: dict[str, float] = {}
+    # Requests sent while the drain runs, on new connections, as a client the endpoint change
+    # has not reached yet would (the load's own may all be in flight on a slow machine).
+    late = Recorder(pipeline.infer_url, body, 1, CLIENT_TIMEOUT_S)
+
+    async def during_drain() -> None:
+        async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S) as client:
+
+            async def one() -> None:
+                started = time.monotonic()
+                try:
+                    response = await client.post(
+                        pipeline.infer_url,
+                        content=body,
+                        headers={"content-type": "application/json"},
+                    )
+                    status: int | str = response.status_code
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                late.outcomes.append(Outcome(started, time.monotonic(), status))
+
+            jobs = []
+            while time.monotonic() < marks["sigterm"] + DRAIN_S - 0.3:
+                jobs.append(asyncio.ensure_future(one()))
+                await asyncio.sleep(0.25)
+            await asyncio.gather(*jobs)
+
+    async def scenario() -> None:
+        stop_at = float("inf")
+        load = asyncio.ensure_future(recorder.run(lambda: time.monotonic() >= stop_at))
+        async with httpx.AsyncClient() as probe:
+            await asyncio.sleep(1.5)
+            marks["sigterm"] = time.monotonic()
+            transformer.process.send_signal(signal.SIGTERM)
+            drain_traffic = asyncio.ensure_future(during_drain())
+            marks["unready"] = await wait_for(probe, ready_url, 503, 2.0, period_s=0.01)
+            stop_at = marks["sigterm"] + DRAIN_S + 1.0  # keep sending past the drain
+        await asyncio.gather(load, drain_traffic)
+        while transformer.process.poll() is None and time.monotonic() - marks["sigterm"] < 30:
+            await asyncio.sleep(0.05)
+        marks["exited"] = time.monotonic()
+
+    asyncio.run(scenario())
+    drain_end = marks["sigterm"] + DRAIN_S
+    before = [o for o in recorder.outcomes + late.outcomes if o.started < drain_end]
+    during = [o for o in before if o.started >= marks["sigterm"]]
+    after = [o for o in recorder.outcomes if o.started >= drain_end]
+    print(
+        f"\nSIGTERM: unready after {(marks['unready'] - marks['sigterm']) * 1000:.0f} ms; "
+        f"started before the drain ended {statuses(before)} ({len(during)} during it); "
+        f"after {statuses(after)}; exited {marks['exited'] - marks['sigterm']:.1f} s after"
+    )
+    assert transformer.process.poll() == 0
+    assert marks["unready"] - marks["sigterm"] < 2.0  # at once, bar a starved machine
+    assert len(during) >= 3 and all(o.status == 200 for o in before), statuses(before)
+    # Exit comes after the drain and inside the grace period (drain + timeout + 1 s).
+    assert DRAIN_S <= marks["exited"] - marks["sigterm"] < DRAIN_S + REQUEST_TIMEOUT_S + 1
