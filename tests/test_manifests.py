@@ -25,6 +25,8 @@ import kubernetes.client
 import pytest
 import yaml
 
+from common import lifecycle
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO_ROOT / "manifests"
 OVERLAYS_DIR = MANIFESTS / "overlays"
@@ -620,3 +622,32 @@ def test_the_gateway_authentication_example_renders_and_exempts_only_health() ->
             "/v2/health/ready",
             "/v2/models/*/ready",
         ]
+
+
+def last_flag(args: list[str], flag: str, default: float) -> float:
+    """The value argparse would keep for `flag` (its last occurrence), or `default`."""
+    values = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == flag]
+    return float(values[-1]) if values else default
+
+
+@each_overlay
+def test_shutdown_fits_inside_the_grace_period(overlay: str) -> None:
+    """SIGTERM: the drain, then the longest request, then exit, inside the pod's grace period
+    (Knative sets it from the component's timeout and rejects the field itself)."""
+    expect, isvc = OVERLAYS[overlay], isvc_of(overlay)
+    for name in ("predictor", "transformer"):
+        if name == "predictor" and expect.triton:
+            continue  # Triton's own shutdown
+        component = isvc["spec"][name]
+        args = component["containers"][0].get("args", [])
+        drain = last_flag(args, "--drain_seconds", lifecycle.DEFAULT_DRAIN_SECONDS)
+        timeout = last_flag(args, "--request_timeout_seconds", lifecycle.DEFAULT_REQUEST_TIMEOUT_S)
+        needed = drain + timeout + lifecycle.STOP_MARGIN_S
+        if expect.mode == "Knative":
+            assert "terminationGracePeriodSeconds" not in component, name
+            grace = component["timeout"]
+        elif expect.mode == "Standard":
+            grace = component["terminationGracePeriodSeconds"]
+        else:  # the cluster's default mode: Kubernetes' 30 s, or Knative's 300 s timeout
+            grace = component.get("terminationGracePeriodSeconds", 30)
+        assert needed + 5 <= grace, f"{name}: shutdown takes up to {needed:g} s, grace {grace}"
