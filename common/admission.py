@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
@@ -22,8 +23,6 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from kserve.errors import ServerNotReady
-
-from . import codecs
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +171,7 @@ class RequestBoundsMiddleware:
 
 
 async def _send_json(send: Send, status: int, error: str, headers: dict[str, str]) -> None:
-    body = codecs.json_response_body({"error": error})
+    body = json.dumps({"error": error}).encode()
     raw_headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     raw_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})

@@ -12,17 +12,25 @@ kserve attribute or changes a kserve global.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
+import grpc
+import kserve
 import kserve.model_server
 from fastapi import FastAPI
 from grpc_interceptor.exceptions import Unauthenticated, Unimplemented
+from kserve.errors import InferenceError
 from kserve.logging import KSERVE_TRACE_LOGGER_NAME
 from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.infer_type import InferInput, InferOutput
 from starlette.routing import BaseRoute
+
+from . import admission
 
 # The kserve release these workarounds were written against (pyproject.toml pins it).
 KSERVE_VERSION = "0.21.0"
@@ -222,3 +230,108 @@ def repository_rpcs() -> dict[str, Callable[..., Any]]:
         return pb.RepositoryModelUnloadResponse(model_name=request.model_name, isUnloaded=True)
 
     return {"RepositoryModelLoad": load, "RepositoryModelUnload": unload}
+
+
+# --- the server's life: readiness, request bounds, drain (common/lifecycle.py) ------------
+
+
+def log_through_kserve(names: Sequence[str]) -> None:
+    """Make these loggers print INFO and above through kserve's handler.
+
+    kserve 0.21 configures only its own and uvicorn's loggers (in ModelServer.__init__); the
+    project's would print nothing below WARNING.
+    """
+    kserve_logger = logging.getLogger("kserve")
+    for name in names:
+        ours = logging.getLogger(name)
+        ours.handlers, ours.propagate = list(kserve_logger.handlers), False
+        ours.setLevel(logging.INFO)
+
+
+def gate_readiness(dataplane: DataPlane, check: Callable[[], Awaitable[bool]]) -> None:
+    """Make the readiness answers (REST and gRPC, server and model) also require `check()`.
+
+    kserve 0.21 answers every readiness endpoint through `DataPlane.ready()` and
+    `DataPlane.model_ready(name)`; inference routes call `model_ready(name, True)`
+    (disable_predictor_health_check; see ready_to_infer) and are left alone, so a draining
+    server still serves.
+    """
+    original_ready = dataplane.ready
+    original_model_ready = dataplane.model_ready
+
+    async def ready() -> bool:
+        return await check() and bool(await original_ready())
+
+    async def model_ready(model_name: str, disable_predictor_health_check: bool = False) -> bool:
+        is_ready = bool(await original_model_ready(model_name, disable_predictor_health_check))
+        if disable_predictor_health_check:  # an inference route asking, not a probe
+            return is_ready
+        return is_ready and await check()
+
+    dataplane.ready = ready
+    dataplane.model_ready = model_ready
+
+
+def bound_grpc_infer(inflight: admission.InflightLimit, timeout_s: float) -> None:
+    """Give gRPC ModelInfer calls the REST calls' bounds (in-flight limit, deadline), and the
+    right status codes.
+
+    kserve 0.21's InferenceServicer.ModelInfer does not pass the call's deadline on; its error
+    interceptor maps InferenceError to INVALID_ARGUMENT and cannot map ServerNotReady (it reads
+    a `reason` that class lacks). The wrapper answers UNAVAILABLE, DEADLINE_EXCEEDED and
+    INTERNAL itself.
+    """
+    original: Callable[..., Awaitable[Any]] = getattr(
+        InferenceServicer.ModelInfer, "__wrapped__", InferenceServicer.ModelInfer
+    )
+
+    async def model_infer(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        client_timeout = context.time_remaining()
+        try:
+            with inflight.admit(), admission.request_deadline(timeout_s, client_timeout) as due:
+                loop = asyncio.get_running_loop()
+                async with asyncio.timeout_at(loop.time() + (due - time.monotonic())):
+                    return await original(self, request, context)
+        except admission.Unavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except (admission.DeadlinePassed, TimeoutError) as exc:
+            detail = str(exc) or f"no answer within the deadline ({timeout_s:g} s at most)"
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, detail)
+        except InferenceError as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+
+    model_infer.__wrapped__ = original  # type: ignore[attr-defined]
+    InferenceServicer.ModelInfer = model_infer
+
+
+def run_beside_servers(server: kserve.ModelServer, coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run `coroutine` in the servers' event loop once `server.start()` runs.
+
+    kserve 0.21: ModelServer.start() appends its REST and gRPC servers to `server.servers` and
+    gathers that list in one event loop; a coroutine added before start() runs beside them.
+    """
+    server.servers.append(coroutine)
+
+
+def rest_server_started(server: kserve.ModelServer) -> bool:
+    """Whether the REST server is up (and has installed its signal handlers).
+
+    kserve 0.21 keeps its uvicorn.Server in `server._rest_server._server` (single worker).
+    """
+    rest = server._rest_server._server if server._rest_server else None
+    return bool(rest is not None and rest.started)
+
+
+async def stop_accepting(server: kserve.ModelServer) -> None:
+    """Close both ports to new work and return once in-flight requests are done (each server
+    waits at most ModelServer's grace_period).
+
+    kserve 0.21's ModelServer.stop() stops neither server in single-worker mode (it stops only
+    the multi-process REST server), so this does: uvicorn's `should_exit` (closes the port,
+    finishes in-flight requests, then its serve() returns) and GRPCServer.stop().
+    """
+    rest = server._rest_server._server if server._rest_server else None
+    if rest is not None:
+        rest.should_exit = True
+    if server._grpc_server is not None:
+        await server._grpc_server.stop()

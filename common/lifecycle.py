@@ -12,7 +12,7 @@ touched: it is about the process, and the process is fine.
 
 Readiness also takes checks of the component's own (the transformer adds "the predictor
 answers ready"). The hooks into kserve's server (its REST and gRPC servers, its data plane's
-readiness) are at the end of this module, each naming the kserve behaviour it relies on.
+readiness) are in common/kserve_compat.py, each naming the kserve behaviour it relies on.
 """
 
 from __future__ import annotations
@@ -22,18 +22,13 @@ import asyncio
 import logging
 import math
 import signal
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
-import grpc
 import kserve
 from fastapi import FastAPI
-from kserve.errors import InferenceError
-from kserve.protocol.dataplane import DataPlane
 
-from . import admission
+from . import admission, kserve_compat
 from .cli import non_negative_float, positive_float
 
 logger = logging.getLogger(__name__)
@@ -105,7 +100,22 @@ class Lifecycle:
 
     def install(self, server: kserve.ModelServer, app: FastAPI) -> None:
         """Wire readiness, request bounds and the drain into `server` before its start()."""
-        install(server, app, self, self.inflight)
+        timeout_s = self.settings.request_timeout_seconds
+        kserve_compat.log_through_kserve(("common", "predictor", "transformer"))
+        kserve_compat.gate_readiness(server.dataplane, self.ready)
+        app.add_middleware(
+            admission.RequestBoundsMiddleware, inflight=self.inflight, timeout_s=timeout_s
+        )
+        app.add_exception_handler(admission.Unavailable, admission.unavailable_handler)
+        app.add_exception_handler(admission.DeadlinePassed, admission.deadline_handler)
+        kserve_compat.bound_grpc_infer(self.inflight, timeout_s)
+        kserve_compat.run_beside_servers(
+            server,
+            self.supervise(
+                lambda: kserve_compat.rest_server_started(server),
+                lambda: kserve_compat.stop_accepting(server),
+            ),
+        )
 
     async def ready(self) -> bool:
         """False from the first signal on, or while any readiness check says so."""
@@ -155,105 +165,3 @@ class Lifecycle:
             self.settings.stop_grace_s,
         )
         await stop_accepting()
-
-
-# --- hooks into kserve 0.21's ModelServer ---------------------------------------------------
-# Each relies on one behaviour of kserve 0.21 (tests/test_lifecycle.py checks them).
-
-
-def install(
-    server: kserve.ModelServer,
-    app: FastAPI,
-    lifecycle: Lifecycle,
-    inflight: admission.InflightLimit,
-) -> None:
-    """Wire readiness, request bounds and the drain into `server` before `server.start()`."""
-    timeout_s = lifecycle.settings.request_timeout_seconds
-    # kserve 0.21 configures only its own and uvicorn's loggers (in ModelServer.__init__);
-    # ours would print nothing below WARNING. They use kserve's handler.
-    kserve_logger = logging.getLogger("kserve")
-    for name in ("common", "predictor", "transformer"):
-        ours = logging.getLogger(name)
-        ours.handlers, ours.propagate = list(kserve_logger.handlers), False
-        ours.setLevel(logging.INFO)
-    gate_readiness(server.dataplane, lifecycle.ready)
-    app.add_middleware(admission.RequestBoundsMiddleware, inflight=inflight, timeout_s=timeout_s)
-    app.add_exception_handler(admission.Unavailable, admission.unavailable_handler)
-    app.add_exception_handler(admission.DeadlinePassed, admission.deadline_handler)
-    bound_grpc_infer(inflight, timeout_s)
-
-    async def stop_accepting() -> None:
-        # kserve 0.21: ModelServer keeps its uvicorn server in `_rest_server._server` and its
-        # GRPCServer in `_grpc_server`; its own stop() stops neither in single-worker mode.
-        rest = server._rest_server._server if server._rest_server else None
-        if rest is not None:
-            rest.should_exit = True  # uvicorn: close the port, finish in-flight, return
-        if server._grpc_server is not None:
-            await server._grpc_server.stop()  # grace: ModelServer(grace_period=...)
-
-    def started() -> bool:
-        rest = server._rest_server._server if server._rest_server else None
-        return bool(rest is not None and rest.started)
-
-    # kserve 0.21: ModelServer.start() appends its servers to `servers` and gathers the list in
-    # one event loop, so a coroutine added before start() runs beside them.
-    server.servers.append(lifecycle.supervise(started, stop_accepting))
-
-
-def gate_readiness(dataplane: DataPlane, check: Callable[[], Awaitable[bool]]) -> None:
-    """Make the readiness answers (REST and gRPC, server and model) also require `check()`.
-
-    kserve 0.21 answers every readiness endpoint through `DataPlane.ready()` and
-    `DataPlane.model_ready(name)`; its inference routes call `model_ready(name, True)`
-    (disable_predictor_health_check) and are left alone, so a draining server still serves.
-    """
-    original_ready = dataplane.ready
-    original_model_ready = dataplane.model_ready
-
-    async def ready() -> bool:
-        return await check() and bool(await original_ready())
-
-    async def model_ready(model_name: str, disable_predictor_health_check: bool = False) -> bool:
-        is_ready = bool(await original_model_ready(model_name, disable_predictor_health_check))
-        if disable_predictor_health_check:  # an inference route asking, not a probe
-            return is_ready
-        return is_ready and await check()
-
-    dataplane.ready = ready
-    dataplane.model_ready = model_ready
-
-
-def bound_grpc_infer(inflight: admission.InflightLimit, timeout_s: float) -> None:
-    """Give gRPC ModelInfer calls the same bounds as REST ones, and the right status codes.
-
-    kserve 0.21's InferenceServicer.ModelInfer does not pass the call's deadline on, and its
-    error interceptor maps InferenceError to INVALID_ARGUMENT and cannot map ServerNotReady
-    (it reads a `reason` that class lacks); the wrapper answers those here instead.
-    """
-    from kserve.protocol.grpc.servicer import InferenceServicer
-
-    original: Callable[..., Awaitable[Any]] = getattr(
-        InferenceServicer.ModelInfer, "__wrapped__", InferenceServicer.ModelInfer
-    )
-
-    async def model_infer(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        client_timeout = context.time_remaining()
-        try:
-            with inflight.admit(), admission.request_deadline(timeout_s, client_timeout) as due:
-                async with asyncio.timeout_at(_loop_time(due)):
-                    return await original(self, request, context)
-        except admission.Unavailable as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        except (admission.DeadlinePassed, TimeoutError) as exc:
-            detail = str(exc) or f"no answer within the deadline ({timeout_s:g} s at most)"
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, detail)
-        except InferenceError as exc:
-            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
-
-    model_infer.__wrapped__ = original  # type: ignore[attr-defined]
-    InferenceServicer.ModelInfer = model_infer
-
-
-def _loop_time(monotonic_due: float) -> float:
-    loop = asyncio.get_running_loop()
-    return loop.time() + (monotonic_due - time.monotonic())

@@ -323,3 +323,68 @@ def test_repository_extension_returns_nothing_for_the_servicer_to_read() -> None
     assert asyncio.run(ModelRepositoryExtension(registry).unload("m")) is None
     assert 'response["name"]' in inspect.getsource(InferenceServicer.RepositoryModelUnload)
     assert "_mode_repository_extension" in inspect.getsource(InferenceServicer.__init__)
+
+
+# --- the server's life -------------------------------------------------------------------
+
+
+def test_gated_readiness_fails_probes_but_not_inference() -> None:
+    repository = ModelRepository()
+    repository.update(_Ready())
+    dataplane = DataPlane(repository)
+    draining = False
+
+    async def check() -> bool:
+        return not draining
+
+    kserve_compat.gate_readiness(dataplane, check)
+
+    async def answers() -> tuple[bool, bool, bool]:
+        return (
+            await dataplane.ready(),
+            await dataplane.model_ready("m"),
+            await kserve_compat.ready_to_infer(dataplane, "m"),
+        )
+
+    assert asyncio.run(answers()) == (True, True, True)
+    draining = True
+    assert asyncio.run(answers()) == (False, False, True)
+
+
+def test_kserve_grpc_servicer_still_takes_infer_and_readiness_from_these_methods() -> None:
+    from kserve.protocol.grpc.servicer import InferenceServicer
+
+    # The wrapper replaces ModelInfer on the class; readiness goes through the data plane.
+    for name in ("ModelInfer", "ServerReady", "ModelReady"):
+        assert inspect.iscoroutinefunction(getattr(InferenceServicer, name)), name
+    assert "_data_plane.ready()" in inspect.getsource(InferenceServicer.ServerReady)
+    assert "_data_plane.model_ready(" in inspect.getsource(InferenceServicer.ModelReady)
+
+
+def test_kserve_error_interceptor_cannot_map_server_not_ready_by_itself() -> None:
+    # Why bound_grpc_infer answers UNAVAILABLE itself: kserve 0.21's interceptor reads
+    # `ex.reason`, which ServerNotReady lacks (admission.Unavailable defines it).
+    from kserve.errors import ServerNotReady
+
+    from common import admission
+
+    assert not hasattr(ServerNotReady("x"), "reason")
+    assert admission.Unavailable("x").reason == "x"
+
+
+def test_model_server_exposes_the_servers_lifecycle_relies_on() -> None:
+    previous = kserve_context.get_predictor_config()
+    try:  # the constructor sets kserve's global predictor config
+        server = kserve.ModelServer(http_port=free_port(), grpc_port=free_port(), workers=1)
+    finally:
+        kserve_context.set_predictor_config(previous)
+    assert isinstance(server.servers, list)
+    assert server._rest_server is None and server._grpc_server is None  # made by start()
+    start_source = inspect.getsource(kserve.ModelServer.start)
+    assert "self.servers.append" in start_source and "self._rest_server = RESTServer(" in (
+        start_source
+    )
+    assert "asyncio.gather(*self.servers)" in inspect.getsource(kserve.ModelServer._serve)
+    # kserve's own stop() leaves the single-worker REST server running.
+    assert "_rest_server.stop" not in inspect.getsource(kserve.ModelServer.stop)
+    assert not kserve_compat.rest_server_started(server)
