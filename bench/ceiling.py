@@ -117,7 +117,11 @@ def parse(argv: list[str] | None = None) -> CeilingSettings:
     )
     p.add_argument("--warmup", type=float, default=1.0, help="Seconds before each window.")
     p.add_argument("--duration", type=float, default=5.0, help="Seconds per window.")
-    p.add_argument("--predictor_args", default="", help="Extra predictor flags.")
+    # The ceiling keeps up to 8 x 64 images in flight at the predictor: past its default batch
+    # queue (64 images, sized for a real model's second of work), which would shed them.
+    p.add_argument(
+        "--predictor_args", default="--max_queue_size 1024", help="Extra predictor flags."
+    )
     p.add_argument(
         "--transformer",
         action="append",

@@ -69,7 +69,6 @@ class ImageClassifierTransformer(Model):
             settings.predictor.predictor_host,
             settings.model_name,
             settings.predictor.predictor_request_timeout_seconds,
-            settings.max_request_bytes,
         )
 
     def load(self) -> bool:

@@ -41,15 +41,15 @@ READY_PROBE_TIMEOUT_S = 1.0
 class PredictorLink:
     """Inference calls and readiness probes to one predictor over one gRPC channel."""
 
-    def __init__(
-        self, target: str, model_name: str, timeout_s: float, max_message_bytes: int
-    ) -> None:
+    def __init__(self, target: str, model_name: str, timeout_s: float) -> None:
         self.target = target
         self.model_name = model_name
         self.timeout_s = timeout_s
         self._options = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
+            # Decoded pixels outgrow the client's encoded images: the predictor's own
+            # --max_request_bytes is the limit that applies (kserve's client does the same).
+            ("grpc.max_send_message_length", -1),
+            ("grpc.max_receive_message_length", -1),
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MAX_MS),
             ("grpc.min_reconnect_backoff_ms", CONNECT_TIMEOUT_MS),
