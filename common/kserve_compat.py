@@ -26,7 +26,6 @@ from grpc_interceptor.exceptions import Unauthenticated, Unimplemented
 from kserve.errors import InferenceError
 from kserve.logging import KSERVE_TRACE_LOGGER_NAME
 from kserve.protocol.dataplane import DataPlane
-from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.infer_type import InferInput, InferOutput
 from starlette.routing import BaseRoute
 
@@ -279,10 +278,14 @@ def bound_grpc_infer(inflight: admission.InflightLimit, timeout_s: float) -> Non
     kserve 0.21's InferenceServicer.ModelInfer does not pass the call's deadline on; its error
     interceptor maps InferenceError to INVALID_ARGUMENT and cannot map ServerNotReady (it reads
     a `reason` that class lacks). The wrapper answers UNAVAILABLE, DEADLINE_EXCEEDED and
-    INTERNAL itself.
+    INTERNAL itself. Call it after use_lean_grpc: it wraps the servicer class GRPCServer.start
+    will build (the name `InferenceServicer` in `kserve.protocol.grpc.server`).
     """
+    from kserve.protocol.grpc import server as grpc_server
+
+    servicer = grpc_server.InferenceServicer
     original: Callable[..., Awaitable[Any]] = getattr(
-        InferenceServicer.ModelInfer, "__wrapped__", InferenceServicer.ModelInfer
+        servicer.ModelInfer, "__wrapped__", servicer.ModelInfer
     )
 
     async def model_infer(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -301,7 +304,7 @@ def bound_grpc_infer(inflight: admission.InflightLimit, timeout_s: float) -> Non
             await context.abort(grpc.StatusCode.INTERNAL, str(exc))
 
     model_infer.__wrapped__ = original  # type: ignore[attr-defined]
-    InferenceServicer.ModelInfer = model_infer
+    servicer.ModelInfer = model_infer
 
 
 def run_beside_servers(server: kserve.ModelServer, coroutine: Coroutine[Any, Any, None]) -> None:
