@@ -17,6 +17,8 @@ DATA = Path(__file__).resolve().parent / "data"
 MODEL_NAME = DEFAULT_MODEL_NAME
 # Small enough that the 413 test stays cheap, large enough for every good request here.
 TEST_MAX_REQUEST_BYTES = 8 * 1024 * 1024
+# Generous: on a busy shared machine a 32-image batch has taken over 10 s.
+TEST_REQUEST_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +64,8 @@ def predictor(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) 
             MODEL_NAME,
             "--max_request_bytes",
             str(TEST_MAX_REQUEST_BYTES),
+            "--request_timeout_seconds",
+            str(TEST_REQUEST_TIMEOUT_S),
         ],
         log,
     )
@@ -93,6 +97,8 @@ def start_transformer(predictor: Server, model_repository: Path, log: Path, *ext
             predictor.grpc_target,
             "--max_request_bytes",
             str(TEST_MAX_REQUEST_BYTES),
+            "--request_timeout_seconds",
+            str(TEST_REQUEST_TIMEOUT_S),
             *extra,
         ],
         log,
