@@ -326,6 +326,39 @@ def test_api_key_goes_as_bearer_from_the_page_only(
     assert stored[:3] == ["", 0, 0] and "s3cret" not in stored[3]
 
 
+def test_api_key_asked_for_after_a_401(
+    browser: Browser, predictor: Server, model_repository: Path, tmp_path: Path
+) -> None:
+    key = "demo-test-key-0123456789abcdef"
+    key_file = tmp_path / "api-keys"
+    key_file.write_text(f"{key}\n")
+    log = tmp_path / "transformer-keyed.log"
+    server = start_transformer(predictor, model_repository, log, "--api_key_file", str(key_file))
+    page, traffic = open_page(browser, server, viewport={"width": 1200, "height": 900})
+    try:
+        expect(page.locator("#readiness")).to_have_text("ready")  # readiness needs no key
+        expect(page.locator("#key-panel")).to_be_hidden()
+        keyless = httpx.post(
+            f"{server.url}/v2/models/{MODEL_NAME}/infer",
+            content=b"{}",
+            headers={"Content-Type": "application/json"},
+        )
+        assert keyless.status_code == 401
+        page.set_input_files("#file-input", DATA / "coffee.jpg")
+        result = card(page, "coffee.jpg")
+        expect(result.locator(".state")).to_have_text("HTTP 401")
+        expect(result.locator(".error")).to_have_text(keyless.json()["error"])
+        expect(page.locator("#key-panel")).to_be_visible()
+        page.fill("#api-key", key)
+        page.locator("#api-key").dispatch_event("change")
+        expect(result).to_have_class(re.compile(r"\bdone\b"))  # asked again, with the key
+        assert labels(page, "coffee.jpg")[0] == "espresso"
+        assert traffic.outside == []
+    finally:
+        page.context.close()
+        server.stop()
+
+
 def test_nothing_loads_from_outside_the_server(
     page_and_traffic: tuple[Page, Traffic], screenshots: Path
 ) -> None:
