@@ -31,11 +31,11 @@ from hypothesis import strategies as st
 from kserve.errors import InvalidInput
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
-from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.infer_type import InferRequest
 from PIL import Image
 
 from common import codecs
+from common.lean_grpc import LeanInferenceServicer
 from common.modelrepo import Preprocessing, TensorSpec
 from predictor.model import check_pixels, v1_pixels
 from transformer.imaging import DecodeLimits, preprocess
@@ -197,7 +197,9 @@ def handle_in_process(model: ImageClassifierTransformer, payload: Any) -> None:
     except InvalidInput as exc:
         assert_client_error(exc)
         return
-    prepared.request.to_grpc()  # what predict() sends must be a valid gRPC message
+    # What predict() sends must make a valid gRPC message.
+    pixels = codecs.numpy_input(model.pixel_input.name, prepared.pixels)
+    InferRequest(MODEL_NAME, [pixels], request_id=prepared.response_id).to_grpc()
 
 
 @given(rest_bodies() | tweaked_valid_bodies())
@@ -277,7 +279,7 @@ def test_grpc_requests_in_process(
     transformer_model: ImageClassifierTransformer, message: pb.ModelInferRequest
 ) -> None:
     try:
-        InferenceServicer.validate_grpc_request(message)  # what kserve's servicer does first
+        LeanInferenceServicer.validate_grpc_request(message)  # what the servicer does first
         request = InferRequest.from_grpc(message)
     except InvalidInput as exc:
         assert_client_error(exc)
