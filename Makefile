@@ -12,12 +12,12 @@ STAMP := $(VENV)/.installed
 MODEL := $(MODEL_REPO)/$(MODEL_NAME)/1/model.pt
 SOAK_MINUTES ?= 10
 
-.PHONY: help venv model-repo serve test lint unit bench bench-ceiling images clean
-.PHONY: help venv model-repo serve test lint unit bench soak images clean
+.PHONY: help venv model-repo serve test fuzz lint unit bench bench-ceiling soak images clean
 
 help:
 	@echo "make serve       create the venv, build the model repository, run predictor + transformer"
 	@echo "make test        lint (ruff, mypy) and the whole test suite"
+	@echo "make fuzz        the long fuzzing run of every input path (minutes)"
 	@echo "make bench       benchmark: in-process limit vs served pipeline vs stock pattern"
 	@echo "make bench-ceiling  request-path ceiling with a zero-cost model (DURATION=5 s per cell)"
 	@echo "make soak        $(SOAK_MINUTES) min at concurrency 16: errors, latency, memory (not in CI)"
@@ -51,6 +51,11 @@ lint: $(STAMP)
 
 test: lint $(MODEL)
 	MODEL_REPOSITORY=$(MODEL_REPO) $(BIN)/python -m pytest
+
+# The long fuzzing run (make test runs the same properties briefly). Failures are kept in
+# .hypothesis/ and replayed first on the next run.
+fuzz: $(STAMP) $(MODEL)
+	HYPOTHESIS_PROFILE=fuzz MODEL_REPOSITORY=$(MODEL_REPO) $(BIN)/python -m pytest tests/test_fuzz.py
 
 bench: $(STAMP) $(MODEL)
 	$(BIN)/python -m bench --model_dir $(MODEL_REPO) --out bench-results

@@ -215,8 +215,17 @@ def datatype_of(array: np.ndarray) -> str:
 
 
 def parameter(parameters: Any, key: str) -> Any:
-    """A request parameter's plain value, from a REST dict or a gRPC InferParameter map."""
-    if not parameters or key not in parameters:
+    """A request parameter's plain value, from a REST dict or a gRPC InferParameter map.
+
+    Raises InvalidInput when `parameters` is neither (a V1 body's "parameters": true, say).
+    """
+    if parameters is None:
+        return None
+    if not isinstance(parameters, Mapping):
+        raise InvalidInput(
+            f'"parameters" must be an object, got {type(parameters).__name__}: {parameters!r:.40}'
+        )
+    if key not in parameters:
         return None
     value = parameters[key]
     if hasattr(value, "WhichOneof"):  # gRPC InferParameter
@@ -296,17 +305,26 @@ def parse_rest_request(body: bytes, json_length: str | None, model_name: str) ->
     if request.get("outputs") is not None:
         outputs = request["outputs"]
         if not isinstance(outputs, list) or not all(
-            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+            isinstance(o, dict)
+            and isinstance(o.get("name"), str)
+            and isinstance(o.get("parameters") or {}, dict)
+            for o in outputs
         ):
-            raise InvalidInput('"outputs" must be a list of objects with a "name"')
+            raise InvalidInput(
+                '"outputs" must be a list of objects with a "name" (and optional "parameters" '
+                f"object), got {outputs!r:.80}"
+            )
         requested = [RequestedOutput(o["name"], o.get("parameters")) for o in outputs]
     parameters = request.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):
         raise InvalidInput('"parameters" must be an object')
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput(f'"id" must be a string, got {request_id!r:.40}')
     return InferRequest(
         model_name=model_name,
         infer_inputs=tensors,
-        request_id=request.get("id"),
+        request_id=request_id,
         parameters=parameters,
         request_outputs=requested,
     )

@@ -59,6 +59,25 @@ async def forward_in_passes(
     return np.concatenate(await asyncio.gather(*parts))
 
 
+def v1_pixels(payload: Any) -> np.ndarray:
+    """The pixel array of a V1 {"instances": [...]} body; raises InvalidInput."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
+        raise InvalidInput('expected a JSON object with an "instances" list of pixel arrays')
+    try:
+        array = np.asarray(payload["instances"])
+    except ValueError as exc:
+        raise InvalidInput(f"instances are not arrays of one shape: {exc}") from exc
+    if array.dtype.kind in "iu":
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise InvalidInput("integer instances must be pixel values from 0 to 255")
+        return array.astype(np.uint8)
+    if array.dtype.kind == "f":
+        return array.astype(np.float32)
+    raise InvalidInput(
+        f"instances must be numbers (UINT8 pixels or FP32 normalised), got {array.dtype}"
+    )
+
+
 class ImageClassifierPredictor(Model):
     """Serves one model version from a model repository over V1, V2 REST and V2 gRPC."""
 
@@ -146,7 +165,7 @@ class ImageClassifierPredictor(Model):
         if isinstance(payload, InferRequest):
             array = self._v2_input(payload)
         else:
-            array = self._v1_input(payload)
+            array = v1_pixels(payload)
         pixels = check_pixels(array, self.input_spec, self.max_request_images)
         logits = await self._run(batcher, pixels)
         if not isinstance(payload, InferRequest):
@@ -175,20 +194,3 @@ class ImageClassifierPredictor(Model):
         if names != [self.input_spec.name]:
             raise InvalidInput(f"expected one input named {self.input_spec.name!r}, got {names}")
         return codecs.input_to_numpy(request.inputs[0])
-
-    def _v1_input(self, payload: Any) -> np.ndarray:
-        if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
-            raise InvalidInput('expected a JSON object with an "instances" list of pixel arrays')
-        try:
-            array = np.asarray(payload["instances"])
-        except ValueError as exc:
-            raise InvalidInput(f"instances are not arrays of one shape: {exc}") from exc
-        if array.dtype.kind in "iu":
-            if array.size and (array.min() < 0 or array.max() > 255):
-                raise InvalidInput("integer instances must be pixel values from 0 to 255")
-            return array.astype(np.uint8)
-        if array.dtype.kind == "f":
-            return array.astype(np.float32)
-        raise InvalidInput(
-            f"instances must be numbers (UINT8 pixels or FP32 normalised), got {array.dtype}"
-        )

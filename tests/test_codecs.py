@@ -170,3 +170,29 @@ def test_malformed_response_output_is_a_server_error() -> None:
     output._raw_data = b"\0" * 8
     with pytest.raises(InferenceError, match="malformed output 'logits'"):
         codecs.output_to_numpy(output)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        # Found by tests/test_fuzz.py: each was a 500 (TypeError/AttributeError) before.
+        ({"id": {"a": 1}}, '"id" must be a string'),
+        ({"id": 5}, '"id" must be a string'),
+        ({"outputs": [{"name": "label", "parameters": [1]}]}, '"outputs" must be a list'),
+    ],
+)
+def test_request_fields_of_the_wrong_type_are_refused(
+    extra: dict[str, object], message: str
+) -> None:
+    body = orjson.dumps(
+        {"inputs": [{"name": "x", "datatype": "INT32", "shape": [1], "data": [1]}], **extra}
+    )
+    with pytest.raises(InvalidInput, match=message):
+        codecs.parse_rest_request(body, None, "m")
+
+
+def test_parameters_that_are_not_an_object_are_refused() -> None:
+    assert codecs.parameter({"top_k": 3}, "top_k") == 3
+    assert codecs.parameter(None, "top_k") is None
+    with pytest.raises(InvalidInput, match='"parameters" must be an object, got bool'):
+        codecs.parameter(True, "top_k")

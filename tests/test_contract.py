@@ -19,7 +19,7 @@ from bench.servers import ROOT, free_port
 from common.modelrepo import CONFIG_FILE, ModelConfig, ModelRepositoryError, resolve
 from predictor.batcher import AdaptiveBatcher
 from predictor.model import forward_in_passes
-from transformer.model import checked_max_images
+from transformer.model import within_batch_limit
 
 
 @pytest.mark.parametrize("server", ["predictor", "transformer"])
@@ -52,10 +52,12 @@ def test_a_config_typo_stops_the_server_at_load(
 
 def test_transformer_never_accepts_more_images_than_the_config() -> None:
     config = ModelConfig("m", "", 8, (), (), 0, None)
-    assert checked_max_images(None, config) == 8
-    assert checked_max_images(3, config) == 3
+    assert within_batch_limit("--max_images", None, config) == 8
+    assert within_batch_limit("--max_images", 3, config) == 3
     with pytest.raises(ModelRepositoryError, match="--max_images 9 exceeds max_batch_size 8"):
-        checked_max_images(9, config)
+        within_batch_limit("--max_images", 9, config)
+    with pytest.raises(ModelRepositoryError, match="--coalesce_max_images 9 exceeds"):
+        within_batch_limit("--coalesce_max_images", 9, config)
 
 
 def test_a_request_larger_than_a_forward_pass_is_split() -> None:

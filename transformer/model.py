@@ -79,11 +79,12 @@ class ImageClassifierTransformer(Model):
         self.labels = np.array(version.labels(), dtype=np.object_)
         self.pixel_input = version.config.inputs[0]
         self.logits_output = version.config.outputs[0]
-        self.max_images = checked_max_images(self.settings.max_images, version.config)
+        config = version.config
+        self.max_images = within_batch_limit("--max_images", self.settings.max_images, config)
         self.limits = DecodeLimits(max_pixels=self.settings.max_image_pixels)
         self.coalescer = Coalescer(
             self._forward,
-            self.settings.coalesce_max_images or version.config.max_batch_size or 1,
+            within_batch_limit("--coalesce_max_images", self.settings.coalesce_max_images, config),
             self.settings.coalesce_delay_ms / 1000,
         )
         self.ready = True
@@ -250,20 +251,20 @@ class ImageClassifierTransformer(Model):
         return logits
 
 
-def checked_max_images(flag: int | None, config: ModelConfig) -> int:
-    """Images per request: the config's max_batch_size, or a smaller --max_images.
+def within_batch_limit(flag: str, value: int | None, config: ModelConfig) -> int:
+    """An image count limit: the config's max_batch_size, or the smaller `value` of `flag`.
 
     Raises ModelRepositoryError for a larger one: the predictor refuses requests of more than
-    max_batch_size images, so the transformer must never accept them.
+    max_batch_size images, so the transformer must never accept or send them.
     """
-    if flag is None:
+    if value is None:
         return config.max_batch_size
-    if flag > config.max_batch_size:
+    if value > config.max_batch_size:
         raise ModelRepositoryError(
-            f"--max_images {flag} exceeds max_batch_size {config.max_batch_size} in "
+            f"{flag} {value} exceeds max_batch_size {config.max_batch_size} in "
             f"{CONFIG_FILE}: the predictor refuses requests of more images than that"
         )
-    return flag
+    return value
 
 
 def _b64decode(text: str) -> bytes:

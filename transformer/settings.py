@@ -84,8 +84,8 @@ def parser() -> argparse.ArgumentParser:
         "--coalesce_max_images",
         type=positive_int,
         default=None,
-        help="Most images of concurrent requests sent in one predictor call (default: the "
-        "model's max_batch_size; 1 sends every request on its own).",
+        help="Most images of concurrent requests sent in one predictor call (default and upper "
+        "bound: the model's max_batch_size; 1 sends every request on its own).",
     )
     p.add_argument(
         "--coalesce_delay_ms",
