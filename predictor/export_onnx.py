@@ -29,11 +29,11 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from common.modelrepo import DEFAULT_MODEL_NAME, ONNX_PLATFORM, PLATFORM_FILES, Preprocessing
+from common.cli import DEFAULT_MODEL_NAME
+from common.modelrepo import ONNX_PLATFORM, PLATFORM_FILES, Preprocessing
 
-from .export import INPUT, OUTPUT, PREPROCESSING, PixelClassifier, build_backbone
-from .export import write_model_files
-from .onnx_engine import NORMALIZED_TENSOR, OnnxRunner
+from .export import INPUT, OUTPUT, PREPROCESSING, PixelClassifier, build_backbone, write_model_files
+from .onnx_engine import NORMALIZED_TENSOR, OnnxEngine
 
 ONNX_FILE = PLATFORM_FILES[ONNX_PLATFORM]
 # The exporter's opset (ReduceMean with axes as an input needs 18+).
@@ -118,7 +118,7 @@ def check_against_eager(path: Path, eager: torch.nn.Module) -> float:
     Raises RuntimeError above MAX_LOGIT_DIFFERENCE.
     """
     pixels = np.random.default_rng(0).integers(0, 256, (3, *INPUT.dims), dtype=np.uint8)
-    runner = OnnxRunner(path, 1, 3, INPUT.name, OUTPUT.name, normalized_input=False)
+    runner = OnnxEngine(path, 1, 3, INPUT.name, OUTPUT.name, normalized_input=False)
     with torch.inference_mode():
         expected = eager(torch.from_numpy(pixels)).numpy()
     difference = float(np.abs(runner.run(pixels) - expected).max())
@@ -130,9 +130,7 @@ def check_against_eager(path: Path, eager: torch.nn.Module) -> float:
     return difference
 
 
-def write_onnx_model(
-    repository: Path, name: str, version: str, source: Path
-) -> Path:
+def write_onnx_model(repository: Path, name: str, version: str, source: Path) -> Path:
     """Install an ONNX file as `<repository>/<name>/<version>/model.onnx` with its side files."""
     model_dir = repository / name
     (model_dir / version).mkdir(parents=True, exist_ok=True)

@@ -89,7 +89,9 @@ def split(images: ImageSet, every: int = 3) -> tuple[ImageSet, ImageSet]:
     if held.all() or not held.any():
         raise ValueError(f"{len(images.names)} images are too few to split (need {every}+)")
     part = [
-        ImageSet(images.pixels[mask], tuple(n for n, m in zip(images.names, mask, strict=True) if m))
+        ImageSet(
+            images.pixels[mask], tuple(n for n, m in zip(images.names, mask, strict=True) if m)
+        )
         for mask in (~held, held)
     ]
     return part[0], part[1]
@@ -167,7 +169,9 @@ def class_id(folder: str, labels: Sequence[str]) -> int:
     )
 
 
-def labelled(directory: Path, params: Preprocessing, labels: Sequence[str]) -> tuple[ImageSet, np.ndarray]:
+def labelled(
+    directory: Path, params: Preprocessing, labels: Sequence[str]
+) -> tuple[ImageSet, np.ndarray]:
     """An ImageNet-style directory (one folder per class): pixels and class ids [N].
 
     Raises ValueError for a folder name that names no class, FileNotFoundError for no images.

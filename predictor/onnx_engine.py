@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,16 @@ NORMALIZED_TENSOR = "normalized"
 # How long an idle intra-op worker spins before it sleeps. 0 would sleep at every barrier
 # inside a forward pass; onnxruntime's default spins for far longer than a forward pass here.
 SPIN_DURATION_US = "200"
+
+
+# What InferenceSession raises for a file it cannot load (pybind exceptions, not RuntimeError).
+_LOAD_ERRORS = (
+    ort_state.Fail,
+    ort_state.InvalidProtobuf,
+    ort_state.NoSuchFile,
+    ort_state.InvalidGraph,
+    ort_state.InvalidArgument,
+)
 
 
 class OnnxEngineError(RuntimeError):
@@ -45,7 +56,7 @@ def session_options(num_threads: int) -> ort.SessionOptions:
     return options
 
 
-class OnnxRunner:
+class OnnxEngine:
     """Runs batches of UINT8 NHWC pixels (or normalised FP32 NCHW, when built for it)."""
 
     def __init__(
@@ -66,7 +77,7 @@ class OnnxRunner:
             self.session = ort.InferenceSession(
                 str(artifact), sess_options=options, providers=["CPUExecutionProvider"]
             )
-        except (ort.capi.onnxruntime_pybind11_state.Fail, RuntimeError) as exc:  # type: ignore[attr-defined]
+        except _LOAD_ERRORS as exc:
             raise OnnxEngineError(f"onnxruntime cannot load {artifact}: {exc}") from exc
         inputs = [(i.name, i.type) for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
@@ -75,21 +86,42 @@ class OnnxRunner:
                 f"{artifact}: inputs {inputs} and outputs {outputs}, expected one input "
                 f"{input_name!r} tensor(uint8) and an output {output_name!r} (config.pbtxt)"
             )
+        self.precision = "unknown"
         self.normalized_session = (
             self._normalized_session(artifact, options) if normalized_input else None
         )
 
-    def _normalized_session(self, artifact: Path, options: ort.SessionOptions) -> ort.InferenceSession:
+    @classmethod
+    def warmed(
+        cls,
+        artifact: Path,
+        num_threads: int,
+        max_batch_size: int,
+        input_name: str,
+        output_name: str,
+        pixel_shape: tuple[int, ...],
+    ) -> OnnxEngine:
+        """Load the model and run every code path once: the builder for a ForwardWorker."""
+        engine = cls(artifact, num_threads, max_batch_size, input_name, output_name)
+        engine.warm_up(pixel_shape)
+        return engine
+
+    def _normalized_session(
+        self, artifact: Path, options: ort.SessionOptions
+    ) -> ort.InferenceSession:
         """A session for the part of the graph after the normalisation (FP32 NCHW in)."""
         import onnx  # the predictor extra has it; the edge classifier never gets here
         from onnx.utils import Extractor
 
         model = onnx.load(str(artifact))
+        quantized = any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+        self.precision = "int8" if quantized else "fp32"
         if NORMALIZED_TENSOR not in {out for node in model.graph.node for out in node.output}:
             raise OnnxEngineError(
                 f"{artifact}: no tensor {NORMALIZED_TENSOR!r} to take normalised FP32 input at "
                 "(export with python -m predictor.export_onnx)"
             )
+        model = onnx.shape_inference.infer_shapes(model)  # the extractor needs the shapes
         cut = Extractor(model).extract_model([NORMALIZED_TENSOR], [self.output_name])
         return ort.InferenceSession(
             cut.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
