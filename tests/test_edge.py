@@ -16,12 +16,13 @@ WITHOUT_TORCH = str(Path(__file__).with_name("without_torch.py"))
 IMAGES = sorted(p.name for p in DATA.iterdir())
 
 # Runs in a process where torch cannot be imported: top-1 per image as JSON.
+# (without_torch.py -c leaves its own arguments in sys.argv: ours start at 3.)
 CLASSIFY = """
 import json, sys
 from pathlib import Path
 from edge import Classifier
-classifier = Classifier(sys.argv[1])
-images = [Path(p).read_bytes() for p in sys.argv[2:]]
+classifier = Classifier(sys.argv[3])
+images = [Path(p).read_bytes() for p in sys.argv[4:]]
 tops = [ranked[0] for ranked in classifier.classify_many(images)]
 print(json.dumps([[p.class_id, p.label, p.score] for p in tops]))
 one = classifier.classify(images[0], top_k=2)
