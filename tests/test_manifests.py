@@ -57,7 +57,6 @@ class Expect:
     storage: str = BASE_URI  # the repository both components read
 
 
-
 OVERLAYS: dict[str, Expect] = {
     "gpu": Expect(mode=None, gpu=True),
     "cpu": Expect(mode=None, gpu=False, storage=ONNX_URI),
