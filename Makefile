@@ -11,17 +11,33 @@ PREDICTOR_GRPC_PORT ?= 9081
 STAMP := $(VENV)/.installed
 MODEL := $(MODEL_REPO)/$(MODEL_NAME)/1/model.pt
 SOAK_MINUTES ?= 10
+# The same model for the onnxruntime engine: FP32, and INT8 (opt-in, gated by its fidelity).
+ONNX_REPO ?= $(MODEL_REPO)-onnx
+INT8_REPO ?= $(MODEL_REPO)-int8
+ONNX_MODEL := $(ONNX_REPO)/$(MODEL_NAME)/1/model.onnx
+INT8_MODEL := $(INT8_REPO)/$(MODEL_NAME)/1/model.onnx
+# What `make serve` runs: onnx (ONNX Runtime FP32, the fastest on a CPU), int8 or torchscript.
+ENGINE ?= onnx
+SERVE_REPO_onnx := $(ONNX_REPO)
+SERVE_REPO_int8 := $(INT8_REPO)
+SERVE_REPO_torchscript := $(MODEL_REPO)
+SERVE_REPO ?= $(SERVE_REPO_$(ENGINE))
+SERVE_MODEL_onnx := $(ONNX_MODEL)
+SERVE_MODEL_int8 := $(INT8_MODEL)
+SERVE_MODEL_torchscript := $(MODEL)
 
-.PHONY: help venv model-repo serve test fuzz lint unit bench bench-ceiling soak images clean
+.PHONY: help venv model-repo model-repo-int8 serve test fuzz lint unit bench bench-ceiling soak images clean
 
 help:
 	@echo "make serve       create the venv, build the model repository, run predictor + transformer"
+	@echo "                 (ENGINE=onnx by default; ENGINE=int8 or ENGINE=torchscript)"
 	@echo "make test        lint (ruff, mypy) and the whole test suite"
 	@echo "make fuzz        the long fuzzing run of every input path (minutes)"
 	@echo "make bench       benchmark: in-process limit vs served pipeline vs stock pattern"
 	@echo "make bench-ceiling  request-path ceiling with a zero-cost model (DURATION=5 s per cell)"
 	@echo "make soak        $(SOAK_MINUTES) min at concurrency 16: errors, latency, memory (not in CI)"
-	@echo "make model-repo  export the default model to $(MODEL_REPO)/"
+	@echo "make model-repo  export the default model to $(MODEL_REPO)/ (TorchScript), $(ONNX_REPO)/"
+	@echo "make model-repo-int8  the INT8 ONNX model to $(INT8_REPO)/, with its fidelity report"
 	@echo "make images      build the container images (needs a container engine)"
 
 # The venv is rebuilt when the project's dependencies change. constraints-cpu.txt pins the
@@ -37,34 +53,46 @@ venv: $(STAMP)
 $(MODEL): | $(STAMP)
 	$(BIN)/python -m predictor.export --repository $(MODEL_REPO) --model_name $(MODEL_NAME)
 
-model-repo: $(MODEL)
+$(ONNX_MODEL): | $(STAMP)
+	$(BIN)/python -m predictor.export_onnx --repository $(ONNX_REPO) --model_name $(MODEL_NAME)
 
-serve: $(STAMP) $(MODEL)
-	$(BIN)/python scripts/serve.py --model_dir $(MODEL_REPO) --model_name $(MODEL_NAME) \
+$(INT8_MODEL): $(ONNX_MODEL)
+	$(BIN)/python -m predictor.export_onnx --repository $(INT8_REPO) --model_name $(MODEL_NAME) \
+		--int8 --fp32_model $(ONNX_MODEL)
+
+model-repo: $(MODEL) $(ONNX_MODEL)
+
+model-repo-int8: $(INT8_MODEL)
+
+serve: $(STAMP) $(SERVE_MODEL_$(ENGINE))
+	$(BIN)/python scripts/serve.py --model_dir $(SERVE_REPO) --model_name $(MODEL_NAME) \
 		--transformer_http_port $(TRANSFORMER_HTTP_PORT) --transformer_grpc_port $(TRANSFORMER_GRPC_PORT) \
 		--predictor_http_port $(PREDICTOR_HTTP_PORT) --predictor_grpc_port $(PREDICTOR_GRPC_PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy common predictor transformer rollout scripts tests bench batch
+	$(BIN)/mypy common predictor transformer rollout scripts tests bench batch edge
 
-test: lint $(MODEL)
-	MODEL_REPOSITORY=$(MODEL_REPO) $(BIN)/python -m pytest
+test: lint $(MODEL) $(ONNX_MODEL) $(INT8_MODEL)
+	MODEL_REPOSITORY=$(MODEL_REPO) MODEL_REPOSITORY_ONNX=$(ONNX_REPO) \
+		MODEL_REPOSITORY_INT8=$(INT8_REPO) $(BIN)/python -m pytest
 
 # The long fuzzing run (make test runs the same properties briefly). Failures are kept in
 # .hypothesis/ and replayed first on the next run.
 fuzz: $(STAMP) $(MODEL)
 	HYPOTHESIS_PROFILE=fuzz MODEL_REPOSITORY=$(MODEL_REPO) $(BIN)/python -m pytest tests/test_fuzz.py
 
-bench: $(STAMP) $(MODEL)
-	$(BIN)/python -m bench --model_dir $(MODEL_REPO) --out bench-results
+bench: $(STAMP) $(MODEL) $(ONNX_MODEL) $(INT8_MODEL)
+	$(BIN)/python -m bench --model_dir $(MODEL_REPO) --onnx_model_dir $(ONNX_REPO) \
+		--int8_model_dir $(INT8_REPO) --out bench-results
 
 # The request path alone: a zero-cost model, h2load (Debian's nghttp2-client), a bare grpc.aio
 # server for comparison. DURATION is the seconds of each measurement window.
 DURATION ?= 5
 bench-ceiling: $(STAMP) $(MODEL)
 	$(BIN)/python -m bench.ceiling --model_dir $(MODEL_REPO) --out bench-results --duration $(DURATION)
+
 soak: $(STAMP) $(MODEL)
 	$(BIN)/python -m bench.soak --model_dir $(MODEL_REPO) --minutes $(SOAK_MINUTES) --out soak-results
 
@@ -76,4 +104,4 @@ images:
 	else echo "make images: no container engine reachable (docker info failed)"; exit 1; fi
 
 clean:
-	rm -rf $(VENV) $(MODEL_REPO) bench-results soak-results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MODEL_REPO) $(ONNX_REPO) $(INT8_REPO) bench-results soak-results .pytest_cache .mypy_cache .ruff_cache

@@ -17,21 +17,23 @@ import numpy as np
 import torch
 
 from common.modelrepo import ModelVersion
-from predictor.torchscript import ExecutionPlan, TorchScriptEngine, plan_execution
-from predictor.worker import ForwardWorker
+from predictor.engines import build_engine, plan_engine
+from predictor.torchscript import ExecutionPlan
+from predictor.worker import Engine, ForwardWorker
 
 
 class ForwardRunner:
     """The predictor's engine on its forward thread: submit batches, get logits futures."""
 
     def __init__(self, version: ModelVersion, max_batch_size: int, num_threads: int) -> None:
-        """Load and warm the model (CPU, or CUDA when present) on a new forward thread."""
-        self.plan: ExecutionPlan = plan_execution(
-            "auto", "auto", "auto", num_threads, torch.cuda.is_available()
+        """Load and warm the model on a new forward thread: the engine the repository's
+        platform names (TorchScript on CPU or CUDA when present, or onnxruntime on the CPU)."""
+        self.plan: ExecutionPlan = plan_engine(
+            version.config.platform, "auto", "auto", "auto", num_threads, torch.cuda.is_available()
         )
-        artifact, pixel_shape, plan = version.artifact, version.config.inputs[0].dims, self.plan
-        self.worker = ForwardWorker(
-            lambda: TorchScriptEngine.warmed(artifact, plan, max_batch_size, pixel_shape)
+        plan = self.plan
+        self.worker: ForwardWorker[Engine] = ForwardWorker(
+            lambda: build_engine(version, plan, max_batch_size)
         )
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(

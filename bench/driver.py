@@ -19,6 +19,7 @@ from pathlib import Path
 
 from common.cli import DEFAULT_MODEL_NAME, LOCAL_MODEL_REPOSITORY, positive_ints
 
+from . import engines
 from .batch import BatchResult, BatchRun, measure_in_process, measure_url, repeated_source
 from .images import build_image_set, describe, write_image_set
 from .load import Client, LoadRun, client_for, closed_loop
@@ -77,6 +78,8 @@ class BenchSettings:
     served_predictor_args: tuple[str, ...]
     served_transformer_args: tuple[str, ...]
     skip_peer: bool
+    onnx_model_dir: Path | None = None  # ONNX FP32 repository: measured as a second engine
+    int8_model_dir: Path | None = None  # ONNX INT8 repository: a third
 
 
 def parse(argv: list[str] | None = None) -> BenchSettings:
@@ -124,8 +127,24 @@ def parse(argv: list[str] | None = None) -> BenchSettings:
         action="store_true",
         help="Measure only the served pipeline (experiments; peer ratios become n/a).",
     )
+    p.add_argument(
+        "--onnx_model_dir",
+        type=Path,
+        default=None,
+        help="ONNX FP32 repository: its limit and served pipeline beside TorchScript's.",
+    )
+    p.add_argument(
+        "--int8_model_dir",
+        type=Path,
+        default=None,
+        help="ONNX INT8 repository: likewise, with its agreement with FP32.",
+    )
     args = p.parse_args(argv)
     model_dir = args.model_dir if args.model_dir.is_absolute() else Path.cwd() / args.model_dir
+
+    def absolute(path: Path | None) -> Path | None:
+        return None if path is None or path.is_absolute() else Path.cwd() / path
+
     return BenchSettings(
         model_dir=model_dir,
         model_name=args.model_name,
@@ -140,11 +159,17 @@ def parse(argv: list[str] | None = None) -> BenchSettings:
         served_predictor_args=tuple(shlex.split(args.served_predictor_args)),
         served_transformer_args=tuple(shlex.split(args.served_transformer_args)),
         skip_peer=args.skip_peer,
+        onnx_model_dir=absolute(args.onnx_model_dir) or args.onnx_model_dir,
+        int8_model_dir=absolute(args.int8_model_dir) or args.int8_model_dir,
     )
 
 
 def measure_limit(
-    settings: BenchSettings, image_dir: Path, log_dir: Path, kinds: dict[str, str]
+    settings: BenchSettings,
+    image_dir: Path,
+    log_dir: Path,
+    kinds: dict[str, str],
+    log_name: str = "limit.log",
 ) -> tuple[LimitResult, dict[str, int]]:
     """The in-process limit (a child process) and each image's top-1 class."""
     raw = run_json_module(
@@ -159,7 +184,7 @@ def measure_limit(
             "--seconds",
             str(settings.limit_seconds),
         ],
-        log_dir / "limit.log",
+        log_dir / log_name,
     )
     limit = LimitResult(
         points=tuple(LimitPoint(**point) for point in raw["points"]),
@@ -386,6 +411,9 @@ def run(settings: BenchSettings) -> Report:
             STOCK, settings, blobs, names, kinds, expected_top1, log_dir, agreements
         )
 
+    engine_part = measure_engines(
+        settings, image_dir, blobs, names, kinds, log_dir, limit, cells, expected_top1, agreements
+    )
     ratios = compute_ratios(cells, limit, hop)
     return Report(
         environment={
@@ -429,7 +457,73 @@ def run(settings: BenchSettings) -> Report:
                 None,
             ),
         ),
+        engines=engine_part,
     )
+
+
+def measure_engines(
+    settings: BenchSettings,
+    image_dir: Path,
+    blobs: list[bytes],
+    names: list[str],
+    kinds: list[str],
+    log_dir: Path,
+    limit: LimitResult,
+    cells: list[CellResult],
+    expected_top1: dict[str, int],
+    agreements: dict[str, str],
+) -> dict[str, object] | None:
+    """The ONNX repositories' limits and served pipelines beside TorchScript's (the main run's),
+    the ratios between them and INT8's fidelity; None when no ONNX repository was given."""
+    others = [
+        (name, directory)
+        for name, directory in (
+            (engines.ONNX_FP32, settings.onnx_model_dir),
+            (engines.ONNX_INT8, settings.int8_model_dir),
+        )
+        if directory is not None
+    ]
+    if not others:
+        return None
+    runs = [
+        engines.EngineRun(engines.TORCHSCRIPT, limit, [c for c in cells if c.pipeline == SERVED])
+    ]
+    kind_of = dict(zip(names, kinds, strict=True))
+    for name, directory in others:
+        engine_settings = dataclasses.replace(settings, model_dir=directory)
+        slug = name.lower().replace(" ", "-")
+        print(f"[bench] measuring the {name} limit", file=sys.stderr, flush=True)
+        engine_limit, top1 = measure_limit(
+            engine_settings, image_dir, log_dir, kind_of, f"limit-{slug}.log"
+        )
+        spec = dataclasses.replace(OURS, name=f"{SERVED} ({name})")
+        engine_cells = measure_pipeline(
+            spec, engine_settings, blobs, names, kinds, top1, log_dir, agreements
+        )
+        agreements[f"{name} limit vs TorchScript limit"] = (
+            f"{sum(top1.get(n) == expected_top1.get(n) for n in names)}/{len(names)}"
+        )
+        runs.append(engines.EngineRun(name, engine_limit, engine_cells))
+    fidelity = None
+    if settings.onnx_model_dir is not None and settings.int8_model_dir is not None:
+        fidelity = run_json_module(
+            "bench.fidelity",
+            [
+                "--fp32",
+                str(settings.onnx_model_dir),
+                "--int8",
+                str(settings.int8_model_dir),
+                "--model_name",
+                settings.model_name,
+            ],
+            log_dir / "fidelity.log",
+        )
+    ratios = engines.engine_ratios(runs)
+    targets = engines.engine_targets(ratios, fidelity)
+    return {
+        "json": engines.to_json(runs, ratios, targets, fidelity),
+        "table": engines.format_engines(runs, ratios, targets, fidelity),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,10 +3,11 @@
     python -m bench.limit --model_dir REPO --images DIR [--batch_sizes 1,2,4,8,16] [--seconds 2]
 
 Per batch: decode + preprocess each image (`transformer.imaging.preprocess`, the transformer's
-own function), stack, forward (`predictor.torchscript.TorchScriptEngine`, the predictor's own
-engine on the same TorchScript artifact). One thread of control, torch with the predictor's
-thread count and process settings. Runs in its own process because transformer.imaging imports
-kserve, which cannot share a process with the driver's tritonclient.grpc.
+own function), stack, forward (`predictor.engines.build_engine`, the predictor's own engine
+for the repository's platform: TorchScript or onnxruntime). One thread of control, the
+predictor's thread count and process settings. Runs in its own process because
+transformer.imaging imports kserve, which cannot share a process with the driver's
+tritonclient.grpc.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np  # noqa: E402
 from common.cli import DEFAULT_MODEL_NAME, positive_ints  # noqa: E402
 from common.cpus import available_cpus  # noqa: E402
 from common.modelrepo import resolve  # noqa: E402
-from predictor.torchscript import TorchScriptEngine, plan_execution  # noqa: E402
+from predictor.engines import build_engine, plan_engine  # noqa: E402
 from transformer.imaging import DecodeLimits, preprocess  # noqa: E402
 
 DEFAULT_BATCH_SIZES = "1,2,4,8,16"
@@ -54,10 +55,8 @@ def measure(argv: list[str] | None = None) -> dict[str, object]:
     if not paths:
         raise SystemExit(f"bench.limit: no .jpg images in {args.images}")
     blobs = [path.read_bytes() for path in paths]
-    plan = plan_execution("cpu", "auto", "auto", threads, False)
-    runner = TorchScriptEngine.warmed(
-        version.artifact, plan, max(args.batch_sizes), version.config.inputs[0].dims
-    )
+    plan = plan_engine(version.config.platform, "cpu", "auto", "auto", threads, False)
+    runner = build_engine(version, plan, max(args.batch_sizes))
 
     # Warm the decoder and record each image's top-1 class, for agreement checks.
     top1 = {}
@@ -101,6 +100,7 @@ def measure(argv: list[str] | None = None) -> dict[str, object]:
                 "seconds": seconds,
                 "images_per_s": images / seconds,
                 "batch_p50_ms": statistics.median(totals) * 1000,
+                "forward_p50_ms": statistics.median(forwards) * 1000,
             }
         )
         if size == 1:

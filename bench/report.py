@@ -52,6 +52,8 @@ class Report:
     top1_agreement: dict[str, str] = field(default_factory=dict)
     runtime_s: float | None = None
     batch: BatchResult | None = None  # python -m batch's two ratios (bench/batch.py)
+    # TorchScript, ONNX FP32 and INT8 side by side ({"json": ..., "table": ...}; bench.engines).
+    engines: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN becomes null)."""
@@ -71,6 +73,7 @@ class Report:
             "top1_agreement": self.top1_agreement,
             "runtime_s": self.runtime_s,
             "batch": self.batch.to_json() if self.batch else None,
+            "engines": None if self.engines is None else self.engines["json"],
         }
         return _without_nan(data)
 
@@ -203,6 +206,8 @@ class Report:
             lines.append(
                 f"  {'PASS' if target.passed else 'FAIL'}  {target.name}: {_target_value(target)}"
             )
+        if self.engines is not None:
+            lines.append(self.engines["table"])
         if self.runtime_s is not None:
             lines.append("")
             lines.append(f"Runtime: {self.runtime_s:.0f} s")

@@ -88,6 +88,7 @@ class LimitPoint:
     seconds: float
     images_per_s: float
     batch_p50_ms: float
+    forward_p50_ms: float | None = None  # the forward pass alone, median per batch
 
 
 @dataclass(frozen=True)

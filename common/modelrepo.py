@@ -3,7 +3,8 @@
     <repository>/<model>/config.pbtxt        tensor names, dtypes and dims (declared once)
     <repository>/<model>/labels.txt          one class name per line (Triton's label_filename)
     <repository>/<model>/preprocess.json     resize, crop, mean and std for the transformer
-    <repository>/<model>/<version>/model.pt  TorchScript, loadable by Triton's PyTorch backend
+    <repository>/<model>/<version>/model.pt  TorchScript (platform pytorch_libtorch), or
+    <repository>/<model>/<version>/model.onnx  ONNX (platform onnxruntime_onnx), as Triton has them
 
 Everything else (the predictor's input checks, the transformer's output names, metadata) is
 derived from what this module reads.
@@ -21,6 +22,10 @@ from . import pbtxt
 CONFIG_FILE = "config.pbtxt"
 PREPROCESS_FILE = "preprocess.json"
 MODEL_FILE = "model.pt"
+TORCHSCRIPT_PLATFORM = "pytorch_libtorch"
+ONNX_PLATFORM = "onnxruntime_onnx"
+# Triton's default model file name per platform (its `default_model_filename`).
+PLATFORM_FILES = {TORCHSCRIPT_PLATFORM: MODEL_FILE, ONNX_PLATFORM: "model.onnx"}
 
 # Triton's TYPE_* names to the V2 protocol's datatype names.
 TRITON_TO_V2 = {
@@ -212,8 +217,8 @@ class ModelVersion:
 
     @property
     def artifact(self) -> Path:
-        """The TorchScript file of the chosen version."""
-        return self.model_dir / self.version / MODEL_FILE
+        """The model file of the chosen version (model.pt or model.onnx, by platform)."""
+        return self.model_dir / self.version / PLATFORM_FILES[self.config.platform]
 
     def labels(self) -> list[str]:
         """Class names in class-id order; raises ModelRepositoryError when the file is absent."""
@@ -263,6 +268,11 @@ def resolve(repository: Path | str, model_name: str, version: str | None = None)
         version = versions[-1]
     elif version not in versions:
         raise ModelRepositoryError(f"{model_dir} has versions {versions}, not {version!r}")
+    if config.platform not in PLATFORM_FILES:
+        raise ModelRepositoryError(
+            f"{model_dir / CONFIG_FILE}: platform {config.platform!r}, expected one of "
+            f"{sorted(PLATFORM_FILES)}"
+        )
     resolved = ModelVersion(model_dir, version, config)
     if not resolved.artifact.is_file():
         raise ModelRepositoryError(f"missing model file {resolved.artifact}")

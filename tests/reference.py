@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -65,3 +68,36 @@ def assert_matches(
     for class_id in expected:
         if reference[class_id] > scores[-1] + tol:
             assert class_id in class_ids, (class_id, reference[class_id], class_ids)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What one engine's served answers must match: logits for pixels, and a score tolerance."""
+
+    logits: Callable[[np.ndarray], np.ndarray]
+    tol: float = 0.01
+
+    def probabilities(self, data: bytes) -> np.ndarray:
+        """Softmax probabilities [1000] for one image file, decoded the reference way."""
+        scores = self.logits(decode(data)[None])[0].astype(np.float64)
+        exp = np.exp(scores - scores.max())
+        return exp / exp.sum()
+
+
+def onnxruntime_logits(artifact: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """Logits from the file run by a plain onnxruntime session (default options)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda pixels: session.run(None, {name: pixels})[0]
+
+
+def for_engine(engine: str, artifact: Path) -> Expected:
+    """FP32 engines (TorchScript, ONNX FP32) must match the eager PyTorch model. An INT8 model
+    cannot: it must match its own file run directly (its distance from FP32 is what the INT8
+    export measures and gates), within a wider score tolerance for the decode differences
+    that quantisation amplifies."""
+    if engine == "int8":
+        return Expected(onnxruntime_logits(artifact), tol=0.03)
+    return Expected(logits)

@@ -36,6 +36,8 @@ KUBECTL = shutil.which("kubectl")
 GPU = "nvidia.com/gpu"
 BASE_URI = "gs://YOUR-BUCKET/models/image-classifier/v1"
 CANARY_URI = "gs://YOUR-BUCKET/models/image-classifier/v2"
+# The ONNX repository (python -m predictor.export_onnx) the CPU overlay serves by default.
+ONNX_URI = "gs://YOUR-BUCKET/models/image-classifier/v1-onnx"
 CANARY_PERCENT = 10
 IMAGE_PATTERNS = {
     "predictor": re.compile(r"ghcr\.io/example/image-classifier-predictor:\d+\.\d+\.\d+"),
@@ -54,11 +56,12 @@ class Expect:
     gpu: bool
     canary: bool = False
     triton: bool = False
+    storage: str = BASE_URI  # the repository both components read
 
 
 OVERLAYS: dict[str, Expect] = {
     "gpu": Expect(mode=None, gpu=True),
-    "cpu": Expect(mode=None, gpu=False),
+    "cpu": Expect(mode=None, gpu=False, storage=ONNX_URI),
     "knative": Expect(mode="Knative", gpu=True),
     "knative-scale-to-zero": Expect(mode="Knative", gpu=True),
     "standard": Expect(mode="Standard", gpu=True),
@@ -383,7 +386,7 @@ def test_transformer_reads_the_stable_predictors_model_repository(overlay: str) 
     expect, isvc = OVERLAYS[overlay], isvc_of(overlay)
     transformer_uri = env_value(isvc["spec"]["transformer"]["containers"][0], "STORAGE_URI")
     predictor_uri = storage_uri(isvc["spec"]["predictor"])
-    assert transformer_uri == BASE_URI
+    assert transformer_uri == expect.storage
     if expect.canary and expect.mode == "Knative":
         # The predictor spec names the new revision's model; the stable revision (and the
         # transformer, which a canary must not change) keep v1.
