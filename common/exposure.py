@@ -95,6 +95,9 @@ REST_ROUTES: dict[tuple[str, str], Entry] = {
     ("GET", _MODEL): Entry(KEYED, "V2 model metadata: tensor names, datatypes, shapes"),
     ("GET", _VERSION): Entry(KEYED, "V2 model metadata, versioned path"),
     ("GET", _MODEL + "/ready"): Entry(OPEN, "V2 model readiness (a health check)"),
+    ("GET", _MODEL + "/drift"): Entry(
+        KEYED, "drift scores of the transformer's window (aggregates, as on /metrics)"
+    ),
     ("GET", _VERSION + "/ready"): Entry(OPEN, "V2 model readiness, versioned path"),
     ("POST", _MODEL + "/infer"): Entry(
         KEYED, "V2 inference (common.server's zero-copy route, then kserve's behind it)"

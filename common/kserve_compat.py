@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import kserve
 import kserve.model_server
+import kserve.protocol.grpc.server as kserve_grpc_server
 from fastapi import FastAPI
 from grpc_interceptor.exceptions import Unauthenticated, Unimplemented
 from kserve.errors import InferenceError
@@ -143,6 +144,29 @@ def use_lean_grpc(enable_latency_logging: bool) -> None:
     grpc_server.InferenceServicer = LeanInferenceServicer
     if not enable_latency_logging:
         grpc_server.LoggingInterceptor = QuietLoggingInterceptor
+
+
+# --- the gRPC server ---------------------------------------------------------------------
+
+
+def add_grpc_interceptor(interceptor: grpc.aio.ServerInterceptor) -> None:
+    """Make kserve's gRPC server run `interceptor` first, ahead of kserve's own two.
+
+    kserve 0.21's GRPCServer.start builds its server with `aio.server(interceptors=(Logging,
+    ExceptionToStatus))` from its module's `aio` name and takes no interceptors of its own;
+    this replaces that name with grpc.aio whose `server` prepends ours. Call before
+    ModelServer.start().
+    """
+
+    class _AioWithInterceptor:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(grpc.aio, name)
+
+        @staticmethod
+        def server(*args: Any, interceptors: Any = (), **kwargs: Any) -> grpc.aio.Server:
+            return grpc.aio.server(*args, interceptors=(interceptor, *interceptors), **kwargs)
+
+    kserve_grpc_server.aio = _AioWithInterceptor()
 
 
 # --- the data plane ----------------------------------------------------------------------

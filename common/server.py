@@ -20,9 +20,11 @@ from kserve.predictor_config import PredictorConfig
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferResponse
 
-from . import codecs, kserve_compat
+from . import codecs, kserve_compat, tracing
 from .cli import DEFAULT_MODEL_NAME, positive_int
 from .exposure import ExposurePolicy, install_grpc_policy, install_policy
+from .logs import LOG_FORMATS
+from .metrics import server_metrics
 
 if TYPE_CHECKING:
     from .lifecycle import Lifecycle
@@ -50,6 +52,12 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         type=positive_int,
         default=DEFAULT_MAX_REQUEST_BYTES,
         help="Largest request body (HTTP, answered with 413) and gRPC message accepted.",
+    )
+    parser.add_argument(
+        "--log_format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="Log lines as text or one JSON object per line; both carry the request id.",
     )
     return parser
 
@@ -136,11 +144,13 @@ def run_server(
     predictor_config: PredictorConfig | None = None,
     policy: ExposurePolicy | None = None,
     life: Lifecycle | None = None,
+    *,
+    component: str,
 ) -> None:
-    """Start kserve's ModelServer for one ready model with our limits, REST route and
-    exposure policy (common.exposure: which routes and RPCs are served, and keys); serve until
-    a signal (with `life`: the drain and request bounds of common.lifecycle), then release the
-    model.
+    """Start kserve's ModelServer for one ready model with our limits, REST route, exposure
+    policy (common.exposure: which routes and RPCs are served, and keys), request ids and
+    request metrics (`component` prefixes the metric names); serve until a signal (with
+    `life`: the drain and request bounds of common.lifecycle), then release the model.
 
     Every setting reaches kserve as an explicit value: the constructor's arguments here, the
     rest through `kserve_compat.apply_global_flags`.
@@ -160,6 +170,11 @@ def run_server(
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes)
     policy = policy or ExposurePolicy()
     install_policy(app, policy)  # added last, so it runs before the body limit
+    # Outermost (added last), so the 413s and refusals above are counted and carry the
+    # request id too.
+    metrics = server_metrics(component)
+    app.add_middleware(tracing.RequestMiddleware, metrics=metrics)
+    kserve_compat.add_grpc_interceptor(tracing.GrpcRequestInterceptor(metrics))
     server = kserve.ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,

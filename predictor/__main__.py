@@ -8,6 +8,7 @@ from .tuning import keep_freed_memory, prepare_environment
 
 prepare_environment()  # before torch is imported anywhere below
 
+from common import logs  # noqa: E402
 from common.exposure import ExposurePolicy  # noqa: E402
 from common.lifecycle import Lifecycle  # noqa: E402
 from common.server import run_server  # noqa: E402
@@ -19,6 +20,7 @@ from .model import ImageClassifierPredictor  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, load and warm the model, then serve until SIGINT/SIGTERM."""
     settings = settings_module.parse(argv)
+    logs.configure(settings.server_args.log_format)
     keep_freed_memory()
     model = ImageClassifierPredictor(settings)
     model.load()
@@ -29,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.max_request_bytes,
         policy=policy,
         life=Lifecycle(settings.lifecycle),
+        component="predictor",
     )
     return 0
 

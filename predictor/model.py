@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -13,9 +14,10 @@ from kserve import Model
 from kserve.errors import InvalidInput, ModelNotReady
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
-from common import admission, codecs
+from common import admission, codecs, tracing
 from common.modelrepo import ModelRepositoryError, ModelVersion, TensorSpec, resolve
 
+from . import metrics
 from .batcher import AdaptiveBatcher, BatcherClosed, DeadlineExpired, QueueFull
 from .engines import build_engine, describe, plan_engine
 from .settings import PredictorSettings
@@ -78,6 +80,21 @@ def v1_pixels(payload: Any) -> np.ndarray:
     )
 
 
+def timed_forward(
+    run: Callable[[np.ndarray], Awaitable[np.ndarray]],
+) -> Callable[[np.ndarray], Awaitable[np.ndarray]]:
+    """`run`, observing each pass's duration in predictor_forward_seconds."""
+
+    async def forward(inputs: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        try:
+            return await run(inputs)
+        finally:
+            metrics.FORWARD_SECONDS.observe(time.perf_counter() - started)
+
+    return forward
+
+
 class ImageClassifierPredictor(Model):
     """Serves one model version from a model repository over V1, V2 REST and V2 gRPC."""
 
@@ -122,7 +139,11 @@ class ImageClassifierPredictor(Model):
         self.worker = ForwardWorker(lambda: build_engine(version, plan, max_batch))
         # Always room for one full request (it may be split into several passes).
         queue_size = max(s.max_queue_size, max_batch, self.max_request_images)
-        self.batcher = AdaptiveBatcher(self.worker.run, max_batch, delay_ms / 1000, queue_size)
+        self.batcher = AdaptiveBatcher(
+            timed_forward(self.worker.run), max_batch, delay_ms / 1000, queue_size
+        )
+        batcher = self.batcher
+        metrics.QUEUE_DEPTH.set_function(lambda: batcher.queued_images)
         logger.info(
             "loaded %s version %s: %s, max batch %d, delay %.1f ms, queue %d images",
             s.model_name,
@@ -170,7 +191,7 @@ class ImageClassifierPredictor(Model):
         if not isinstance(payload, InferRequest):
             return {"predictions": logits}
         return InferResponse(
-            response_id=payload.id or str(uuid.uuid4()),
+            response_id=tracing.adopt_v2_id(payload.id),
             model_name=self.name,
             infer_outputs=[codecs.numpy_output(self.output_spec.name, logits)],
             use_binary_outputs=True,

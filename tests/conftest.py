@@ -153,3 +153,59 @@ def start_transformer(predictor: Server, model_repository: Path, log: Path, *ext
         log,
         without_torch=True,  # so every transformer test also proves it needs no torch
     )
+
+
+# Drift: a reference written by `python -m predictor.drift_reference` from real photos, and a
+# transformer whose window is exactly one test phase (tests/test_drift.py).
+DRIFT_WINDOW = 80
+DRIFT_REFERENCE_IMAGES = 120
+
+
+@pytest.fixture(scope="session")
+def drift_repository(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model repository plus a drift_reference.json from 120 variants of real
+    photos (bench/drift_images.py), written by the reference command."""
+    import subprocess
+    import sys
+
+    from bench.drift_images import image_set, load_photos
+
+    root = tmp_path_factory.mktemp("drift_repository")
+    target = root / MODEL_NAME
+    target.mkdir()
+    for entry in (model_repository / MODEL_NAME).iterdir():
+        (target / entry.name).symlink_to(entry.resolve())
+    images = tmp_path_factory.mktemp("reference_images")
+    for index, data in enumerate(image_set(load_photos(), DRIFT_REFERENCE_IMAGES, seed=1)):
+        (images / f"{index:04d}.jpg").write_bytes(data)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "predictor.drift_reference",
+            "--repository",
+            str(root),
+            "--model_name",
+            MODEL_NAME,
+            "--images",
+            str(images),
+        ],
+        cwd=ROOT,
+        check=True,
+        timeout=300,
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def drift_transformer(
+    predictor: Server, drift_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A transformer with that drift reference, a window of DRIFT_WINDOW images."""
+    log = tmp_path_factory.mktemp("logs") / "transformer-drift.log"
+    window = str(DRIFT_WINDOW)
+    server = start_transformer(
+        predictor, drift_repository, log, "--drift_window", window, "--drift_min_count", window
+    )
+    yield server
+    server.stop()

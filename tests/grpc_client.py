@@ -43,9 +43,14 @@ def infer_images(client: grpcclient.InferenceServerClient, call: dict[str, Any])
     tensor.set_data_from_numpy(np.array(blobs, dtype=np.object_))
     parameters = {"top_k": call["top_k"]} if "top_k" in call else None
     result = client.infer(
-        call["model"], [tensor], parameters=parameters, headers=call.get("headers")
+        call["model"],
+        [tensor],
+        parameters=parameters,
+        request_id=call.get("request_id", ""),
+        headers=call.get("headers"),
     )
     return {
+        "id": result.get_response().id,
         "class_id": result.as_numpy("class_id").tolist(),
         "label": [[v.decode() for v in row] for row in result.as_numpy("label")],
         "score": result.as_numpy("score").tolist(),

@@ -388,3 +388,35 @@ def test_model_server_exposes_the_servers_lifecycle_relies_on() -> None:
     # kserve's own stop() leaves the single-worker REST server running.
     assert "_rest_server.stop" not in inspect.getsource(kserve.ModelServer.stop)
     assert not kserve_compat.rest_server_started(server)
+
+
+# --- the gRPC server ---------------------------------------------------------------------
+
+
+def test_grpc_server_takes_its_interceptors_from_the_module_aio_name() -> None:
+    """kserve 0.21's GRPCServer.start calls its module's `aio.server(..., interceptors=...)`;
+    add_grpc_interceptor replaces that name (tests/test_observability.py checks the result:
+    gRPC requests counted and their ids logged)."""
+    import kserve.protocol.grpc.server as kserve_grpc_server
+
+    source = inspect.getsource(kserve_grpc_server.GRPCServer.start)
+    assert "aio.server(" in source and "interceptors=" in source
+    original = kserve_grpc_server.aio
+    marker = object()
+    try:
+        kserve_compat.add_grpc_interceptor(marker)
+        seen: dict[str, object] = {}
+
+        def fake_server(*args: object, interceptors: tuple = (), **kwargs: object) -> str:
+            seen["interceptors"] = interceptors
+            return "server"
+
+        real = kserve_compat.grpc.aio.server
+        kserve_compat.grpc.aio.server = fake_server
+        try:
+            assert kserve_grpc_server.aio.server(interceptors=("kserve",)) == "server"
+        finally:
+            kserve_compat.grpc.aio.server = real
+        assert seen["interceptors"] == (marker, "kserve")
+    finally:
+        kserve_grpc_server.aio = original

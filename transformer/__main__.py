@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from common import kserve_compat
+from common import kserve_compat, logs
 from common.exposure import ExposurePolicy
 from common.lifecycle import Lifecycle
 from common.server import run_server
@@ -18,6 +18,7 @@ from .model import ImageClassifierTransformer
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, read the model repository, then serve until SIGINT/SIGTERM."""
     settings = settings_module.parse(argv)
+    logs.configure(settings.server_args.log_format)
     try:
         keys = ApiKeys(settings.api_key_file) if settings.api_key_file else None
     except ApiKeyFileError as exc:
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         demo.install(kserve_compat.rest_app(), page)
     # The model repository API is never served here: the transformer is the public entry point.
     policy = ExposurePolicy(control_plane=False, api_keys=keys)
+    kserve_compat.rest_app().add_api_route(
+        "/v2/models/{model_name}/drift", model.drift_report, methods=["GET"]
+    )
     run_server(
         model,
         settings.server_args,
@@ -42,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             checks=(model.predictor.ready,),
             max_inflight_requests=settings.max_inflight_requests,
         ),
+        component="transformer",
     )
     return 0
 

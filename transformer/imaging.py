@@ -21,6 +21,7 @@ from common.modelrepo import Preprocessing
 # (Phones' multi-picture JPEGs open through the JPEG parser and report format "MPO".)
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _ORIENTATION_TAG = 0x0112
+_QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _WHITE = (255, 255, 255, 255)
 DRAFT_OVERSAMPLING = 2
@@ -33,6 +34,16 @@ class DecodeLimits:
     max_pixels: int
 
 
+@dataclass(frozen=True)
+class DecodedImage:
+    """Model-ready pixels and what the source image was (for metrics and drift signals)."""
+
+    pixels: np.ndarray  # UINT8 [crop, crop, 3]
+    format: str  # Pillow's format name: JPEG, PNG, ...
+    width: int  # of the upright source image, before any resizing
+    height: int
+
+
 def load_image(data: bytes, limits: DecodeLimits, shorter_side: int) -> Image.Image:
     """Decode image bytes to an upright RGB image, large JPEGs at a reduced DCT scale that
     keeps the shorter side >= 2 x `shorter_side`.
@@ -40,6 +51,13 @@ def load_image(data: bytes, limits: DecodeLimits, shorter_side: int) -> Image.Im
     Raises InvalidInput for empty bytes, non-images, formats outside ACCEPTED_FORMATS,
     decompression bombs (more than `limits.max_pixels` declared) and truncated or corrupt data.
     """
+    return _load(data, limits, shorter_side)[0]
+
+
+def _load(
+    data: bytes, limits: DecodeLimits, shorter_side: int
+) -> tuple[Image.Image, str, int, int]:
+    """load_image, also returning the format and the upright source width and height."""
     if not data:
         raise InvalidInput("empty image (0 bytes)")
     try:
@@ -54,6 +72,7 @@ def load_image(data: bytes, limits: DecodeLimits, shorter_side: int) -> Image.Im
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidInput(f"corrupt image header: {exc}") from exc
     width, height = image.size
+    source_format = str(image.format)
     if width <= 0 or height <= 0 or width * height > limits.max_pixels:
         raise InvalidInput(
             f"image declares {width}x{height} = {width * height} pixels; the limit is "
@@ -68,9 +87,12 @@ def load_image(data: bytes, limits: DecodeLimits, shorter_side: int) -> Image.Im
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidInput(f"truncated or corrupt {image.format} image: {exc}") from exc
-    if image.getexif().get(_ORIENTATION_TAG, 1) != 1:
+    orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+    if orientation != 1:
         image = ImageOps.exif_transpose(image)
-    return to_rgb(image)
+        if orientation in _QUARTER_TURNS:
+            width, height = height, width
+    return to_rgb(image), source_format, width, height
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -115,4 +137,11 @@ def resize_and_crop(image: Image.Image, params: Preprocessing) -> np.ndarray:
 
 def preprocess(data: bytes, params: Preprocessing, limits: DecodeLimits) -> np.ndarray:
     """Image file bytes to UINT8 [crop, crop, 3] RGB pixels; raises InvalidInput."""
-    return resize_and_crop(load_image(data, limits, params.resize), params)
+    return decode(data, params, limits).pixels
+
+
+def decode(data: bytes, params: Preprocessing, limits: DecodeLimits) -> DecodedImage:
+    """Image file bytes to pixels as `preprocess`, with the source's format and size; raises
+    InvalidInput."""
+    image, source_format, width, height = _load(data, limits, params.resize)
+    return DecodedImage(resize_and_crop(image, params), source_format, width, height)

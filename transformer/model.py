@@ -12,23 +12,26 @@ import asyncio
 import base64
 import binascii
 import logging
-import uuid
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from kserve import Model
-from kserve.errors import InferenceError, InvalidInput
+from kserve.errors import InferenceError, InvalidInput, ModelNotFound
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
-from common import codecs
+from common import codecs, tracing
 from common.modelrepo import CONFIG_FILE, ModelConfig, ModelRepositoryError, resolve
 
+from . import metrics
 from .auth import without_credentials
 from .coalesce import Coalescer
-from .imaging import DecodeLimits, preprocess
+from .drift import COLLECTOR, PROFILE_FILENAME, DriftMonitor, ReferenceProfile, input_statistics
+from .imaging import DecodeLimits, decode
 from .postprocess import top_k, v1_predictions
 from .settings import TransformerSettings
 from .upstream import PredictorLink
@@ -48,6 +51,8 @@ class PreparedBatch:
     protocol: str  # "v1" or "v2"
     top_k: int
     response_id: str
+    request_id: str  # sent to the predictor as x-request-id and as the V2 id
+    statistics: np.ndarray  # per image, the drift module's INPUT_SIGNALS
 
 
 @dataclass(frozen=True)
@@ -87,8 +92,37 @@ class ImageClassifierTransformer(Model):
             within_batch_limit("--coalesce_max_images", self.settings.coalesce_max_images, config),
             self.settings.coalesce_delay_ms / 1000,
         )
+        self.drift = self._drift_monitor(version.model_dir / PROFILE_FILENAME)
+        COLLECTOR.monitor = self.drift
         self.ready = True
         return self.ready
+
+    def _drift_monitor(self, path: Path) -> DriftMonitor:
+        s = self.settings
+        profile = ReferenceProfile.load(path) if path.is_file() else None
+        monitor = DriftMonitor(profile, s.drift_window, s.drift_min_count, s.drift_learn_first)
+        if profile is not None:
+            logger.info("drift reference: %s (%s, %d images)", path, profile.source, profile.count)
+        elif monitor.enabled:
+            logger.info(
+                "drift reference: none at %s; learning it from the first %d images served",
+                path,
+                s.drift_learn_first,
+            )
+        else:
+            logger.info(
+                "drift signals off: no %s (write one with python -m predictor.drift_reference, "
+                "or pass --drift_reference_images N)",
+                path,
+            )
+        return monitor
+
+    def drift_report(self, model_name: str) -> dict[str, Any]:
+        """GET /v2/models/<name>/drift: the window's scores, thresholds and counts; raises
+        ModelNotFound for another name."""
+        if model_name != self.name:
+            raise ModelNotFound(model_name)
+        return {"model_name": self.name, "enabled": self.drift.enabled, **self.drift.report()}
 
     def stop(self) -> None:
         """Release the decode threads."""
@@ -111,12 +145,21 @@ class ImageClassifierTransformer(Model):
         self, payload: dict[str, Any] | InferRequest, headers: dict[str, str] | None = None
     ) -> PreparedBatch:
         """Decode every image of a V1 or V2 request (in the decode pool); raises InvalidInput."""
+        started = time.perf_counter()
+        try:
+            return await self._preprocess(payload)
+        finally:
+            metrics.STAGE_SECONDS.labels("preprocess").observe(time.perf_counter() - started)
+
+    async def _preprocess(self, payload: dict[str, Any] | InferRequest) -> PreparedBatch:
         if isinstance(payload, InferRequest):
             images, parameters = self._v2_images(payload), payload.parameters
-            protocol, response_id = "v2", payload.id or str(uuid.uuid4())
+            request_id = tracing.adopt_v2_id(payload.id)
+            protocol, response_id = "v2", payload.id or request_id
         elif isinstance(payload, dict):
             images, parameters = self._v1_images(payload), payload.get("parameters")
-            protocol, response_id = "v1", str(uuid.uuid4())
+            request_id = tracing.adopt_v2_id(None)
+            protocol, response_id = "v1", request_id
         else:
             raise InvalidInput(
                 f"expected a JSON object, got {type(payload).__name__}: send "
@@ -127,8 +170,8 @@ class ImageClassifierTransformer(Model):
             raise InvalidInput(
                 f"{len(images)} images in one request, expected 1 to {self.max_images}"
             )
-        pixels = await self._decode_all(images)
-        return PreparedBatch(pixels, protocol, k, response_id)
+        pixels, statistics = await self._decode_all(images)
+        return PreparedBatch(pixels, protocol, k, response_id, request_id, statistics)
 
     async def predict(
         self,
@@ -138,9 +181,13 @@ class ImageClassifierTransformer(Model):
     ) -> ForwardedBatch:
         """Forward the pixels to the predictor (through the coalescer); its errors become 400,
         503, 504 or 500 here."""
-        # kserve forwards an incoming Authorization header; the client's key stays here.
-        tag = (payload.response_id, without_credentials(headers))
-        logits = await self.coalescer.submit(payload.pixels, tag)
+        started = time.perf_counter()
+        try:
+            # kserve forwards an incoming Authorization header; the client's key stays here.
+            tag = (payload.request_id, without_credentials(headers))
+            logits = await self.coalescer.submit(payload.pixels, tag)
+        finally:
+            metrics.STAGE_SECONDS.labels("predictor").observe(time.perf_counter() - started)
         return ForwardedBatch(logits, payload)
 
     async def postprocess(
@@ -150,8 +197,18 @@ class ImageClassifierTransformer(Model):
         response_headers: dict[str, str] | None = None,
     ) -> dict[str, Any] | InferResponse:
         """Top-k classes per image, shaped for the protocol the client used."""
+        started = time.perf_counter()
+        try:
+            return self._postprocess(result)
+        finally:
+            metrics.STAGE_SECONDS.labels("postprocess").observe(time.perf_counter() - started)
+
+    def _postprocess(self, result: ForwardedBatch) -> dict[str, Any] | InferResponse:
         batch = result.batch
         class_ids, scores = top_k(result.logits, batch.top_k)
+        if self.drift.enabled:
+            top1 = scores[:, :1].astype(np.float64)
+            self.drift.record(np.hstack([batch.statistics, top1]), class_ids[:, 0])
         if batch.protocol == "v1":
             return {"predictions": v1_predictions(class_ids, scores, self.labels)}
         return InferResponse(
@@ -206,28 +263,46 @@ class ImageClassifierTransformer(Model):
             raise InvalidInput(f"parameter top_k is {value!r}, expected an integer 1 to {limit}")
         return value
 
-    async def _decode_all(self, images: list[bytes | str]) -> np.ndarray:
+    async def _decode_all(self, images: list[bytes | str]) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels [N, crop, crop, 3] and the drift input statistics [N, 6] of every image."""
         loop = asyncio.get_running_loop()
+        metrics.DECODE_QUEUE_DEPTH.inc(len(images))
         jobs = [
             loop.run_in_executor(self._pool, self._decode_one, index, image, len(images))
             for index, image in enumerate(images)
         ]
-        return np.stack(await asyncio.gather(*jobs))
+        decoded = await asyncio.gather(*jobs)
+        return np.stack([p for p, _ in decoded]), np.array([s for _, s in decoded])
 
-    def _decode_one(self, index: int, image: bytes | str, count: int) -> np.ndarray:
+    def _decode_one(
+        self, index: int, image: bytes | str, count: int
+    ) -> tuple[np.ndarray, tuple[float, ...]]:
         where = f"image {index}" if count == 1 else f"image {index} of {count}"
         try:
             data = _b64decode(image) if isinstance(image, str) else image
-            return preprocess(data, self.params, self.limits)
+            metrics.IMAGE_BYTES.observe(len(data))
+            result = decode(data, self.params, self.limits)
         except InvalidInput as exc:
             raise InvalidInput(f"{where}: {exc.reason}") from exc
+        finally:
+            metrics.DECODE_QUEUE_DEPTH.dec()
+        metrics.IMAGE_PIXELS.observe(result.width * result.height)
+        metrics.IMAGES_DECODED.labels(result.format).inc()
+        statistics = (
+            input_statistics(result.pixels, result.width, result.height, len(data))
+            if self.drift.enabled
+            else ()
+        )
+        return result.pixels, statistics
 
     async def _forward(
         self, pixels: np.ndarray, tags: Sequence[tuple[str, dict[str, str] | None]]
     ) -> np.ndarray:
         """One predictor call (the coalescer's `send`): pixels in, checked logits out. A call
-        for one request carries its id and forwardable headers; a shared call its own id."""
-        request_id, headers = tags[0] if len(tags) == 1 else (str(uuid.uuid4()), None)
+        for one request carries its id and forwardable headers; a call shared by several carries
+        their ids joined by commas (so the predictor's log lines name every request in it)."""
+        request_id, headers = tags[0] if len(tags) == 1 else (tracing.join_ids(tags), None)
+        headers = {**(headers or {}), tracing.REQUEST_ID_HEADER: request_id}
         request = InferRequest(
             model_name=self.name,
             infer_inputs=[codecs.numpy_input(self.pixel_input.name, pixels)],

@@ -13,6 +13,8 @@ from common.cli import DEFAULT_MODEL_DIR, non_negative_float, positive_int
 from common.cpus import available_cpus
 from common.server import base_parser
 
+from .drift import MIN_REFERENCE_IMAGES
+
 FORWARD_PROTOCOL = "grpc-v2"
 # Requests a replica holds at once. Measured here (2 CPUs, shared with other work): the served
 # pipeline completes ~55 single-image requests/s, so 64 in flight is ~1.2 s of work queued;
@@ -39,6 +41,9 @@ class TransformerSettings:
     api_key_file: Path | None  # None: no client authentication here (e.g. at the gateway)
     max_inflight_requests: int
     lifecycle: lifecycle.LifecycleSettings
+    drift_window: int
+    drift_min_count: int
+    drift_learn_first: int  # 0: only a drift_reference.json enables drift signals
     server_args: argparse.Namespace
 
 
@@ -108,6 +113,25 @@ def parser() -> argparse.ArgumentParser:
         help="Most inference requests in flight (decoding or waiting on the predictor); "
         "past it requests are refused at once with 503 / UNAVAILABLE.",
     )
+    p.add_argument(
+        "--drift_window",
+        type=positive_int,
+        default=1000,
+        help="Images in the sliding window the drift scores are computed over.",
+    )
+    p.add_argument(
+        "--drift_min_count",
+        type=positive_int,
+        default=200,
+        help="Images the window must hold before drift scores are reported.",
+    )
+    p.add_argument(
+        "--drift_reference_images",
+        type=int,
+        default=0,
+        help="Without a drift_reference.json in the model repository, take the first N "
+        "images served as the drift reference (0: no drift signals without the file).",
+    )
     lifecycle.add_flags(p)
     # The controller injects --predictor_host but not the protocol; grpc-v2 is the only
     # forwarding this transformer speaks (kserve 0.21's REST-v2 forwarding is broken).
@@ -123,6 +147,16 @@ def parse(argv: list[str] | None = None) -> TransformerSettings:
         p.error(
             f"--predictor_protocol {args.predictor_protocol}: this transformer forwards raw "
             f"UINT8 tensors over {FORWARD_PROTOCOL} only"
+        )
+    if args.drift_reference_images != 0 and args.drift_reference_images < MIN_REFERENCE_IMAGES:
+        p.error(
+            f"--drift_reference_images {args.drift_reference_images}: expected 0 (off) or at "
+            f"least {MIN_REFERENCE_IMAGES}"
+        )
+    if args.drift_min_count > args.drift_window:
+        p.error(
+            f"--drift_min_count {args.drift_min_count} exceeds --drift_window "
+            f"{args.drift_window}: the window could never hold enough images"
         )
     if not args.predictor_host:
         p.error("--predictor_host is required (host:port of the predictor's gRPC endpoint)")
@@ -149,5 +183,8 @@ def parse(argv: list[str] | None = None) -> TransformerSettings:
         api_key_file=Path(args.api_key_file) if args.api_key_file else None,
         max_inflight_requests=args.max_inflight_requests,
         lifecycle=lifecycle.LifecycleSettings.from_args(args),
+        drift_window=args.drift_window,
+        drift_min_count=args.drift_min_count,
+        drift_learn_first=args.drift_reference_images,
         server_args=args,
     )

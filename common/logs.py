@@ -1,0 +1,65 @@
+"""Log configuration of both components: kserve's loggers, uvicorn's and ours, text or JSON.
+
+Every record gets a `request_id` attribute (the id of the request being served, "-" outside
+one; see `common.tracing`), so each line about a request names it. `--log_format json` writes
+one JSON object per line through python-json-logger, kserve's and uvicorn's loggers included.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from kserve.logging import KSERVE_LOG_CONFIG, configure_logging
+
+from .tracing import current_request_id
+
+LOG_FORMATS = ("text", "json")
+_TEXT = (
+    "%(asctime)s.%(msecs)03d %(process)s %(name)s %(levelname)s "
+    "[%(filename)s:%(funcName)s():%(lineno)s] request_id=%(request_id)s %(message)s"
+)
+_JSON_FIELDS = "%(asctime)s %(process)s %(name)s %(levelname)s %(request_id)s %(message)s"
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds `request_id` to every record that passes a handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Always passes the record, with its request id set."""
+        if not hasattr(record, "request_id"):
+            record.request_id = current_request_id() or "-"
+        return True
+
+
+def logging_config(log_format: str) -> dict[str, Any]:
+    """kserve's logging dictConfig with our formatter and the request-id filter on every handler,
+    and a root handler so that our modules' loggers print too. Raises ValueError for an unknown
+    format."""
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log format {log_format!r}, expected one of {LOG_FORMATS}")
+    config = copy.deepcopy(KSERVE_LOG_CONFIG)
+    if log_format == "json":
+        formatter: dict[str, Any] = {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": _JSON_FIELDS,
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        }
+    else:
+        formatter = {"()": "logging.Formatter", "fmt": _TEXT, "datefmt": "%Y-%m-%d %H:%M:%S"}
+    # Every handler (kserve, kserve.trace, uvicorn, uvicorn.access) writes through one formatter.
+    config["formatters"] = {"default": formatter}
+    config["filters"] = {"request_id": {"()": RequestIdFilter}}
+    for handler in config["handlers"].values():
+        handler["formatter"] = "default"
+        handler["filters"] = ["request_id"]
+    config["root"] = {"handlers": ["kserve"], "level": "INFO"}
+    return config
+
+
+def configure(log_format: str) -> None:
+    """Configure logging for this process (before kserve's ModelServer is built, which then
+    leaves it alone)."""
+    configure_logging(logging_config(log_format))
+    logging.captureWarnings(True)  # library warnings become log lines (JSON ones too)

@@ -1,0 +1,69 @@
+"""The Prometheus metrics both components export on `/metrics`, and the protocol of a request.
+
+Names follow Prometheus' conventions: base units in the name (`_seconds`, `_bytes`), `_total`
+for counters, labels with few values (never a request id or a file name). Each process exports
+only what it serves: the request-level series here are created per component on first use, the
+transformer's own series live in `transformer/metrics.py`, the predictor's in
+`predictor/metrics.py` and `predictor/batcher.py`. README.md's
+"Metrics" table lists every series; tests/test_monitoring.py checks that the alert rules and the
+dashboard use only series a running server really exports.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Protocols, as the `protocol` label spells them.
+V1, V2_REST, V2_GRPC = "v1", "v2-rest", "v2-grpc"
+
+# Latency buckets from 1 ms to 10 s: a single small image takes ~10 ms end to end on a CPU,
+# a batch of 12-megapixel photos under load a few seconds.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BYTES_BUCKETS = tuple(float(4**n) * 1024 for n in range(0, 8))  # 1 KiB .. 16 MiB
+PIXELS_BUCKETS = tuple(float(4**n) * 1024 for n in range(0, 9))  # 1 Ki .. 64 Mi pixels
+
+
+def request_protocol(method: str, path: str) -> str | None:
+    """The protocol of an HTTP inference request (V1 or V2 REST), None for any other route."""
+    if method != "POST":
+        return None
+    if path.startswith("/v1/models/") and path.endswith(":predict"):
+        return V1
+    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        return V2_REST
+    return None
+
+
+class ServerMetrics:
+    """Request-level series of one component: counts by protocol and outcome, latency, in flight.
+
+    `prefix` is the component (`transformer` or `predictor`); get it with `server_metrics`.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.requests = Counter(
+            f"{prefix}_requests",  # exported as <prefix>_requests_total
+            "Inference requests answered, by protocol and outcome (HTTP status code for v1 and "
+            "v2-rest, gRPC status code name for v2-grpc).",
+            ["protocol", "code"],
+        )
+        self.duration = Histogram(
+            f"{prefix}_request_duration_seconds",
+            "Whole inference request, from the first byte read to the answer, by protocol.",
+            ["protocol"],
+            buckets=LATENCY_BUCKETS,
+        )
+        self.in_flight = Gauge(
+            f"{prefix}_requests_in_flight",
+            "Inference requests being served right now.",
+        )
+
+
+_SERVERS: dict[str, ServerMetrics] = {}
+
+
+def server_metrics(component: str) -> ServerMetrics:
+    """The request-level series of `component` (created on first use, once per process)."""
+    if component not in _SERVERS:
+        _SERVERS[component] = ServerMetrics(component)
+    return _SERVERS[component]

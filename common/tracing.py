@@ -1,0 +1,188 @@
+"""Request ids and request-level metrics at the edge of both servers, REST and gRPC alike.
+
+Every inference request gets an id: the client's `x-request-id` header (gRPC metadata), else
+the V2 request `id`, else a new one. It lives in a context variable for the request's task, so
+log lines (see `common.logs`) and the transformer's call to the predictor carry it, and it goes
+back to the client as the `x-request-id` response header (gRPC initial metadata).
+
+The same edge counts requests by protocol and outcome, times them and tracks how many are in
+flight (`common.metrics.ServerMetrics`): an ASGI middleware for HTTP, a gRPC server interceptor
+for `ModelInfer` (installed in kserve's gRPC server by `kserve_compat.add_grpc_interceptor`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from .metrics import V2_GRPC, ServerMetrics, request_protocol
+
+REQUEST_ID_HEADER = "x-request-id"
+# Ids clients send are kept when they look like ids (they end up in headers and log lines).
+_VALID_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+# What the predictor accepts from the transformer: the ids of a shared call, comma-separated.
+_VALID_IDS = re.compile(r"[A-Za-z0-9._:/+=@,-]{1,8192}")
+_MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+@dataclass
+class RequestContext:
+    """The id of the request being served, and whether the client chose it."""
+
+    request_id: str
+    from_client: bool
+
+
+_CURRENT: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "request_context", default=None
+)
+
+
+def new_request_id() -> str:
+    """A fresh request id (32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+def current_request_id() -> str | None:
+    """The id of the request this code runs for, None outside a request."""
+    context = _CURRENT.get()
+    return context.request_id if context is not None else None
+
+
+def adopt_v2_id(v2_id: str | None) -> str:
+    """The request's id once the V2 body is read: the header's, else the body's `id`, else the
+    one generated at the edge (or a new one outside any request)."""
+    context = _CURRENT.get()
+    if context is None:
+        return v2_id if v2_id and _VALID_ID.fullmatch(v2_id) else new_request_id()
+    if not context.from_client and v2_id and _VALID_ID.fullmatch(v2_id):
+        context.request_id, context.from_client = v2_id, True
+    return context.request_id
+
+
+def join_ids(tags: Sequence[tuple[str, Any]]) -> str:
+    """The id of a predictor call shared by several requests: their ids, comma-separated."""
+    return ",".join(request_id for request_id, _ in tags)
+
+
+def _client_id(value: str | bytes | None) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return value if value and _VALID_IDS.fullmatch(value) else None
+
+
+class RequestMiddleware:
+    """ASGI middleware: request id in and out, and the request-level metrics of inference routes.
+
+    Install it outermost, so that answers from other middleware (413 for large bodies) are
+    counted and carry the id too.
+    """
+
+    def __init__(
+        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], metrics: ServerMetrics
+    ):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER.encode())
+        client_id = _client_id(header)
+        context = RequestContext(client_id or new_request_id(), client_id is not None)
+        token = _CURRENT.set(context)
+        protocol = request_protocol(scope.get("method", ""), scope.get("path", ""))
+        status = 500  # what the client sees when the app raises before answering
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
+                ]
+                headers.append((b"x-request-id", context.request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        if protocol is None:
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                _CURRENT.reset(token)
+            return
+        self.metrics.in_flight.inc()
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self.metrics.in_flight.dec()
+            self.metrics.duration.labels(protocol).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(protocol, str(status)).inc()
+            _CURRENT.reset(token)
+
+
+class GrpcRequestInterceptor(grpc.aio.ServerInterceptor):
+    """gRPC server interceptor: request id in and out, and the metrics of `ModelInfer` calls."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        header_id = _client_id(metadata.get(REQUEST_ID_HEADER))
+        if header_id is not None:
+            # Already here, so kserve's own interceptor logs the call with the id.
+            _CURRENT.set(RequestContext(header_id, True))
+        handler = await continuation(handler_call_details)
+        if (
+            handler is None
+            or handler_call_details.method != _MODEL_INFER
+            or handler.unary_unary is None
+        ):
+            return handler
+        behavior = handler.unary_unary
+        metrics = self.metrics
+
+        async def model_infer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            body_id = _client_id(getattr(request, "id", None))
+            request_id = header_id or body_id or new_request_id()
+            token = _CURRENT.set(RequestContext(request_id, bool(header_id or body_id)))
+            await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+            metrics.in_flight.inc()
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                return await behavior(request, context)
+            except BaseException:
+                status = context.code()
+                code = status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
+                raise
+            finally:
+                metrics.in_flight.dec()
+                metrics.duration.labels(V2_GRPC).observe(time.perf_counter() - started)
+                metrics.requests.labels(V2_GRPC, code).inc()
+                _CURRENT.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            model_infer,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,171 @@
+"""manifests/monitoring and scraping: the rules and dashboard use only metrics the servers export.
+
+Every PromQL expression in the PrometheusRule and the Grafana dashboard is parsed (promql-parser)
+and each metric it selects must appear on a real server's /metrics after real traffic, so a
+renamed metric breaks this test instead of a dashboard or an alert. Every overlay enables
+scraping the KServe way; the payload-logging overlay turns on KServe's logger.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import promql_parser
+import pytest
+import yaml
+from conftest import DATA, MODEL_NAME, Server
+from prometheus_client.parser import text_string_to_metric_families
+from test_manifests import OVERLAYS
+
+MANIFESTS = Path(__file__).resolve().parents[1] / "manifests"
+KUBECTL = shutil.which("kubectl")
+# Series Prometheus makes itself, not the servers.
+PROMETHEUS_OWN = {"up"}
+# Grafana's variables, replaced by values PromQL accepts before parsing.
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$namespace": "default"}
+
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+
+
+def render(path: str) -> list[dict[str, Any]]:
+    assert KUBECTL is not None
+    out = subprocess.run(
+        [KUBECTL, "kustomize", str(MANIFESTS / path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def monitoring() -> dict[str, dict[str, Any]]:
+    return {doc["kind"]: doc for doc in render("monitoring")}
+
+
+def rule_expressions(rule: dict[str, Any]) -> dict[str, str]:
+    return {r["alert"]: r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]}
+
+
+def dashboard(config_map: dict[str, Any]) -> dict[str, Any]:
+    [text] = config_map["data"].values()
+    return json.loads(text)
+
+
+def dashboard_expressions(board: dict[str, Any]) -> dict[str, str]:
+    return {
+        f"{panel['title']} / {target['refId']}": target["expr"]
+        for panel in board["panels"]
+        for target in panel["targets"]
+    }
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names an expression selects; raises ValueError if it does not parse."""
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    names: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector) and node.name:
+            names.add(node.name)
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return names
+
+
+def exported(server: Server) -> set[str]:
+    """Every sample name on the server's /metrics (with _total, _bucket, ... suffixes)."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+@needs_kubectl
+def test_monitoring_renders_a_rule_with_the_five_alerts_and_a_dashboard() -> None:
+    docs = monitoring()
+    assert set(docs) == {"PrometheusRule", "ConfigMap"}
+    alerts = rule_expressions(docs["PrometheusRule"])
+    assert set(alerts) == {
+        "ImageClassifierHighErrorRatio",
+        "ImageClassifierHighP99Latency",
+        "ImageClassifierPredictorUnavailable",
+        "ImageClassifierQueueSaturated",
+        "ImageClassifierInputDrift",
+    }
+    for group in docs["PrometheusRule"]["spec"]["groups"]:
+        for rule in group["rules"]:
+            assert rule["for"] and rule["labels"]["severity"] in {"warning", "critical"}
+            assert rule["annotations"]["summary"]
+    config_map = docs["ConfigMap"]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    board = dashboard(config_map)
+    titles = " ".join(p["title"].lower() for p in board["panels"])
+    for topic in ("traffic", "errors", "latency per stage", "batch size", "queue", "drift"):
+        assert topic in titles, topic
+
+
+@needs_kubectl
+def test_every_expression_parses_and_uses_only_exported_metrics(
+    drift_transformer: Server, predictor: Server
+) -> None:
+    image = base64.b64encode((DATA / "coffee.jpg").read_bytes()).decode()
+    for payload in (image, "not base64!"):  # a good and a bad request: every label set exists
+        httpx.post(
+            f"{drift_transformer.url}/v1/models/{MODEL_NAME}:predict",
+            json={"instances": [{"image": {"b64": payload}}]},
+            timeout=60,
+        )
+    available = exported(drift_transformer) | exported(predictor) | PROMETHEUS_OWN
+    docs = monitoring()
+    expressions = {
+        **{f"alert {k}": v for k, v in rule_expressions(docs["PrometheusRule"]).items()},
+        **{f"panel {k}": v for k, v in dashboard_expressions(dashboard(docs["ConfigMap"])).items()},
+    }
+    used: set[str] = set()
+    for where, expr in expressions.items():
+        names = metric_names(expr)
+        assert names, f"{where}: selects no metric"
+        missing = names - available
+        assert not missing, f"{where}: {sorted(missing)} not exported by the servers"
+        used |= names
+    # The drift gauges are among them, so the check above saw a drift-enabled transformer.
+    assert {"transformer_drift_score", "transformer_drift_threshold"} <= used
+
+
+def test_readme_lists_every_exported_metric(drift_transformer: Server, predictor: Server) -> None:
+    readme = (MANIFESTS.parent / "README.md").read_text()
+    ours = re.compile(r"^(transformer|predictor)_")
+    families = set()
+    for server in (drift_transformer, predictor):
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+        families |= {f.name for f in text_string_to_metric_families(text) if ours.match(f.name)}
+    # prometheus_client's text format adds a <name>_created gauge per counter and histogram.
+    families = {name for name in families if not name.endswith("_created")}
+    assert families
+    missing = sorted(name for name in families if f"`{name}" not in readme)
+    assert not missing, f"README.md's metrics table lacks {missing}"
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_every_overlay_enables_scraping_the_kserve_way(overlay: str) -> None:
+    [isvc] = [d for d in render(f"overlays/{overlay}") if d["kind"] == "InferenceService"]
+    annotations = isvc["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/enable-prometheus-scraping"] == "true"
+    assert annotations["prometheus.kserve.io/port"] == "8080"
+    assert annotations["prometheus.kserve.io/path"] == "/metrics"
+
+
+@needs_kubectl
+def test_payload_logging_overlay_logs_the_transformer_only() -> None:
+    [isvc] = [d for d in render("overlays/payload-logging") if d["kind"] == "InferenceService"]
+    logger = isvc["spec"]["transformer"]["logger"]
+    assert logger["mode"] in {"all", "request", "response"} and logger["url"].startswith("http")
+    assert "logger" not in isvc["spec"]["predictor"]

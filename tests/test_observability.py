@@ -1,0 +1,218 @@
+"""Metrics and request ids on the real servers: counters match the traffic sent, ids go end to end.
+
+A scrape before and after a known mix of good and bad requests over every protocol must show
+exactly that mix in `*_requests_total`; an id sent (header, V2 `id` or gRPC metadata) comes
+back and appears in both servers' logs; `--log_format json` writes only JSON lines.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import DATA, MODEL_NAME, TEST_MAX_REQUEST_BYTES, Server, start_transformer
+from prometheus_client.parser import text_string_to_metric_families
+from test_serving import grpc_calls
+
+COFFEE = DATA / "coffee.jpg"
+
+
+def scrape(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample on the server's /metrics, keyed by (name, sorted labels)."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def requests_by(samples: dict, name: str) -> Counter[tuple[str, str]]:
+    """{(protocol, code): count} of a `*_requests_total` counter."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for (sample, labels), value in samples.items():
+        if sample == name:
+            label = dict(labels)
+            counts[(label["protocol"], label["code"])] = int(value)
+    return counts
+
+
+def b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def v1(server: Server, image: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}/v1/models/{MODEL_NAME}:predict",
+        json={"instances": [{"image": {"b64": image}}]},
+        headers=headers,
+        timeout=60,
+    )
+
+
+def v2_json(server: Server, body: dict, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}/v2/models/{MODEL_NAME}/infer", json=body, headers=headers, timeout=60
+    )
+
+
+def v2_image(image: str, request_id: str | None = None, name: str = "image") -> dict:
+    body: dict = {"inputs": [{"name": name, "datatype": "BYTES", "shape": [1], "data": [image]}]}
+    if request_id is not None:
+        body["id"] = request_id
+    return body
+
+
+def wait_for_counts(server: Server, name: str, before: Counter, expected: Counter) -> Counter:
+    """The counter's increase since `before`, once it reaches `expected` (or after 5 s)."""
+    deadline = time.monotonic() + 5
+    while True:
+        delta = requests_by(scrape(server), name)
+        delta.subtract(before)
+        delta = +delta  # drop zeros
+        if delta == expected or time.monotonic() > deadline:
+            return delta
+        time.sleep(0.1)
+
+
+def test_counters_match_a_known_mix_of_good_and_bad_requests(
+    transformer: Server, predictor: Server
+) -> None:
+    before_t = requests_by(scrape(transformer), "transformer_requests_total")
+    before_p = requests_by(scrape(predictor), "predictor_requests_total")
+    image = b64(COFFEE)
+    codes = [v1(transformer, image).status_code for _ in range(3)]
+    codes += [v1(transformer, "not base64!").status_code for _ in range(2)]
+    codes += [v2_json(transformer, v2_image(image)).status_code for _ in range(2)]
+    codes.append(v2_json(transformer, v2_image(image, name="pixels")).status_code)
+    oversized = b'{"instances": ["' + b"A" * (TEST_MAX_REQUEST_BYTES + 1) + b'"]}'
+    codes.append(
+        httpx.post(
+            f"{transformer.url}/v1/models/{MODEL_NAME}:predict",
+            content=oversized,
+            headers={"content-type": "application/json"},
+            timeout=60,
+        ).status_code
+    )
+    assert codes == [200, 200, 200, 400, 400, 200, 200, 400, 413]
+    url = transformer.grpc_target
+    results = grpc_calls(
+        [{"op": "infer_images", "url": url, "model": MODEL_NAME, "files": [str(COFFEE)]}] * 2
+        + [{"op": "infer_images", "url": url, "model": MODEL_NAME, "hex": ["00" * 16]}]
+    )
+    assert [r["ok"] for r in results] == [True, True, False]
+
+    expected_t = Counter(
+        {
+            ("v1", "200"): 3,
+            ("v1", "400"): 2,
+            ("v1", "413"): 1,
+            ("v2-rest", "200"): 2,
+            ("v2-rest", "400"): 1,
+            ("v2-grpc", "OK"): 2,
+            ("v2-grpc", "INVALID_ARGUMENT"): 1,
+        }
+    )
+    assert wait_for_counts(transformer, "transformer_requests_total", before_t, expected_t) == (
+        expected_t
+    )
+    # Only the 7 good requests reach the predictor, all over gRPC.
+    expected_p = Counter({("v2-grpc", "OK"): 7})
+    assert wait_for_counts(predictor, "predictor_requests_total", before_p, expected_p) == (
+        expected_p
+    )
+    samples = scrape(transformer)
+    assert samples[("transformer_requests_in_flight", ())] == 0
+    assert samples[("transformer_images_decoded_total", (("format", "JPEG"),))] >= 7
+    for stage in ("preprocess", "predictor", "postprocess"):
+        assert samples[("transformer_stage_duration_seconds_count", (("stage", stage),))] >= 7
+    predictor_samples = scrape(predictor)
+    assert predictor_samples[("predictor_forward_seconds_count", ())] >= 1
+    assert predictor_samples[("predictor_batch_size_count", ())] >= 1
+
+
+def _log_lines_with(server: Server, request_id: str) -> list[str]:
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [line for line in server.log.read_text().splitlines() if request_id in line]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
+
+
+def test_request_id_header_goes_end_to_end(transformer: Server, predictor: Server) -> None:
+    request_id = f"test-header-{time.monotonic_ns()}"
+    response = v1(transformer, b64(COFFEE), {"x-request-id": request_id})
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == request_id
+    assert _log_lines_with(transformer, request_id), "the transformer never logged the id"
+    assert _log_lines_with(predictor, request_id), "the predictor never logged the id"
+
+
+def test_request_id_generated_when_absent_and_on_errors(transformer: Server) -> None:
+    first = v1(transformer, b64(COFFEE)).headers["x-request-id"]
+    bad = v1(transformer, "not base64!")
+    assert bad.status_code == 400
+    assert re.fullmatch(r"[0-9a-f]{32}", first) and re.fullmatch(
+        r"[0-9a-f]{32}", bad.headers["x-request-id"]
+    )
+    assert first != bad.headers["x-request-id"]
+
+
+def test_v2_id_is_the_request_id_without_a_header(transformer: Server, predictor: Server) -> None:
+    request_id = f"test-v2-{time.monotonic_ns()}"
+    response = v2_json(transformer, v2_image(b64(COFFEE), request_id))
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == request_id
+    assert response.headers["x-request-id"] == request_id
+    assert _log_lines_with(predictor, request_id)
+
+
+def test_grpc_request_id_in_metadata_reaches_the_predictor(
+    transformer: Server, predictor: Server
+) -> None:
+    request_id = f"test-grpc-{time.monotonic_ns()}"
+    [result] = grpc_calls(
+        [
+            {
+                "op": "infer_images",
+                "url": transformer.grpc_target,
+                "model": MODEL_NAME,
+                "files": [str(COFFEE)],
+                "headers": {"x-request-id": request_id},
+            }
+        ]
+    )
+    assert result["ok"], result
+    assert _log_lines_with(transformer, request_id)
+    assert _log_lines_with(predictor, request_id)
+
+
+@pytest.fixture(scope="module")
+def json_transformer(
+    predictor: Server, model_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A second transformer, logging JSON."""
+    log = tmp_path_factory.mktemp("logs") / "transformer-json.log"
+    server = start_transformer(predictor, model_repository, log, "--log_format", "json")
+    yield server
+    server.stop()
+
+
+def test_json_log_format_is_one_object_per_line_with_the_id(json_transformer: Server) -> None:
+    request_id = f"test-json-{time.monotonic_ns()}"
+    assert v1(json_transformer, b64(COFFEE), {"x-request-id": request_id}).status_code == 200
+    assert v1(json_transformer, "not base64!", {"x-request-id": request_id}).status_code == 400
+    assert _log_lines_with(json_transformer, request_id)
+    records = [json.loads(line) for line in json_transformer.log.read_text().splitlines()]
+    about = [r for r in records if r.get("request_id") == request_id]
+    loggers = {r["logger"] for r in about}
+    assert "uvicorn.access" in loggers and "kserve" in loggers, loggers  # kserve logs the 400
+    assert all({"time", "level", "message"} <= set(r) for r in records)
