@@ -17,7 +17,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import DATA, MODEL_NAME, TEST_MAX_REQUEST_BYTES, Server, start_transformer
+from conftest import (
+    DATA,
+    MODEL_NAME,
+    TEST_MAX_REQUEST_BYTES,
+    Server,
+    start_server,
+    start_transformer,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from test_serving import grpc_calls
 
@@ -138,6 +145,34 @@ def test_counters_match_a_known_mix_of_good_and_bad_requests(
     assert predictor_samples[("predictor_batch_size_count", ())] >= 1
 
 
+# kserve logs nothing per successful gRPC call unless latency logging is on (then a timing
+# line with the request id, in both components): these servers log that way, as JSON.
+LOGGING_FLAGS = ("--enable_latency_logging", "true", "--log_format", "json")
+
+
+@pytest.fixture(scope="module")
+def logging_predictor(
+    model_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A second predictor, logging a JSON line per request."""
+    log = tmp_path_factory.mktemp("logs") / "predictor-json.log"
+    args = ["--model_dir", str(model_repository), "--model_name", MODEL_NAME, *LOGGING_FLAGS]
+    server = start_server("predictor", args, log)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def logging_transformer(
+    logging_predictor: Server, model_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A second transformer in front of it, logging the same way."""
+    log = tmp_path_factory.mktemp("logs") / "transformer-json.log"
+    server = start_transformer(logging_predictor, model_repository, log, *LOGGING_FLAGS)
+    yield server
+    server.stop()
+
+
 def _log_lines_with(server: Server, request_id: str) -> list[str]:
     deadline = time.monotonic() + 5
     while True:
@@ -147,7 +182,10 @@ def _log_lines_with(server: Server, request_id: str) -> list[str]:
         time.sleep(0.1)
 
 
-def test_request_id_header_goes_end_to_end(transformer: Server, predictor: Server) -> None:
+def test_request_id_header_goes_end_to_end(
+    logging_transformer: Server, logging_predictor: Server
+) -> None:
+    transformer, predictor = logging_transformer, logging_predictor
     request_id = f"test-header-{time.monotonic_ns()}"
     response = v1(transformer, b64(COFFEE), {"x-request-id": request_id})
     assert response.status_code == 200
@@ -166,7 +204,10 @@ def test_request_id_generated_when_absent_and_on_errors(transformer: Server) -> 
     assert first != bad.headers["x-request-id"]
 
 
-def test_v2_id_is_the_request_id_without_a_header(transformer: Server, predictor: Server) -> None:
+def test_v2_id_is_the_request_id_without_a_header(
+    logging_transformer: Server, logging_predictor: Server
+) -> None:
+    transformer, predictor = logging_transformer, logging_predictor
     request_id = f"test-v2-{time.monotonic_ns()}"
     response = v2_json(transformer, v2_image(b64(COFFEE), request_id))
     assert response.status_code == 200, response.text
@@ -176,8 +217,9 @@ def test_v2_id_is_the_request_id_without_a_header(transformer: Server, predictor
 
 
 def test_grpc_request_id_in_metadata_reaches_the_predictor(
-    transformer: Server, predictor: Server
+    logging_transformer: Server, logging_predictor: Server
 ) -> None:
+    transformer, predictor = logging_transformer, logging_predictor
     request_id = f"test-grpc-{time.monotonic_ns()}"
     [result] = grpc_calls(
         [
@@ -195,24 +237,19 @@ def test_grpc_request_id_in_metadata_reaches_the_predictor(
     assert _log_lines_with(predictor, request_id)
 
 
-@pytest.fixture(scope="module")
-def json_transformer(
-    predictor: Server, model_repository: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    """A second transformer, logging JSON."""
-    log = tmp_path_factory.mktemp("logs") / "transformer-json.log"
-    server = start_transformer(predictor, model_repository, log, "--log_format", "json")
-    yield server
-    server.stop()
-
-
-def test_json_log_format_is_one_object_per_line_with_the_id(json_transformer: Server) -> None:
+def test_json_log_format_is_one_object_per_line_with_the_id(
+    logging_transformer: Server, logging_predictor: Server
+) -> None:
     request_id = f"test-json-{time.monotonic_ns()}"
-    assert v1(json_transformer, b64(COFFEE), {"x-request-id": request_id}).status_code == 200
-    assert v1(json_transformer, "not base64!", {"x-request-id": request_id}).status_code == 400
-    assert _log_lines_with(json_transformer, request_id)
-    records = [json.loads(line) for line in json_transformer.log.read_text().splitlines()]
+    assert v1(logging_transformer, b64(COFFEE), {"x-request-id": request_id}).status_code == 200
+    assert v1(logging_transformer, "not base64!", {"x-request-id": request_id}).status_code == 400
+    assert _log_lines_with(logging_transformer, request_id)
+    assert _log_lines_with(logging_predictor, request_id)
+    for server in (logging_transformer, logging_predictor):
+        records = [json.loads(line) for line in server.log.read_text().splitlines()]
+        assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    records = [json.loads(line) for line in logging_transformer.log.read_text().splitlines()]
     about = [r for r in records if r.get("request_id") == request_id]
     loggers = {r["logger"] for r in about}
-    assert "uvicorn.access" in loggers and "kserve" in loggers, loggers  # kserve logs the 400
-    assert all({"time", "level", "message"} <= set(r) for r in records)
+    # uvicorn's access log, kserve's error log for the 400 and its timing line for the 200
+    assert {"uvicorn.access", "kserve", "kserve.trace"} <= loggers, loggers
