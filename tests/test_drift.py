@@ -190,3 +190,5 @@ def test_in_distribution_stays_under_and_shifts_cross_the_thresholds(
     assert {"confidence", CLASS_SIGNAL} <= set(phases["blurred"]["drifted"]), scores["blurred"]
     samples = httpx.get(f"{drift_transformer.url}/metrics", timeout=10).text
     assert 'transformer_drift_score{signal="saturation"}' in samples
+    other = httpx.get(f"{drift_transformer.url}/v2/models/no-such-model/drift", timeout=10)
+    assert other.status_code == 404, other.text
