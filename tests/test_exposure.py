@@ -33,8 +33,12 @@ from common.exposure import (
 
 # Routes kserve registers only with --enable_docs_url (refused all the same).
 DOCS_ONLY = {("GET", "/docs"), ("GET", "/docs/oauth2-redirect")}
-# Routes only the transformer registers (its demo page, transformer/demo).
-TRANSFORMER_ONLY = {("GET", "/demo/demo.css"), ("GET", "/demo/demo.js")}
+# Routes only the transformer registers (its demo page, transformer/demo; its drift report).
+TRANSFORMER_ONLY = {
+    ("GET", "/demo/demo.css"),
+    ("GET", "/demo/demo.js"),
+    ("GET", "/v2/models/{model_name}/drift"),  # drift report, transformer/drift.py
+}
 
 
 def expected_routes(component: str) -> set[tuple[str, str]]:
