@@ -68,7 +68,7 @@ OVERLAYS: dict[str, Expect] = {
     "canary/knative": Expect(mode="Knative", gpu=True, canary=True),
     "canary/standard": Expect(mode="Standard", gpu=True, canary=True),
     "triton": Expect(mode=None, gpu=True, triton=True),
-    "payload-logging": Expect(mode=None, gpu=False),
+    "payload-logging": Expect(mode=None, gpu=False, storage=ONNX_URI),
 }
 
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
