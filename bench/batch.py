@@ -12,12 +12,11 @@ repeated (symlinks under distinct keys) so a run lasts long enough to measure.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .support import run_json_module
 
 IN_PROCESS_OVER_LIMIT_MIN = 1.2
 URL_OVER_SERVED_MIN = 0.9
@@ -114,19 +113,8 @@ def repeated_source(image_dir: Path, target: Path, copies: int = COPIES) -> Path
 
 def run_batch(args: list[str], engine: str, concurrency: int | None, log: Path) -> BatchRun:
     """Run `python -m batch ARGS --json` to completion; raises RuntimeError when it fails."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as sink:
-        done = subprocess.run(
-            [sys.executable, "-m", "batch", *args, "--json", "--progress", "plain"],
-            stdout=subprocess.PIPE,
-            stderr=sink,
-            timeout=TIMEOUT_S,
-            check=False,
-        )
-    if done.returncode != 0:
-        tail = log.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"python -m batch failed ({done.returncode}):\n{tail}")
-    summary = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    command = [*args, "--json", "--progress", "plain"]
+    summary = run_json_module("batch", command, log, timeout_s=TIMEOUT_S)
     return BatchRun(
         engine=engine,
         concurrency=concurrency,
@@ -145,7 +133,8 @@ def measure_in_process(
     """The --model_dir engine over `source` into a fresh SQLite file."""
     db = work / "in-process.db"
     db.unlink(missing_ok=True)
-    args = [str(source), "--db", f"sqlite:///{db}", "--model_dir", str(model_dir)]
+    args = [str(source.resolve()), "--db", f"sqlite:///{db.resolve()}"]
+    args += ["--model_dir", str(model_dir.resolve())]
     return run_batch([*args, "--model_name", model_name], "model_dir", None, log_dir / "batch.log")
 
 
@@ -155,7 +144,7 @@ def measure_url(
     """The --url engine through a running transformer into a fresh SQLite file."""
     db = work / f"url-c{concurrency}.db"
     db.unlink(missing_ok=True)
-    args = [str(source), "--db", f"sqlite:///{db}", "--url", grpc_target]
+    args = [str(source.resolve()), "--db", f"sqlite:///{db.resolve()}", "--url", grpc_target]
     args += ["--model_name", model_name, "--model_version", "1"]
     args += ["--concurrency", str(concurrency)]
     return run_batch(args, "url", concurrency, log_dir / f"batch-url-c{concurrency}.log")

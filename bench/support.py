@@ -63,9 +63,11 @@ def environment() -> dict[str, Any]:
     }
 
 
-def run_json_module(module: str, args: list[str], log: Path) -> dict[str, Any]:
-    """Run `python -m module args` and parse its stdout as JSON; stderr goes to `log`.
-    Raises RuntimeError with the log's tail when it fails."""
+def run_json_module(
+    module: str, args: list[str], log: Path, timeout_s: float = SUBPROCESS_TIMEOUT_S
+) -> dict[str, Any]:
+    """Run `python -m module args` (in the repository root) and parse its stdout as JSON;
+    stderr goes to `log`. Raises RuntimeError with the log's tail when it fails."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as sink:
         done = subprocess.run(
@@ -73,7 +75,7 @@ def run_json_module(module: str, args: list[str], log: Path) -> dict[str, Any]:
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=sink,
-            timeout=SUBPROCESS_TIMEOUT_S,
+            timeout=timeout_s,
             check=False,
         )
     if done.returncode != 0:
