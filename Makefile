@@ -93,8 +93,8 @@ DURATION ?= 5
 bench-ceiling: $(STAMP) $(MODEL)
 	$(BIN)/python -m bench.ceiling --model_dir $(MODEL_REPO) --out bench-results --duration $(DURATION)
 
-soak: $(STAMP) $(MODEL)
-	$(BIN)/python -m bench.soak --model_dir $(MODEL_REPO) --minutes $(SOAK_MINUTES) --out soak-results
+soak: $(STAMP) $(SERVE_MODEL_$(ENGINE))
+	$(BIN)/python -m bench.soak --model_dir $(SERVE_REPO) --minutes $(SOAK_MINUTES) --out soak-results
 
 images:
 	@if docker info >/dev/null 2>&1; then \

@@ -60,6 +60,7 @@ class Recorder:
     timeout_s: float = 30.0
     pause_on_503_s: float = 0.0  # how long a worker waits after a 503 (as Retry-After asks)
     outcomes: list[Outcome] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=lambda: dict(JSON_HEADERS))
 
     async def run(self, until: Callable[[], bool]) -> None:
         """Send until `until()` is true; each worker finishes the request it has in flight."""
@@ -72,7 +73,7 @@ class Recorder:
             started = time.monotonic()
             status: int | str
             try:
-                response = await client.post(self.url, content=self.body, headers=JSON_HEADERS)
+                response = await client.post(self.url, content=self.body, headers=self.headers)
                 status = response.status_code
             except httpx.HTTPError as exc:
                 status = type(exc).__name__

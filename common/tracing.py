@@ -12,6 +12,7 @@ for `ModelInfer` (installed in kserve's gRPC server by `kserve_compat.add_grpc_i
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import re
 import time
@@ -135,6 +136,19 @@ class RequestMiddleware:
             _CURRENT.reset(token)
 
 
+def _grpc_outcome(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
+    """The status code name a failed call ended with. grpc.aio cancels the handler, setting no
+    code, when the client's deadline passes or the client goes: name those for what they are."""
+    status = context.code()
+    if isinstance(status, grpc.StatusCode):
+        return status.name
+    if isinstance(exc, asyncio.CancelledError):
+        remaining = context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        return "DEADLINE_EXCEEDED" if expired else "CANCELLED"
+    return "UNKNOWN"
+
+
 class GrpcRequestInterceptor(grpc.aio.ServerInterceptor):
     """gRPC server interceptor: request id in and out, and the metrics of `ModelInfer` calls."""
 
@@ -171,9 +185,8 @@ class GrpcRequestInterceptor(grpc.aio.ServerInterceptor):
             code = "OK"
             try:
                 return await behavior(request, context)
-            except BaseException:
-                status = context.code()
-                code = status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
+            except BaseException as exc:
+                code = _grpc_outcome(exc, context)
                 raise
             finally:
                 metrics.in_flight.dec()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -209,3 +213,15 @@ def drift_transformer(
     )
     yield server
     server.stop()
+
+
+def grpc_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run tritonclient.grpc calls in a separate process (see tests/grpc_client.py)."""
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("grpc_client.py"))],
+        input=json.dumps(calls).encode(),
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(done.stdout)

@@ -6,7 +6,8 @@ package `inference`), so the pytest process, which imports kserve, runs this scr
     python tests/grpc_client.py < calls.json > results.json
 
 Input: a JSON list of calls, each {"op": ..., "url": "host:port", ...}; "headers" (optional)
-become gRPC metadata on the call. Output: a list of
+become gRPC metadata on the call, "client_timeout" (optional, seconds) its deadline. Output: a
+list of
 results in the same order, {"ok": true, ...} or {"ok": false, "code": ..., "message": ...}.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ def infer_images(client: grpcclient.InferenceServerClient, call: dict[str, Any])
         parameters=parameters,
         request_id=call.get("request_id", ""),
         headers=call.get("headers"),
+        client_timeout=call.get("client_timeout"),
     )
     return {
         "id": result.get_response().id,
@@ -79,12 +82,14 @@ def main() -> int:
     results = []
     for call in calls:
         client = grpcclient.InferenceServerClient(call["url"])
+        started = time.perf_counter()
         try:
-            results.append({"ok": True, **OPS[call["op"]](client, call)})
+            result = {"ok": True, **OPS[call["op"]](client, call)}
         except InferenceServerException as exc:
-            results.append({"ok": False, "code": exc.status(), "message": exc.message()})
+            result = {"ok": False, "code": exc.status(), "message": exc.message()}
         finally:
             client.close()
+        results.append({**result, "seconds": time.perf_counter() - started})
     json.dump(results, sys.stdout)
     return 0
 

@@ -20,7 +20,7 @@ import kserve
 import kserve.model_server
 import numpy as np
 import pytest
-from conftest import DATA, MODEL_NAME, Server
+from conftest import DATA, MODEL_NAME, Server, grpc_calls
 from fastapi import FastAPI
 from kserve import context as kserve_context
 from kserve.logging import KSERVE_TRACE_LOGGER_NAME
@@ -31,7 +31,6 @@ from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferRequest
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.server import RESTServer
-from test_serving import grpc_calls
 
 from bench.servers import free_port, start
 from common import kserve_compat

@@ -22,11 +22,11 @@ from conftest import (
     MODEL_NAME,
     TEST_MAX_REQUEST_BYTES,
     Server,
+    grpc_calls,
     start_server,
     start_transformer,
 )
 from prometheus_client.parser import text_string_to_metric_families
-from test_serving import grpc_calls
 
 COFFEE = DATA / "coffee.jpg"
 

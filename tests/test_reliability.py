@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import DATA, MODEL_NAME, start_server
+from conftest import DATA, MODEL_NAME, grpc_calls, start_server
+from test_observability import requests_by, scrape
 
 from bench.servers import ServerProcess, start
 from bench.soak import Outcome, Recorder
@@ -169,7 +170,7 @@ def test_an_overload_burst_is_shed_fast_while_accepted_requests_stay_bounded(
 
             transformer_jobs = [one(pipeline.infer_url, body, HEADERS) for _ in range(6 * INFLIGHT)]
             front = await asyncio.gather(*transformer_jobs)
-            # 40 requests of 16 images straight at the predictor: 640 images for a queue of 64.
+            # 40 requests of 8 images straight at the predictor: 320 images for a queue of 32.
             back = await asyncio.gather(
                 *(one(predictor_url, pixels, pixel_headers) for _ in range(40))
             )
@@ -284,6 +285,124 @@ def test_predictor_killed_twice_under_load_gives_only_200_or_503_and_recovers(
         # "Within a second" of the predictor's readiness (measured and printed); loose here.
         assert figures["served_again_after_ready_s"] < 5.0
         assert figures["ready_again_after_ready_s"] < 5.0
+
+
+def test_a_grpc_deadline_reaches_the_predictor_and_the_request_leaves_its_queue_unrun(
+    pipeline: Pipeline,
+) -> None:
+    """A client's gRPC deadline, shorter than the predictor's queue wait, is the deadline of
+    the transformer's predictor call: the predictor answers DEADLINE_EXCEEDED itself (without
+    the deadline it would see a 30 s call, cancelled), and the client hears at its deadline."""
+    predictor = pipeline.predictor
+    body, headers = pixels_body(8)
+    deadline_s = 0.2
+    calls = [
+        {
+            "op": "infer_images",
+            "url": pipeline.transformer.grpc_target,
+            "model": MODEL_NAME,
+            "files": [str(DATA / "chelsea.jpg")],
+            "client_timeout": deadline_s,
+        }
+        for _ in range(4)
+    ]
+    before = requests_by(scrape(predictor), "predictor_requests_total")
+
+    async def scenario() -> list[dict[str, Any]]:
+        # Keep the predictor busy: 32 images in flight, one batch running and the rest (at most
+        # 24, within its queue of 32) waiting, so a new request waits for at least one batch.
+        busy = Recorder(
+            f"{predictor.url}/v2/models/{MODEL_NAME}/infer",
+            body,
+            4,
+            CLIENT_TIMEOUT_S,
+            0.1,
+            headers=headers,
+        )
+        done = False
+        load = asyncio.ensure_future(busy.run(lambda: done))
+        await asyncio.sleep(1.0)
+        results = await asyncio.to_thread(grpc_calls, calls)
+        done = True
+        await load
+        return results
+
+    results = asyncio.run(scenario())
+    after = requests_by(scrape(predictor), "predictor_requests_total")
+    expired = after[("v2-grpc", "DEADLINE_EXCEEDED")] - before[("v2-grpc", "DEADLINE_EXCEEDED")]
+    print(
+        f"\ndeadline {deadline_s * 1000:.0f} ms: client answered after "
+        + ", ".join(f"{r['seconds'] * 1000:.0f}" for r in results)
+        + f" ms; the predictor answered DEADLINE_EXCEEDED {expired} times; "
+        + f"its gRPC outcomes meanwhile {dict((after - before).items())}"
+    )
+    for result in results:
+        assert not result["ok"] and result["code"] == "StatusCode.DEADLINE_EXCEEDED", result
+        # The client's own deadline ended the call, not the servers' 30 s timeout.
+        assert result["seconds"] < deadline_s + 2.0, result
+    # The calls that reached the predictor ended there by the client's deadline: its queue
+    # expired them, or gRPC cancelled them at the deadline it was given (both counted here).
+    assert expired >= 1, (before, after)
+    assert after[("v2-grpc", "OK")] == before[("v2-grpc", "OK")]
+
+
+def test_predictor_sigterm_under_load_drains_then_exits_and_the_transformer_says_so(
+    pipeline: Pipeline,
+) -> None:
+    """SIGTERM on the predictor: its readiness turns false at once (and so the transformer's),
+    it serves through its drain, finishes what it accepted, exits 0; then the transformer
+    answers 503 until a new predictor is ready."""
+    predictor = pipeline.predictor
+    drain_s = 1.0  # the predictor's --drain_seconds in this module
+    recorder = Recorder(pipeline.infer_url, image_body(), CONCURRENCY, CLIENT_TIMEOUT_S, 0.5)
+    marks: dict[str, float] = {}
+
+    async def scenario() -> None:
+        done = False
+        load = asyncio.ensure_future(recorder.run(lambda: done))
+        async with httpx.AsyncClient() as probe:
+            await asyncio.sleep(1.5)
+            marks["sigterm"] = time.monotonic()
+            predictor.process.send_signal(signal.SIGTERM)
+            marks["unready"] = await wait_for(
+                probe, f"{predictor.url}/v2/health/ready", 503, 2.0, period_s=0.01
+            )
+            marks["transformer_unready"] = await wait_for(
+                probe, f"{pipeline.transformer.url}/v2/health/ready", 503, 5.0
+            )
+            while predictor.process.poll() is None and time.monotonic() - marks["sigterm"] < 60:
+                await asyncio.sleep(0.02)
+            marks["exited"] = time.monotonic()
+            await asyncio.sleep(1.0)  # traffic against a stopped predictor
+        done = True
+        await load
+
+    asyncio.run(scenario())
+    drain_end = marks["sigterm"] + drain_s
+    # A request needs a moment to reach the predictor through the transformer.
+    before = [o for o in recorder.outcomes if o.started < drain_end - 0.5]
+    during = [o for o in before if o.started >= marks["sigterm"]]
+    gone = [o for o in recorder.outcomes if o.started >= marks["exited"]]
+    print(
+        f"\npredictor SIGTERM: unready after {(marks['unready'] - marks['sigterm']) * 1000:.0f}"
+        f" ms, the transformer after {marks['transformer_unready'] - marks['sigterm']:.2f} s; "
+        f"started before the drain ended {statuses(before)} ({len(during)} during it); "
+        f"after it exited {statuses(gone)}; exited {marks['exited'] - marks['sigterm']:.1f} s"
+        " after"
+    )
+    assert predictor.process.poll() == 0
+    assert marks["unready"] - marks["sigterm"] < 1.0
+    assert during and all(o.status == 200 for o in before), statuses(before)
+    assert gone and all(o.status == 503 for o in gone), statuses(gone)
+    assert all(o.status in (200, 503) for o in recorder.outcomes), statuses(recorder.outcomes)
+    assert drain_s <= marks["exited"] - marks["sigterm"] < drain_s + REQUEST_TIMEOUT_S + 1
+    # A new predictor for the tests after this one; the transformer uses it by itself.
+    pipeline.restart_predictor("predictor-after-sigterm")
+    with httpx.Client() as client:
+        deadline = time.monotonic() + 30
+        while client.get(f"{pipeline.transformer.url}/v2/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, "the transformer did not turn ready again"
+            time.sleep(0.05)
 
 
 def test_sigterm_under_load_drains_and_loses_no_request_started_before_the_drain_ended(

@@ -8,9 +8,6 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import io
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,7 @@ from conftest import (
     Server,
     Stack,
     engine_repository,
+    grpc_calls,
 )
 from test_imaging import png_declaring
 
@@ -80,18 +78,6 @@ def v1(server: Server, instances: list[Any], **extra: Any) -> httpx.Response:
         json={"instances": instances, **extra},
         timeout=60,
     )
-
-
-def grpc_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Run tritonclient.grpc calls in a separate process (see tests/grpc_client.py)."""
-    done = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("grpc_client.py"))],
-        input=json.dumps(calls).encode(),
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
-    return json.loads(done.stdout)
 
 
 def assert_good_request_still_works(transformer: Server) -> None:
