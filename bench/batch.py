@@ -12,15 +12,21 @@ repeated (symlinks under distinct keys) so a run lasts long enough to measure.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .servers import Pipeline
+from .stats import V2_GRPC, CellResult, LimitResult
 from .support import run_json_module
 
 IN_PROCESS_OVER_LIMIT_MIN = 1.2
 URL_OVER_SERVED_MIN = 0.9
-COPIES = 10  # 10 x the 10-image set: ~100 images, several seconds per run on 2 CPUs
+# 30 x the 10-image set: 300 images, long enough that the ramp at the start and the last few
+# requests at the end (fewer than `concurrency` in flight) weigh little (5-15 s per run here).
+COPIES = 30
 TIMEOUT_S = 600
 
 
@@ -46,6 +52,7 @@ class BatchResult:
     limit_images_per_s: float
     url: BatchRun | None
     served_images_per_s: float | None  # the served V2 gRPC cell at the url run's concurrency
+    engine_dir: str = ""  # the model repository both runs used (its platform is the engine)
 
     @property
     def in_process_over_limit(self) -> float:
@@ -67,13 +74,17 @@ class BatchResult:
             "url": self.url.__dict__ if self.url else None,
             "served_images_per_s": self.served_images_per_s,
             "in_process_over_limit": self.in_process_over_limit,
+            "model_dir": self.engine_dir,
             "url_over_served": self.url_over_served,
         }
 
     def format_lines(self) -> list[str]:
         """The report's batch section."""
         runs = [self.in_process, *([self.url] if self.url else [])]
-        lines = ["Batch into a database (python -m batch, fresh SQLite, every image predicted)"]
+        lines = [
+            "Batch into a database (python -m batch, fresh SQLite, every image predicted; "
+            f"model repository {self.engine_dir})"
+        ]
         lines.append(
             f"  {'engine':<10} {'conc':>4} {'images':>6} {'failed':>6} {'images/s':>8} "
             f"{'seconds':>8} {'db share':>8}"
@@ -148,3 +159,63 @@ def measure_url(
     args += ["--model_name", model_name, "--model_version", "1"]
     args += ["--concurrency", str(concurrency)]
     return run_batch(args, "url", concurrency, log_dir / f"batch-url-c{concurrency}.log")
+
+
+@dataclass
+class BatchPlan:
+    """The bench's two python -m batch runs on one engine, and what they are measured against:
+    `in_process` once that engine's limit is known, `through` while its pipeline serves."""
+
+    model_dir: Path
+    model_name: str
+    source: Path
+    work: Path
+    log_dir: Path
+    concurrency: int
+    runs: dict[str, BatchRun] = field(default_factory=dict)
+    limit_images_per_s: float = 0.0
+    pipeline_name: str = ""
+
+    def in_process(self, limit: LimitResult, pipeline_name: str) -> None:
+        """Run the --model_dir engine; `limit` and the cells of `pipeline_name` are its
+        yardsticks."""
+        print("[bench] python -m batch, in-process engine", file=sys.stderr, flush=True)
+        self.limit_images_per_s = limit.best.images_per_s
+        self.pipeline_name = pipeline_name
+        self.runs["in_process"] = measure_in_process(
+            self.model_dir, self.model_name, self.source, self.work, self.log_dir
+        )
+
+    def through(self, pipeline: Pipeline) -> None:
+        """Run the --url engine through `pipeline`'s transformer."""
+        print("[bench] python -m batch, --url engine", file=sys.stderr, flush=True)
+        self.runs["url"] = measure_url(
+            pipeline.transformer.grpc_target,
+            self.model_name,
+            self.concurrency,
+            self.source,
+            self.work,
+            self.log_dir,
+        )
+
+    def result(self, cells: Sequence[CellResult]) -> BatchResult | None:
+        """Both runs beside their yardsticks; None when the in-process run did not happen."""
+        if "in_process" not in self.runs:
+            return None
+        served = next(
+            (
+                c.images_per_s
+                for c in cells
+                if c.pipeline == self.pipeline_name
+                and c.protocol == V2_GRPC
+                and c.concurrency == self.concurrency
+            ),
+            None,
+        )
+        return BatchResult(
+            in_process=self.runs["in_process"],
+            limit_images_per_s=self.limit_images_per_s,
+            url=self.runs.get("url"),
+            served_images_per_s=served,
+            engine_dir=str(self.model_dir),
+        )

@@ -16,11 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypedDict
 
 from common.cli import DEFAULT_MODEL_NAME, LOCAL_MODEL_REPOSITORY, positive_ints
 
 from . import engines
-from .batch import BatchResult, BatchRun, measure_in_process, measure_url, repeated_source
+from .batch import BatchPlan, repeated_source
 from .images import build_image_set, describe, write_image_set
 from .load import Client, LoadRun, client_for, closed_loop
 from .report import Report
@@ -37,7 +38,6 @@ from .stats import (
     PEER,
     PROTOCOLS,
     SERVED,
-    V2_GRPC,
     CellResult,
     HopResult,
     LimitPoint,
@@ -375,27 +375,18 @@ def run(settings: BenchSettings) -> Report:
         settings, image_dir, log_dir, dict(zip(names, kinds, strict=True))
     )
     hop = measure_hop(settings, paths[0], log_dir)
-    print("[bench] python -m batch, in-process engine", file=sys.stderr, flush=True)
-    batch_dir = out / "batch"
-    batch_source = repeated_source(image_dir, batch_dir / "images")
-    batch_in_process = measure_in_process(
-        settings.model_dir, settings.model_name, batch_source, batch_dir, log_dir
+    # python -m batch runs on the engine a CPU deployment serves: ONNX FP32 when given, else
+    # the main run's; its yardsticks (limit, served cell) are that engine's.
+    batch = BatchPlan(
+        settings.onnx_model_dir or settings.model_dir,
+        settings.model_name,
+        repeated_source(image_dir, out / "batch" / "images"),
+        out / "batch",
+        log_dir,
+        max(settings.concurrency),
     )
-    batch_concurrency = max(settings.concurrency)
-    batch_url: list[BatchRun] = []
-
-    def batch_through(pipeline: Pipeline) -> None:
-        print("[bench] python -m batch, --url engine", file=sys.stderr, flush=True)
-        batch_url.append(
-            measure_url(
-                pipeline.transformer.grpc_target,
-                settings.model_name,
-                batch_concurrency,
-                batch_source,
-                batch_dir,
-                log_dir,
-            )
-        )
+    if settings.onnx_model_dir is None:
+        batch.in_process(limit, SERVED)
 
     agreements: dict[str, str] = {}
     ours = dataclasses.replace(
@@ -404,7 +395,15 @@ def run(settings: BenchSettings) -> Report:
         transformer_args=settings.served_transformer_args,
     )
     cells = measure_pipeline(
-        ours, settings, blobs, names, kinds, expected_top1, log_dir, agreements, batch_through
+        ours,
+        settings,
+        blobs,
+        names,
+        kinds,
+        expected_top1,
+        log_dir,
+        agreements,
+        batch.through if settings.onnx_model_dir is None else None,
     )
     if not settings.skip_peer:
         cells += measure_pipeline(
@@ -412,7 +411,17 @@ def run(settings: BenchSettings) -> Report:
         )
 
     engine_part = measure_engines(
-        settings, image_dir, blobs, names, kinds, log_dir, limit, cells, expected_top1, agreements
+        settings,
+        image_dir,
+        blobs,
+        names,
+        kinds,
+        log_dir,
+        limit,
+        cells,
+        expected_top1,
+        agreements,
+        batch,
     )
     ratios = compute_ratios(cells, limit, hop)
     return Report(
@@ -442,23 +451,21 @@ def run(settings: BenchSettings) -> Report:
         targets=evaluate_targets(ratios, cells),
         top1_agreement=agreements,
         runtime_s=time.perf_counter() - started,
-        batch=BatchResult(
-            in_process=batch_in_process,
-            limit_images_per_s=limit.best.images_per_s,
-            url=batch_url[0] if batch_url else None,
-            served_images_per_s=next(
-                (
-                    c.images_per_s
-                    for c in cells
-                    if c.pipeline == SERVED
-                    and c.protocol == V2_GRPC
-                    and c.concurrency == batch_concurrency
-                ),
-                None,
-            ),
+        batch=batch.result(cells + (engine_part["cells"] if engine_part else [])),
+        engines=(
+            None
+            if engine_part is None
+            else {"json": engine_part["json"], "table": engine_part["table"]}
         ),
-        engines=engine_part,
     )
+
+
+class EnginePart(TypedDict):
+    """measure_engines' answer: the report's parts and the other engines' served cells."""
+
+    json: dict[str, Any]
+    table: str
+    cells: list[CellResult]
 
 
 def measure_engines(
@@ -472,9 +479,11 @@ def measure_engines(
     cells: list[CellResult],
     expected_top1: dict[str, int],
     agreements: dict[str, str],
-) -> dict[str, object] | None:
+    batch: BatchPlan,
+) -> EnginePart | None:
     """The ONNX repositories' limits and served pipelines beside TorchScript's (the main run's),
-    the ratios between them and INT8's fidelity; None when no ONNX repository was given."""
+    the ratios between them and INT8's fidelity; None when no ONNX repository was given.
+    `batch` runs on the ONNX FP32 engine, after its limit and while its pipeline serves."""
     others = [
         (name, directory)
         for name, directory in (
@@ -497,8 +506,19 @@ def measure_engines(
             engine_settings, image_dir, log_dir, kind_of, f"limit-{slug}.log"
         )
         spec = dataclasses.replace(OURS, name=f"{SERVED} ({name})")
+        batch_here = directory == batch.model_dir
+        if batch_here:
+            batch.in_process(engine_limit, spec.name)
         engine_cells = measure_pipeline(
-            spec, engine_settings, blobs, names, kinds, top1, log_dir, agreements
+            spec,
+            engine_settings,
+            blobs,
+            names,
+            kinds,
+            top1,
+            log_dir,
+            agreements,
+            batch.through if batch_here else None,
         )
         agreements[f"{name} limit vs TorchScript limit"] = (
             f"{sum(top1.get(n) == expected_top1.get(n) for n in names)}/{len(names)}"
@@ -523,6 +543,7 @@ def measure_engines(
     return {
         "json": engines.to_json(runs, ratios, targets, fidelity),
         "table": engines.format_engines(runs, ratios, targets, fidelity),
+        "cells": [cell for run in runs[1:] for cell in run.cells],
     }
 
 
