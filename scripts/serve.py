@@ -147,6 +147,9 @@ def main() -> int:
     )
     components = [predictor, transformer]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Ctrl-C stops both, even when this was started with SIGINT ignored (as a shell does for a
+    # command started in the background with `&`), where Python would not raise on it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         for component in components:
             component.start()
