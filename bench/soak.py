@@ -106,8 +106,8 @@ class Window:
     errors: int
     p50_ms: float | None
     p99_ms: float | None
-    predictor_rss_mb: float | None
-    transformer_rss_mb: float | None
+    predictor_rss_mib: float | None
+    transformer_rss_mib: float | None
 
 
 def growth(samples: list[tuple[float, int]], after_s: float) -> float | None:
@@ -169,13 +169,13 @@ async def soak(args: argparse.Namespace, predictor_pid: int, transformer_pid: in
             errors=sum(1 for o in done if o.status != 200),
             p50_ms=percentile(ok, 50) * 1000 if ok else None,
             p99_ms=percentile(ok, 99) * 1000 if ok else None,
-            predictor_rss_mb=last.get("predictor"),
-            transformer_rss_mb=last.get("transformer"),
+            predictor_rss_mib=last.get("predictor"),
+            transformer_rss_mib=last.get("transformer"),
         )
         print(
             f"t={window.t_s:5.0f}s  {window.requests_per_s:6.1f} req/s  errors {window.errors}  "
             f"p50 {_ms(window.p50_ms)}  p99 {_ms(window.p99_ms)}  RSS predictor "
-            f"{_mb(window.predictor_rss_mb)} transformer {_mb(window.transformer_rss_mb)}",
+            f"{_mib(window.predictor_rss_mib)} transformer {_mib(window.transformer_rss_mib)}",
             flush=True,
         )
         return window
@@ -224,8 +224,8 @@ def _ms(value: object) -> str:
     return f"{value:.0f} ms" if isinstance(value, float) else "-"
 
 
-def _mb(value: float | None) -> str:
-    return f"{value:.0f} MB" if value is not None else "-"
+def _mib(value: float | None) -> str:
+    return f"{value:.0f} MiB" if value is not None else "-"
 
 
 def _pct(value: float | None) -> str:
