@@ -7,8 +7,8 @@ package `inference`), so the pytest process, which imports kserve, runs this scr
 
 Input: a JSON list of calls, each {"op": ..., "url": "host:port", ...}; "headers" (optional)
 become gRPC metadata on the call, "client_timeout" (optional, seconds) its deadline. Output: a
-list of
-results in the same order, {"ok": true, ...} or {"ok": false, "code": ..., "message": ...}.
+list of results in the same order, {"ok": true, ...} or {"ok": false, "code": ...,
+"message": ...}, each with the "seconds" the call took.
 """
 
 from __future__ import annotations
