@@ -385,7 +385,8 @@ def run(settings: BenchSettings) -> Report:
         log_dir,
         max(settings.concurrency),
     )
-    if settings.onnx_model_dir is None:
+    batch_here = batch.model_dir == settings.model_dir
+    if batch_here:
         batch.in_process(limit, SERVED)
 
     agreements: dict[str, str] = {}
@@ -403,7 +404,7 @@ def run(settings: BenchSettings) -> Report:
         expected_top1,
         log_dir,
         agreements,
-        batch.through if settings.onnx_model_dir is None else None,
+        batch.through if batch_here else None,
     )
     if not settings.skip_peer:
         cells += measure_pipeline(

@@ -65,7 +65,8 @@ class Served:
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
-    """Poll `check` until true; returns when (time.monotonic()); raises TimeoutError."""
+    """Poll `check` until true; returns when (time.monotonic()); raises TimeoutError saying
+    `what` (phrased as the failure: "X did not ...")."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
@@ -105,7 +106,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         wait_until(
             lambda: "Ready:" in log.read_text() or process.poll() is not None,
             STARTUP_S + 30,
-            "serve.py printed Ready",
+            "serve.py did not print Ready",
         )
         assert process.poll() is None, log.read_text()[-3000:]
         yield running
@@ -179,8 +180,9 @@ def test_serve_restarts_a_killed_predictor_keeps_the_transformer_and_ctrl_c_stop
 
     served.process.send_signal(signal.SIGINT)
     assert served.process.wait(timeout=30) == 0
-    for pid in again.values():
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{pid}").exists():
-            assert time.monotonic() < deadline, f"{pid} still runs 10 s after Ctrl-C"
-            time.sleep(0.05)
+    children_gone = [Path(f"/proc/{pid}") for pid in again.values()]
+    wait_until(
+        lambda: not any(path.exists() for path in children_gone),
+        10,
+        f"the servers {sorted(again.values())} did not exit after Ctrl-C",
+    )
