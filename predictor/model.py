@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -86,11 +85,8 @@ def timed_forward(
     """`run`, observing each pass's duration in predictor_forward_seconds."""
 
     async def forward(inputs: np.ndarray) -> np.ndarray:
-        started = time.perf_counter()
-        try:
+        with metrics.FORWARD_SECONDS.time():
             return await run(inputs)
-        finally:
-            metrics.FORWARD_SECONDS.observe(time.perf_counter() - started)
 
     return forward
 

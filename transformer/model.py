@@ -12,7 +12,6 @@ import asyncio
 import base64
 import binascii
 import logging
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -145,11 +144,8 @@ class ImageClassifierTransformer(Model):
         self, payload: dict[str, Any] | InferRequest, headers: dict[str, str] | None = None
     ) -> PreparedBatch:
         """Decode every image of a V1 or V2 request (in the decode pool); raises InvalidInput."""
-        started = time.perf_counter()
-        try:
+        with metrics.STAGE_SECONDS.labels("preprocess").time():
             return await self._preprocess(payload)
-        finally:
-            metrics.STAGE_SECONDS.labels("preprocess").observe(time.perf_counter() - started)
 
     async def _preprocess(self, payload: dict[str, Any] | InferRequest) -> PreparedBatch:
         if isinstance(payload, InferRequest):
@@ -181,13 +177,10 @@ class ImageClassifierTransformer(Model):
     ) -> ForwardedBatch:
         """Forward the pixels to the predictor (through the coalescer); its errors become 400,
         503, 504 or 500 here."""
-        started = time.perf_counter()
-        try:
+        with metrics.STAGE_SECONDS.labels("predictor").time():
             # kserve forwards an incoming Authorization header; the client's key stays here.
             tag = (payload.request_id, without_credentials(headers))
             logits = await self.coalescer.submit(payload.pixels, tag)
-        finally:
-            metrics.STAGE_SECONDS.labels("predictor").observe(time.perf_counter() - started)
         return ForwardedBatch(logits, payload)
 
     async def postprocess(
@@ -197,11 +190,8 @@ class ImageClassifierTransformer(Model):
         response_headers: dict[str, str] | None = None,
     ) -> dict[str, Any] | InferResponse:
         """Top-k classes per image, shaped for the protocol the client used."""
-        started = time.perf_counter()
-        try:
+        with metrics.STAGE_SECONDS.labels("postprocess").time():
             return self._postprocess(result)
-        finally:
-            metrics.STAGE_SECONDS.labels("postprocess").observe(time.perf_counter() - started)
 
     def _postprocess(self, result: ForwardedBatch) -> dict[str, Any] | InferResponse:
         batch = result.batch
