@@ -32,6 +32,7 @@ DRAIN_S = 2.0  # the transformer's --drain_seconds here (short: the test waits t
 INFLIGHT = 24  # the transformer's --max_inflight_requests here (above the load's 16)
 CONCURRENCY = 16
 QUEUE = 32  # the predictor's --max_queue_size here: one full batch
+BUSY_CLIENTS, BUSY_IMAGES = 3, 8  # the deadline test's load on the predictor
 # Generous, for a slow shared machine: accepted work must finish inside it (it is the bound).
 REQUEST_TIMEOUT_S = 30.0
 CLIENT_TIMEOUT_S = REQUEST_TIMEOUT_S + 10  # past the servers' timeout: a hang shows as one
@@ -294,7 +295,7 @@ def test_a_grpc_deadline_reaches_the_predictor_and_the_request_leaves_its_queue_
     the transformer's predictor call: the predictor answers DEADLINE_EXCEEDED itself (without
     the deadline it would see a 30 s call, cancelled), and the client hears at its deadline."""
     predictor = pipeline.predictor
-    body, headers = pixels_body(8)
+    body, headers = pixels_body(BUSY_IMAGES)
     deadline_s = 0.2
     calls = [
         {
@@ -306,15 +307,18 @@ def test_a_grpc_deadline_reaches_the_predictor_and_the_request_leaves_its_queue_
         }
         for _ in range(6)
     ]
+    assert BUSY_CLIENTS * BUSY_IMAGES + len(calls) <= QUEUE  # never refused for capacity
     before = requests_by(scrape(predictor), "predictor_requests_total")
 
     async def scenario() -> list[dict[str, Any]]:
-        # Keep the predictor busy: 32 images in flight, one batch running and the rest (at most
-        # 24, within its queue of 32) waiting, so a new request waits for at least one batch.
+        # Keep the predictor busy with 3 x 8 = 24 images in flight, so a new request waits for
+        # at least one batch. At most 24 images wait at once (the whole load, between two
+        # batches), which leaves room in its queue of 32 for the six 1-image calls: a load of
+        # 32 images filled it, and a call was refused UNAVAILABLE (seen once under CI).
         busy = Recorder(
             f"{predictor.url}/v2/models/{MODEL_NAME}/infer",
             body,
-            4,
+            BUSY_CLIENTS,
             CLIENT_TIMEOUT_S,
             0.1,
             headers=headers,
