@@ -1,33 +1,40 @@
 """The in-process engine (`--model_dir`): the servers' decoding and model runner, no serving.
 
 Reading, hashing and decoding (transformer.imaging.preprocess, Pillow releases the GIL) run in
-a thread pool while the forward thread runs the previous batch, so decoding and the forward
-pass overlap; a serial loop (bench.limit) can only alternate them. Work is pulled only as fast
-as it is used: at most a few batches of images are in memory at any time.
+a thread pool while the forward threads (`batch.runner`: on the CPU one engine instance per
+CPU) run earlier batches, so decoding and the forward pass overlap and every CPU stays busy; a
+serial loop (bench.limit) can only alternate them. Work is pulled only as fast as it is used:
+at most a few batches of images are in memory at any time.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from queue import SimpleQueue
 from typing import Any
 
 import numpy as np
 from kserve.errors import InvalidInput
 
+from common.cpus import available_cpus
 from common.modelrepo import resolve
+from predictor.engines import describe
 from transformer.imaging import DecodeLimits, preprocess
 from transformer.postprocess import top_k
 
 from .outcomes import Failure, Outcome, Prediction, read_unless_stored, top_up
-from .runner import ForwardRunner
-from .settings import DEFAULT_BATCH_SIZE, BatchSettings
+from .runner import ForwardRunner, plan_runner
+from .settings import DEFAULT_BATCH_SIZE, DEFAULT_CPU_BATCH_SIZE, BatchSettings
 from .sources import Image, Work
 
-# Batches waiting for or in the forward pass: one running, one ready behind it.
-FORWARD_QUEUE = 2
+logger = logging.getLogger("batch")
+
+# Batches waiting for or in the forward pass beyond one running per instance: one ready
+# behind them, so an instance that finishes finds its next batch decoded.
+READY_BATCHES = 1
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,7 @@ class Decoded:
 
 
 class LocalEngine:
-    """Runs the model in this process, batches of decoded images on one forward thread."""
+    """Runs the model in this process, batches of decoded images on its forward threads."""
 
     kind = "model_dir"
 
@@ -54,55 +61,77 @@ class LocalEngine:
         self.labels = version.labels()
         self.limits = DecodeLimits(max_pixels=settings.max_image_pixels)
         self.top_k = min(settings.top_k, len(self.labels))
+        plan = plan_runner(version, available_cpus(), settings.instances, settings.num_threads)
+        default_batch = DEFAULT_CPU_BATCH_SIZE if plan.on_cpu else DEFAULT_BATCH_SIZE
         self.batch_size = settings.batch_size or min(
-            version.config.max_batch_size or 1, DEFAULT_BATCH_SIZE
+            version.config.max_batch_size or 1, default_batch
         )
-        self.runner = ForwardRunner(version, self.batch_size, settings.num_threads)
+        self.runner = ForwardRunner(version, plan, self.batch_size)
         self.pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
-        # Decodes in flight: enough to fill the next batch while one runs.
-        self.decode_ahead = self.batch_size * FORWARD_QUEUE + settings.decode_workers
+        self.forward_queue = self.runner.instances + READY_BATCHES
+        # Decodes in flight: enough to fill the next batch while the others run.
+        self.decode_ahead = self.batch_size * self.forward_queue + settings.decode_workers
+        logger.info(
+            "%s each; %d instance(s), batches of %d, %d decode worker(s)",
+            describe(version, plan.execution, self.runner.workers[0].engine),
+            self.runner.instances,
+            self.batch_size,
+            settings.decode_workers,
+        )
 
     def close(self) -> None:
-        """Stop the decode threads and the forward thread."""
+        """Stop the decode threads and the forward threads."""
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.runner.close()
 
     def classify(self, work: Iterable[Work]) -> Iterator[Outcome]:
-        """One outcome per work item; decoding overlaps the forward pass."""
+        """One outcome per work item; decoding overlaps the forward pass.
+
+        Images read ahead (decoding, or decoded and waiting for a batch) stay within
+        `decode_ahead`, and batches within `forward_queue`, however slow the forward pass: the
+        job's memory does not grow with the number of images.
+        """
         items = iter(work)
+        finished: SimpleQueue[Future[Any]] = SimpleQueue()  # decodes and batches, as they end
         decoding: set[Future[Outcome | Decoded]] = set()
         ready: list[Decoded] = []
-        forwarding: deque[tuple[Future[np.ndarray], list[Decoded]]] = deque()
+        forwarding: dict[Future[np.ndarray], list[Decoded]] = {}
         exhausted = False
         while True:
             if not exhausted:
-                exhausted = top_up(items, decoding, self.decode_ahead, self._start_decode)
+                exhausted = top_up(
+                    items, decoding, self.decode_ahead - len(ready), self._start(finished)
+                )
             # Send a batch once it is full, or whatever is left at the end.
-            while len(forwarding) < FORWARD_QUEUE and (
+            while len(forwarding) < self.forward_queue and (
                 len(ready) >= self.batch_size or (exhausted and not decoding and ready)
             ):
                 chunk, ready = ready[: self.batch_size], ready[self.batch_size :]
-                forwarding.append((self.runner.submit([d.pixels for d in chunk]), chunk))
-            if forwarding and (forwarding[0][0].done() or not decoding):
-                logits, chunk = forwarding.popleft()
-                yield from self._predictions(logits.result(), chunk)
+                batch = self.runner.submit([d.pixels for d in chunk])
+                forwarding[batch] = chunk
+                batch.add_done_callback(finished.put)
+            if not decoding and not forwarding:
+                return  # and so nothing is ready or left to read
+            future = finished.get()
+            if future in forwarding:
+                yield from self._predictions(future.result(), forwarding.pop(future))
                 continue
-            if not decoding:
-                if exhausted and not ready and not forwarding:
-                    return
-                continue
-            waiting: list[Future[Any]] = [*decoding, *(f for f, _ in forwarding)]
-            done, _ = wait(waiting, return_when=FIRST_COMPLETED)
-            for future in [f for f in decoding if f in done]:
-                decoding.discard(future)
-                result = future.result()
-                if isinstance(result, Decoded):
-                    ready.append(result)
-                else:
-                    yield result
+            decoding.discard(future)
+            result = future.result()
+            if isinstance(result, Decoded):
+                ready.append(result)
+            else:
+                yield result
 
-    def _start_decode(self, item: Work) -> Future[Outcome | Decoded]:
-        return self.pool.submit(self._decode, item)
+    def _start(self, finished: SimpleQueue[Future[Any]]) -> Callable[[Work], Future[Any]]:
+        """Starts decoding an item; its future goes to `finished` when it ends."""
+
+        def start(item: Work) -> Future[Outcome | Decoded]:
+            future = self.pool.submit(self._decode, item)
+            future.add_done_callback(finished.put)
+            return future
+
+        return start
 
     def _decode(self, item: Work) -> Outcome | Decoded:
         """Read, hash and decode one image (a decode thread); a failure is an outcome."""

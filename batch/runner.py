@@ -5,6 +5,14 @@
 concurrent Future[logits]` and `close()`. The worker's `run` is a coroutine (the predictor
 awaits it on its event loop), so the adapter keeps a small event loop on a thread of its own
 to await it. When the predictor's runner API changes, this is the only batch code that follows.
+
+On the CPU it runs several instances of the engine (Triton's `instance_group { count }`), each
+on its own forward thread with its own few intra-op threads, and gives each batch to the
+instance with the least work. A job has no latency to keep, only throughput: instances with
+one thread each never wait at an intra-op barrier for a thread the decode threads took the CPU
+from, which one engine with every CPU's thread does all the time. Measured here (2 CPUs,
+EfficientNet-Lite0, phone-sized JPEGs, batches of 4, decoding overlapped): onnxruntime took
+27-32 CPU-ms per image with 2 instances x 1 thread, 33-36 with 1 x 2 threads.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import Future
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -22,32 +31,81 @@ from predictor.torchscript import ExecutionPlan
 from predictor.worker import Engine, ForwardWorker
 
 
-class ForwardRunner:
-    """The predictor's engine on its forward thread: submit batches, get logits futures."""
+@dataclass(frozen=True)
+class RunnerPlan:
+    """How the job runs the model: the engine's execution plan (device, threads of each
+    instance) and how many instances."""
 
-    def __init__(self, version: ModelVersion, max_batch_size: int, num_threads: int) -> None:
-        """Load and warm the model on a new forward thread: the engine the repository's
-        platform names (TorchScript on CPU or CUDA when present, or onnxruntime on the CPU)."""
-        self.plan: ExecutionPlan = plan_engine(
-            version.config.platform, "auto", "auto", "auto", num_threads, torch.cuda.is_available()
-        )
-        plan = self.plan
-        self.worker: ForwardWorker[Engine] = ForwardWorker(
-            lambda: build_engine(version, plan, max_batch_size)
-        )
+    execution: ExecutionPlan
+    instances: int
+
+    @property
+    def on_cpu(self) -> bool:
+        """Whether the model runs on the CPU (else on a GPU)."""
+        return self.execution.device == "cpu"
+
+
+def plan_runner(
+    version: ModelVersion, cpus: int, instances: int | None, num_threads: int | None
+) -> RunnerPlan:
+    """The flags where given, else one single-thread instance per CPU, or one instance on a GPU
+    (the GPU is then what limits, not the CPUs). Raises ValueError for an unknown platform."""
+    plan = plan_engine(
+        version.config.platform, "auto", "auto", "auto", 1, torch.cuda.is_available()
+    )
+    count = instances or (cpus if plan.device == "cpu" else 1)
+    threads = num_threads or max(1, cpus // count)
+    return RunnerPlan(replace(plan, num_threads=threads), count)
+
+
+class ForwardRunner:
+    """The predictor's engine on forward threads: submit batches, get logits futures."""
+
+    def __init__(self, version: ModelVersion, plan: RunnerPlan, max_batch_size: int) -> None:
+        """Load and warm the model on each instance's forward thread: the engine the
+        repository's platform names (TorchScript on CPU or CUDA when present, or onnxruntime on
+        the CPU)."""
+        self.plan = plan
+        self.instances = plan.instances
+        self.workers: list[ForwardWorker[Engine]] = []
+        self._queued = [0] * self.instances  # batches submitted and not yet answered
+        self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(
             target=self._loop.run_forever, name="forward-loop", daemon=True
         )
         self._loop_thread.start()
+        try:
+            for index in range(self.instances):
+                self.workers.append(
+                    ForwardWorker(
+                        lambda: build_engine(version, plan.execution, max_batch_size),
+                        name=f"forward{index}",
+                    )
+                )
+        except BaseException:
+            self.close()
+            raise
 
     def submit(self, pixels: list[np.ndarray]) -> Future[np.ndarray]:
-        """Stack UINT8 [H, W, C] images and run them as one batch on the forward thread."""
-        return asyncio.run_coroutine_threadsafe(self.worker.run(np.stack(pixels)), self._loop)
+        """Stack UINT8 [H, W, C] images and run them as one batch on the least busy instance."""
+        with self._lock:
+            index = min(range(self.instances), key=self._queued.__getitem__)
+            self._queued[index] += 1
+        future = asyncio.run_coroutine_threadsafe(
+            self.workers[index].run(np.stack(pixels)), self._loop
+        )
+        future.add_done_callback(lambda _: self._answered(index))
+        return future
+
+    def _answered(self, index: int) -> None:
+        with self._lock:
+            self._queued[index] -= 1
 
     def close(self) -> None:
-        """Stop the forward thread and the loop."""
-        self.worker.close()
+        """Stop the forward threads and the loop."""
+        for worker in self.workers:
+            worker.close()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._loop_thread.join()
         self._loop.close()

@@ -21,7 +21,12 @@ INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in every pod of an Index
 DEFAULT_TOP_K = 5
 DEFAULT_CHUNK = 256
 DEFAULT_CONCURRENCY = 8
-DEFAULT_BATCH_SIZE = 16
+DEFAULT_BATCH_SIZE = 16  # --model_dir on a GPU
+# --model_dir on the CPU, each instance one thread. Per image, one thread, medians here:
+# onnxruntime 13.3 CPU-ms at 1, 12.4 at 2, 13.1 at 4, 14.0 at 16 images; TorchScript 26 at 2,
+# 35 at 4, 49 at 16 (the activations outgrow the caches). 4, not 2: through python -m batch
+# (ONNX, 4 runs each) 4 ran at a median 59 images/s, 2 at 56 and 16 at 54.
+DEFAULT_CPU_BATCH_SIZE = 4
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRIES = 5
 MAX_IMAGE_PIXELS = 50_000_000  # the transformer's default --max_image_pixels
@@ -56,7 +61,8 @@ class BatchSettings:
     batch_size: int
     concurrency: int
     decode_workers: int
-    num_threads: int
+    instances: int | None  # None: batch.runner.plan_instances decides
+    num_threads: int | None
     timeout_s: float
     retries: int
     max_image_pixels: int
@@ -155,8 +161,8 @@ def parser() -> argparse.ArgumentParser:
         "--batch_size",
         type=positive_int,
         default=None,
-        help=f"--model_dir: images per forward pass (default: the model's max_batch_size, "
-        f"at most {DEFAULT_BATCH_SIZE}).",
+        help=f"--model_dir: images per forward pass (default: the model's max_batch_size, at "
+        f"most {DEFAULT_CPU_BATCH_SIZE} on the CPU and {DEFAULT_BATCH_SIZE} on a GPU).",
     )
     p.add_argument(
         "--concurrency",
@@ -171,10 +177,18 @@ def parser() -> argparse.ArgumentParser:
         help="--model_dir: threads reading and decoding images (default: the CPUs available).",
     )
     p.add_argument(
+        "--instances",
+        type=positive_int,
+        default=None,
+        help="--model_dir: copies of the model, each on its own forward thread, as Triton's "
+        "instance_group count (default: one per CPU available on the CPU, one on a GPU).",
+    )
+    p.add_argument(
         "--num_threads",
         type=positive_int,
         default=None,
-        help="--model_dir: torch intra-op threads (default: the CPUs available).",
+        help="--model_dir: intra-op threads of each instance (default: the CPUs available "
+        "divided among the instances, at least 1).",
     )
     p.add_argument(
         "--timeout",
@@ -250,7 +264,8 @@ def parse(argv: list[str] | None = None, environ: Mapping[str, str] | None = Non
         batch_size=args.batch_size or 0,
         concurrency=args.concurrency,
         decode_workers=args.decode_workers or cpus,
-        num_threads=args.num_threads or cpus,
+        instances=args.instances,
+        num_threads=args.num_threads,
         timeout_s=args.timeout,
         retries=args.retries,
         max_image_pixels=args.max_image_pixels,

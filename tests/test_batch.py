@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from conftest import DATA, MODEL_NAME, ROOT, Server, start_server
 
 from batch.outcomes import Failure, Prediction
 from batch.settings import Shard, parse, parse_shard
-from batch.sources import list_images, select, shard_of
+from batch.sources import Work, list_images, select, shard_of
 from batch.store import Store
 
 GOOD = {
@@ -439,6 +440,43 @@ def test_new_model_version_writes_beside_the_old(
         "SELECT model_version, count(*) FROM predictions GROUP BY model_version "
         "ORDER BY model_version",
     ) == [("1", 5), ("2", 5)]
+
+
+def test_model_dir_engine_reads_a_bounded_way_ahead(model_repository: Path, tmp_path: Path) -> None:
+    """One single-thread TorchScript instance is several times slower than decoding small
+    photos, yet the engine never holds more than `decode_ahead` images read ahead of the
+    batches it runs: a job over a million images keeps the memory of a few batches."""
+    from batch.local import LocalEngine  # imports kserve and torch: only this test needs them
+
+    photo = DATA / "chelsea.jpg"
+    items = []
+    for i in range(48):
+        (tmp_path / f"{i:02d}.jpg").symlink_to(photo)
+        items.append(Work(f"{i:02d}.jpg", tmp_path / f"{i:02d}.jpg", None))
+    flags = ["--instances", "1", "--num_threads", "1", "--batch_size", "2", "--decode_workers", "2"]
+    settings = parse(local_args(tmp_path, "sqlite://", model_repository, *flags))
+    engine = LocalEngine(settings)
+    pulled = 0
+
+    def work() -> Iterator[Work]:
+        nonlocal pulled
+        for item in items:
+            pulled += 1
+            yield item
+
+    try:
+        ahead = []
+        outcomes = []
+        for outcome in engine.classify(work()):
+            outcomes.append(outcome)
+            ahead.append(pulled - len(outcomes))
+    finally:
+        engine.close()
+    assert sorted(o.key for o in outcomes) == sorted(i.key for i in items)
+    assert all(isinstance(o, Prediction) for o in outcomes), outcomes
+    # Decoding or decoded and waiting, plus the batches sent to the forward pass.
+    bound = engine.decode_ahead + engine.forward_queue * engine.batch_size
+    assert max(ahead) <= bound, (max(ahead), bound, ahead)
 
 
 def test_url_engine_needs_neither_kserve_nor_torch() -> None:
