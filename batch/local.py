@@ -10,11 +10,9 @@ at most a few batches of images are in memory at any time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from queue import SimpleQueue
-from typing import Any
 
 import numpy as np
 from kserve.errors import InvalidInput
@@ -25,7 +23,7 @@ from predictor.engines import describe
 from transformer.imaging import DecodeLimits, preprocess
 from transformer.postprocess import top_k
 
-from .outcomes import Failure, Outcome, Prediction, read_unless_stored, top_up
+from .outcomes import Failure, Finished, Outcome, Prediction, read_unless_stored, top_up
 from .runner import ForwardRunner, plan_runner
 from .settings import DEFAULT_BATCH_SIZE, DEFAULT_CPU_BATCH_SIZE, BatchSettings
 from .sources import Image, Work
@@ -92,7 +90,7 @@ class LocalEngine:
         job's memory does not grow with the number of images.
         """
         items = iter(work)
-        finished: SimpleQueue[Future[Any]] = SimpleQueue()  # decodes and batches, as they end
+        finished = Finished()  # decodes and batches
         decoding: set[Future[Outcome | Decoded]] = set()
         ready: list[Decoded] = []
         forwarding: dict[Future[np.ndarray], list[Decoded]] = {}
@@ -100,19 +98,20 @@ class LocalEngine:
         while True:
             if not exhausted:
                 exhausted = top_up(
-                    items, decoding, self.decode_ahead - len(ready), self._start(finished)
+                    items,
+                    decoding,
+                    self.decode_ahead - len(ready),
+                    lambda item: finished.track(self.pool.submit(self._decode, item)),
                 )
             # Send a batch once it is full, or whatever is left at the end.
             while len(forwarding) < self.forward_queue and (
                 len(ready) >= self.batch_size or (exhausted and not decoding and ready)
             ):
                 chunk, ready = ready[: self.batch_size], ready[self.batch_size :]
-                batch = self.runner.submit([d.pixels for d in chunk])
-                forwarding[batch] = chunk
-                batch.add_done_callback(finished.put)
+                forwarding[finished.track(self.runner.submit([d.pixels for d in chunk]))] = chunk
             if not decoding and not forwarding:
                 return  # and so nothing is ready or left to read
-            future = finished.get()
+            future = finished.next()
             if future in forwarding:
                 yield from self._predictions(future.result(), forwarding.pop(future))
                 continue
@@ -122,16 +121,6 @@ class LocalEngine:
                 ready.append(result)
             else:
                 yield result
-
-    def _start(self, finished: SimpleQueue[Future[Any]]) -> Callable[[Work], Future[Any]]:
-        """Starts decoding an item; its future goes to `finished` when it ends."""
-
-        def start(item: Work) -> Future[Outcome | Decoded]:
-            future = self.pool.submit(self._decode, item)
-            future.add_done_callback(finished.put)
-            return future
-
-        return start
 
     def _decode(self, item: Work) -> Outcome | Decoded:
         """Read, hash and decode one image (a decode thread); a failure is an outcome."""

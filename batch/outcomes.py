@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from queue import SimpleQueue
+from typing import Any, Protocol, TypeVar
 
 from .sources import Image, Work, read_image
 
@@ -90,3 +91,21 @@ def top_up(
             return True
         in_flight.add(start(item))
     return False
+
+
+class Finished:
+    """Futures in the order they end: their done-callbacks feed a queue, so waiting for the
+    next one costs the same however many are in flight (`concurrent.futures.wait` walks and
+    locks every one of them at each call)."""
+
+    def __init__(self) -> None:
+        self._queue: SimpleQueue[Future[Any]] = SimpleQueue()
+
+    def track(self, future: Future[T]) -> Future[T]:
+        """Have `future` come out of `next` once it ends; returns it."""
+        future.add_done_callback(self._queue.put)
+        return future
+
+    def next(self) -> Future[Any]:
+        """The next tracked future to end (blocks until one does)."""
+        return self._queue.get()

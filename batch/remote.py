@@ -13,7 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
@@ -24,6 +24,7 @@ from .outcomes import (
     EngineConfigError,
     EngineUnavailable,
     Failure,
+    Finished,
     Outcome,
     Prediction,
     read_unless_stored,
@@ -111,19 +112,22 @@ class RemoteEngine:
     def classify(self, work: Iterable[Work]) -> Iterator[Outcome]:
         """One outcome per work item, `concurrency` requests in flight; raises EngineUnavailable."""
         items = iter(work)
+        finished = Finished()
         in_flight: set[Future[Outcome]] = set()
         exhausted = False
         while True:
             if not exhausted:
-                exhausted = top_up(items, in_flight, self.concurrency, self._start)
+                exhausted = top_up(
+                    items,
+                    in_flight,
+                    self.concurrency,
+                    lambda item: finished.track(self.pool.submit(self._classify_one, item)),
+                )
             if not in_flight:
                 return
-            done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in done:
-                yield future.result()
-
-    def _start(self, item: Work) -> Future[Outcome]:
-        return self.pool.submit(self._classify_one, item)
+            future = finished.next()
+            in_flight.discard(future)
+            yield future.result()
 
     def _client(self) -> grpcclient.InferenceServerClient:
         client = getattr(self._local, "client", None)
