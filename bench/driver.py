@@ -38,6 +38,7 @@ from .stats import (
     PEER,
     PROTOCOLS,
     SERVED,
+    V2_GRPC,
     CellResult,
     HopResult,
     LimitPoint,
@@ -308,6 +309,23 @@ def agreement(client: Client, names: list[str], expected: dict[str, int]) -> str
     return f"{matches}/{len(names)}"
 
 
+def limit_again(
+    settings: BenchSettings, image_dir: Path, log_dir: Path, kinds: dict[str, str], log_stem: str
+) -> Callable[[int], LimitResult]:
+    """Measures the limit once more for the batch run of round `round_`."""
+
+    def measure(round_: int) -> LimitResult:
+        return measure_limit(
+            settings, image_dir, log_dir, kinds, f"{log_stem}-batch-{round_ + 1}.log"
+        )[0]
+
+    return measure
+
+
+# Measures one cell (protocol, concurrency) of a running pipeline.
+CellMeasure = Callable[[str, int], CellResult]
+
+
 def measure_pipeline(
     spec: PipelineSpec,
     settings: BenchSettings,
@@ -317,44 +335,61 @@ def measure_pipeline(
     expected_top1: dict[str, int],
     log_dir: Path,
     agreements: dict[str, str],
-    then: Callable[[Pipeline], None] | None = None,
+    then: Callable[[Pipeline, CellMeasure], None] | None = None,
 ) -> list[CellResult]:
     """Start one pipeline and run every protocol and concurrency against it (then `then`,
-    while it still runs)."""
-    cells = []
+    while it still runs, with a way to measure a cell again)."""
+    cells: list[CellResult] = []
     print(f"[bench] starting the {spec.name} pipeline", file=sys.stderr, flush=True)
     with running(spec, settings.model_dir, settings.model_name, log_dir) as pipeline:
-        for protocol in PROTOCOLS:
-            client = client_for(
+        clients = {
+            protocol: client_for(
                 protocol,
                 pipeline.transformer.url,
                 pipeline.transformer.grpc_target,
                 settings.model_name,
                 images,
             )
-            agreements[f"{spec.name} {protocol}"] = agreement(client, names, expected_top1)
-            for concurrency in settings.concurrency:
-                run = closed_loop(
-                    client,
-                    len(images),
-                    concurrency,
-                    settings.warmup_s,
-                    settings.duration_s,
-                    settings.max_requests,
-                    lambda: probe(pipeline),
-                )
-                cell = cell_result(spec.name, protocol, concurrency, run, kinds)
-                print(
-                    f"[bench] {spec.name} {protocol} c{concurrency}: "
-                    f"{cell.images_per_s:.1f} images/s, p50 {cell.latency.p50_ms:.0f} ms, "
-                    f"{cell.errors} errors",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                cells.append(cell)
+            for protocol in PROTOCOLS
+        }
+
+        def measure_cell(protocol: str, concurrency: int) -> CellResult:
+            run = closed_loop(
+                clients[protocol],
+                len(images),
+                concurrency,
+                settings.warmup_s,
+                settings.duration_s,
+                settings.max_requests,
+                lambda: probe(pipeline),
+            )
+            cell = cell_result(spec.name, protocol, concurrency, run, kinds)
+            print(
+                f"[bench] {spec.name} {protocol} c{concurrency}: "
+                f"{cell.images_per_s:.1f} images/s, p50 {cell.latency.p50_ms:.0f} ms, "
+                f"{cell.errors} errors",
+                file=sys.stderr,
+                flush=True,
+            )
+            return cell
+
+        for protocol in PROTOCOLS:
+            agreements[f"{spec.name} {protocol}"] = agreement(
+                clients[protocol], names, expected_top1
+            )
+            cells.extend(measure_cell(protocol, c) for c in settings.concurrency)
         if then is not None:
-            then(pipeline)
+            then(pipeline, measure_cell)
     return cells
+
+
+def batch_through(batch: BatchPlan) -> Callable[[Pipeline, CellMeasure], None]:
+    """The --url runs of `batch` through a pipeline, each after its served V2 gRPC cell."""
+
+    def through(pipeline: Pipeline, measure_cell: CellMeasure) -> None:
+        batch.through(pipeline, lambda: measure_cell(V2_GRPC, batch.concurrency))
+
+    return through
 
 
 def run(settings: BenchSettings) -> Report:
@@ -371,9 +406,8 @@ def run(settings: BenchSettings) -> Report:
     load_before = os.getloadavg()
 
     print("[bench] measuring the in-process limit", file=sys.stderr, flush=True)
-    limit, expected_top1 = measure_limit(
-        settings, image_dir, log_dir, dict(zip(names, kinds, strict=True))
-    )
+    kind_of = dict(zip(names, kinds, strict=True))
+    limit, expected_top1 = measure_limit(settings, image_dir, log_dir, kind_of)
     hop = measure_hop(settings, paths[0], log_dir)
     # python -m batch runs on the engine a CPU deployment serves: ONNX FP32 when given, else
     # the main run's; its yardsticks (limit, served cell) are that engine's.
@@ -387,7 +421,7 @@ def run(settings: BenchSettings) -> Report:
     )
     batch_here = batch.model_dir == settings.model_dir
     if batch_here:
-        batch.in_process(limit, SERVED)
+        batch.in_process(limit, limit_again(settings, image_dir, log_dir, kind_of, "limit"))
 
     agreements: dict[str, str] = {}
     ours = dataclasses.replace(
@@ -404,7 +438,7 @@ def run(settings: BenchSettings) -> Report:
         expected_top1,
         log_dir,
         agreements,
-        batch.through if batch_here else None,
+        batch_through(batch) if batch_here else None,
     )
     if not settings.skip_peer:
         cells += measure_pipeline(
@@ -452,7 +486,7 @@ def run(settings: BenchSettings) -> Report:
         targets=evaluate_targets(ratios, cells),
         top1_agreement=agreements,
         runtime_s=time.perf_counter() - started,
-        batch=batch.result(cells + (engine_part["cells"] if engine_part else [])),
+        batch=batch.result(),
         engines=(
             None
             if engine_part is None
@@ -509,7 +543,10 @@ def measure_engines(
         spec = dataclasses.replace(OURS, name=f"{SERVED} ({name})")
         batch_here = directory == batch.model_dir
         if batch_here:
-            batch.in_process(engine_limit, spec.name)
+            batch.in_process(
+                engine_limit,
+                limit_again(engine_settings, image_dir, log_dir, kind_of, f"limit-{slug}"),
+            )
         engine_cells = measure_pipeline(
             spec,
             engine_settings,
@@ -519,7 +556,7 @@ def measure_engines(
             top1,
             log_dir,
             agreements,
-            batch.through if batch_here else None,
+            batch_through(batch) if batch_here else None,
         )
         agreements[f"{name} limit vs TorchScript limit"] = (
             f"{sum(top1.get(n) == expected_top1.get(n) for n in names)}/{len(names)}"

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.batch import BatchResult, BatchRun, Pair, median_pair
 from bench.images import (
     ORIGINAL,
     PHONE,
@@ -306,3 +307,29 @@ def test_report_formats_writes_json_without_nan_and_plots(
     report.plot(tmp_path / "bench.png")
     with Image.open(tmp_path / "bench.png") as png:
         assert png.format == "PNG"
+
+
+def batch_pair(images_per_s: float, yardstick: float, engine: str = "model_dir") -> Pair:
+    run = BatchRun(engine, None, 300, 300, 0, images_per_s, 300 / images_per_s, 0.01)
+    return Pair(run, yardstick)
+
+
+def test_batch_ratio_is_the_median_pair_not_the_best() -> None:
+    pairs = (batch_pair(60, 50), batch_pair(70, 50), batch_pair(55, 50))  # 1.2, 1.4, 1.1
+    assert median_pair(pairs) == pairs[0]
+    assert median_pair(pairs[:2]) == pairs[0]  # even: the lower middle
+    assert median_pair(()) is None
+    result = BatchResult(pairs, (batch_pair(45, 50, "url"),), "repo")
+    assert result.in_process_over_limit == pytest.approx(1.2)
+    assert result.url_over_served == pytest.approx(0.9)
+    text = "\n".join(result.format_lines())
+    assert "median of the runs: 1.20x (target >= 1.2x)" in text
+    assert "median of the runs: 0.90x (target >= 0.9x)" in text
+    assert json.loads(json.dumps(result.to_json()))["in_process"][1]["ratio"] == pytest.approx(1.4)
+
+
+def test_batch_ratio_without_url_runs_or_yardstick() -> None:
+    result = BatchResult((batch_pair(60, 0),), ())
+    assert result.in_process_over_limit == 0.0
+    assert result.url_over_served is None
+    assert "median of the runs: n/a" in "\n".join(result.format_lines())
