@@ -181,7 +181,8 @@ def parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=None,
         help="--model_dir: copies of the model, each on its own forward thread, as Triton's "
-        "instance_group count (default: one per CPU available on the CPU, one on a GPU).",
+        "instance_group count (default: on the CPU one per CPU available, at most 8; on a GPU "
+        "one).",
     )
     p.add_argument(
         "--num_threads",

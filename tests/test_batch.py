@@ -30,6 +30,7 @@ from batch.outcomes import Failure, Prediction
 from batch.settings import Shard, parse, parse_shard
 from batch.sources import Work, list_images, select, shard_of
 from batch.store import Store
+from common.modelrepo import resolve
 
 GOOD = {
     "photos/coffee.jpg": "coffee.jpg",
@@ -440,6 +441,23 @@ def test_new_model_version_writes_beside_the_old(
         "SELECT model_version, count(*) FROM predictions GROUP BY model_version "
         "ORDER BY model_version",
     ) == [("1", 5), ("2", 5)]
+
+
+def test_model_dir_engine_runs_one_single_thread_instance_per_cpu(model_repository: Path) -> None:
+    """On the CPU: one single-thread instance per CPU, at most 8 (then more threads each);
+    the flags win where given."""
+    from batch.runner import plan_runner  # imports torch
+
+    version = resolve(model_repository, MODEL_NAME)
+    expected = {  # (CPUs, --instances, --num_threads): (instances, threads each)
+        (2, None, None): (2, 1),
+        (64, None, None): (8, 8),
+        (2, 3, None): (3, 1),
+        (16, None, 4): (8, 4),
+    }
+    plans = {flags: plan_runner(version, *flags) for flags in expected}
+    assert {key: (p.instances, p.execution.num_threads) for key, p in plans.items()} == expected
+    assert all(p.on_cpu for p in plans.values())  # no GPU here
 
 
 def test_model_dir_engine_reads_a_bounded_way_ahead(model_repository: Path, tmp_path: Path) -> None:
