@@ -66,13 +66,13 @@ class LocalEngine:
         )
         self.runner = ForwardRunner(version, plan, self.batch_size)
         self.pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
-        self.forward_queue = self.runner.instances + READY_BATCHES
+        self.forward_queue = plan.instances + READY_BATCHES
         # Decodes in flight: enough to fill the next batch while the others run.
         self.decode_ahead = self.batch_size * self.forward_queue + settings.decode_workers
         logger.info(
             "%s each; %d instance(s), batches of %d, %d decode worker(s)",
             describe(version, plan.execution, self.runner.workers[0].engine),
-            self.runner.instances,
+            plan.instances,
             self.batch_size,
             settings.decode_workers,
         )

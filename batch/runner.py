@@ -73,9 +73,8 @@ class ForwardRunner:
         repository's platform names (TorchScript on CPU or CUDA when present, or onnxruntime on
         the CPU)."""
         self.plan = plan
-        self.instances = plan.instances
         self.workers: list[ForwardWorker[Engine]] = []
-        self._queued = [0] * self.instances  # batches submitted and not yet answered
+        self._queued = [0] * plan.instances  # batches submitted and not yet answered
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(
@@ -83,7 +82,7 @@ class ForwardRunner:
         )
         self._loop_thread.start()
         try:
-            for index in range(self.instances):
+            for index in range(plan.instances):
                 self.workers.append(
                     ForwardWorker(
                         lambda: build_engine(version, plan.execution, max_batch_size),
@@ -97,7 +96,7 @@ class ForwardRunner:
     def submit(self, pixels: list[np.ndarray]) -> Future[np.ndarray]:
         """Stack UINT8 [H, W, C] images and run them as one batch on the least busy instance."""
         with self._lock:
-            index = min(range(self.instances), key=self._queued.__getitem__)
+            index = min(range(len(self._queued)), key=self._queued.__getitem__)
             self._queued[index] += 1
         future = asyncio.run_coroutine_threadsafe(
             self.workers[index].run(np.stack(pixels)), self._loop

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .servers import Pipeline
-from .stats import CellResult, LimitResult
+from .stats import CellResult, LimitResult, ratio
 from .support import run_json_module
 
 IN_PROCESS_OVER_LIMIT_MIN = 1.2
@@ -59,8 +59,8 @@ class Pair:
 
     @property
     def ratio(self) -> float:
-        """The run's images/s over the yardstick's."""
-        return self.run.images_per_s / self.yardstick if self.yardstick > 0 else 0.0
+        """The run's images/s over the yardstick's (0 without a yardstick)."""
+        return ratio(self.run.images_per_s, self.yardstick) or 0.0
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict with the ratio."""
@@ -126,7 +126,7 @@ class BatchResult:
                 f"{run.images_per_s:>8.1f} {run.seconds:>8.1f} {run.db_share:>8.1%} "
                 f"{pair.yardstick:>9.1f} {pair.ratio:>5.2f}x"
             )
-        for label, ratio, target in (
+        for label, value, target in (
             (
                 "in-process engine / limit best",
                 self.in_process_over_limit,
@@ -138,8 +138,8 @@ class BatchResult:
                 URL_OVER_SERVED_MIN,
             ),
         ):
-            value = "n/a" if ratio is None else f"{ratio:.2f}x"
-            lines.append(f"  {label}, median of the runs: {value} (target >= {target}x)")
+            shown = "n/a" if value is None else f"{value:.2f}x"
+            lines.append(f"  {label}, median of the runs: {shown} (target >= {target}x)")
         return lines
 
 
