@@ -2,7 +2,8 @@
 
 The main thread owns the database: it looks up a chunk of keys (one query), feeds them to the
 engine, and writes the outcomes back a chunk per transaction. The engine's threads only read,
-decode and classify.
+decode and classify. Entries of SOURCE left out by the listing (FIFOs, dangling links, ...) are
+failures too, written to batch_errors before the images, and counted by kind in the summary.
 """
 
 from __future__ import annotations
@@ -12,26 +13,50 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from common.modelrepo import ModelRepositoryError
 
-from .outcomes import Engine, EngineConfigError, EngineUnavailable, Failure, Prediction, Skipped
+from .outcomes import (
+    Engine,
+    EngineConfigError,
+    EngineUnavailable,
+    Failure,
+    Outcome,
+    Prediction,
+    Skipped,
+)
 from .progress import Progress
 from .settings import BatchSettings, parse
-from .sources import SourceError, Work, list_images, select
+from .sources import LEFT_OUT_KINDS, LeftOut, SourceError, Work, list_source
 from .store import RunCounts, Store, StoreError
 
 logger = logging.getLogger("batch")
 
 EXIT_OK, EXIT_FAILED_IMAGES, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+# Keys of left-out entries named per kind in the summary (all of them are in batch_errors).
+LEFT_OUT_EXAMPLES = 3
+
+
+def left_out_summary(entries: Iterable[LeftOut]) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """Counts of left-out entries by kind (every kind, 0 included) and a few keys of each."""
+    counts = dict.fromkeys(LEFT_OUT_KINDS, 0)
+    examples: dict[str, list[str]] = {}
+    for entry in entries:
+        counts[entry.kind] += 1
+        named = examples.setdefault(entry.kind, [])
+        if len(named) < LEFT_OUT_EXAMPLES:
+            named.append(entry.key)
+    return counts, examples
 
 
 @dataclass(frozen=True)
 class Summary:
-    """What a run did, for the final table and --json."""
+    """What a run did, for the final table and --json. `images` counts this shard's image
+    files and left-out entries; `failed` counts both kinds of failure, `left_out` the second
+    by kind (LEFT_OUT_KINDS), with a few of their keys in `left_out_examples`."""
 
     run_id: int
     status: str
@@ -45,6 +70,8 @@ class Summary:
     failed: int
     seconds: float
     db_seconds: float
+    left_out: dict[str, int]
+    left_out_examples: dict[str, list[str]]
 
     @property
     def images_per_s(self) -> float:
@@ -58,6 +85,7 @@ class Summary:
             ("predicted", str(self.predicted)),
             ("skipped", str(self.skipped)),
             ("failed", str(self.failed)),
+            ("left out", str(sum(self.left_out.values()))),
             ("images/s", f"{self.images_per_s:.1f}"),
             ("seconds", f"{self.seconds:.1f}"),
             ("database share", f"{self.db_seconds / max(self.seconds, 1e-9):.1%}"),
@@ -67,7 +95,16 @@ class Summary:
             f"engine {self.engine}, shard {self.shard}"
         )
         width = max(len(name) for name, _ in rows)
-        return "\n".join([head, *(f"  {name:<{width}}  {value:>10}" for name, value in rows)])
+        lines = [head, *(f"  {name:<{width}}  {value:>10}" for name, value in rows)]
+        kinds = [
+            f"{kind} {count} ({', '.join(self.left_out_examples.get(kind, []))}"
+            + (", ...)" if count > LEFT_OUT_EXAMPLES else ")")
+            for kind, count in self.left_out.items()
+            if count
+        ]
+        if kinds:
+            lines.append(f"  left out (failed, see batch_errors): {'; '.join(kinds)}")
+        return "\n".join(lines)
 
     def to_json(self) -> str:
         """The summary as one JSON object (with images_per_s)."""
@@ -105,7 +142,9 @@ def run(settings: BatchSettings, store: Store, engine: Engine) -> Summary:
     """Classify this shard's images and store the outcomes; raises EngineUnavailable,
     StoreError or SourceError (the run is then recorded as stopped)."""
     started = time.perf_counter()
-    keys = select(list_images(settings.source), settings.shard)
+    listing = list_source(settings.source).shard(settings.shard)
+    keys = listing.images
+    images = len(keys) + len(listing.left_out)
     run_id = store.start_run(
         str(settings.source),
         engine.model_name,
@@ -117,27 +156,34 @@ def run(settings: BatchSettings, store: Store, engine: Engine) -> Summary:
     done: list[Prediction] = []
     failed: list[Failure] = []
     status = "stopped"
-    progress = Progress(len(keys), settings.progress)
+    left_out_counts, left_out_examples = left_out_summary(listing.left_out.values())
+    progress = Progress(images, settings.progress)
 
     def flush() -> None:
         store.write(run_id, engine.model_name, engine.model_version, done, failed)
         done.clear()
         failed.clear()
 
+    def record(outcome: Outcome) -> None:
+        if isinstance(outcome, Prediction):
+            done.append(outcome)
+            counts["predicted"] += 1
+        elif isinstance(outcome, Skipped):
+            counts["skipped"] += 1
+        else:
+            failed.append(outcome)
+            counts["failed"] += 1
+            logger.warning("%s: %s", outcome.key, outcome.reason)
+        progress.update(counts)
+        if len(done) + len(failed) >= settings.chunk_size:
+            flush()
+
     try:
+        # Asked for (under SOURCE) but not classified: recorded as failures, never opened.
+        for entry in listing.left_out.values():
+            record(Failure(entry.key, None, entry.reason))
         for outcome in engine.classify(work_items(store, engine, keys, settings.chunk_size)):
-            if isinstance(outcome, Prediction):
-                done.append(outcome)
-                counts["predicted"] += 1
-            elif isinstance(outcome, Skipped):
-                counts["skipped"] += 1
-            else:
-                failed.append(outcome)
-                counts["failed"] += 1
-                logger.warning("%s: %s", outcome.key, outcome.reason)
-            progress.update(counts)
-            if len(done) + len(failed) >= settings.chunk_size:
-                flush()
+            record(outcome)
         flush()
         status = "finished"
     finally:
@@ -148,7 +194,7 @@ def run(settings: BatchSettings, store: Store, engine: Engine) -> Summary:
             except StoreError:
                 pass
         try:
-            store.finish_run(run_id, status, RunCounts(len(keys), **counts))
+            store.finish_run(run_id, status, RunCounts(images, **counts))
         except StoreError:
             if status == "finished":
                 raise
@@ -159,9 +205,11 @@ def run(settings: BatchSettings, store: Store, engine: Engine) -> Summary:
         model_version=engine.model_version,
         engine=engine.kind,
         shard=str(settings.shard),
-        images=len(keys),
+        images=images,
         seconds=time.perf_counter() - started,
         db_seconds=store.seconds,
+        left_out=left_out_counts,
+        left_out_examples=left_out_examples,
         **counts,
     )
 

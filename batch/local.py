@@ -58,6 +58,7 @@ class LocalEngine:
         self.params = version.preprocessing()
         self.labels = version.labels()
         self.limits = DecodeLimits(max_pixels=settings.max_image_pixels)
+        self.max_image_bytes = settings.max_image_bytes
         self.top_k = min(settings.top_k, len(self.labels))
         plan = plan_runner(version, available_cpus(), settings.instances, settings.num_threads)
         default_batch = DEFAULT_CPU_BATCH_SIZE if plan.on_cpu else DEFAULT_BATCH_SIZE
@@ -124,7 +125,7 @@ class LocalEngine:
 
     def _decode(self, item: Work) -> Outcome | Decoded:
         """Read, hash and decode one image (a decode thread); a failure is an outcome."""
-        image = read_unless_stored(item)
+        image = read_unless_stored(item, self.max_image_bytes)
         if not isinstance(image, Image):
             return image
         try:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from queue import SimpleQueue
 from typing import Any, Protocol, TypeVar
 
-from .sources import Image, Work, read_image
+from .sources import FileRefused, Image, Work, read_image
 
 T = TypeVar("T")
 
@@ -71,11 +71,14 @@ class Engine(Protocol):
         ...
 
 
-def read_unless_stored(item: Work) -> Image | Skipped | Failure:
+def read_unless_stored(item: Work, max_bytes: int) -> Image | Skipped | Failure:
     """The image's bytes and sha256; Skipped when its stored prediction is for these very
-    bytes, Failure when the file cannot be read."""
+    bytes, Failure when the file cannot be read, is not a regular file or has more than
+    `max_bytes` (--max_image_bytes: then it is not read at all)."""
     try:
-        image = read_image(item.path)
+        image = read_image(item.path, max_bytes)
+    except FileRefused as exc:
+        return Failure(item.key, None, str(exc))
     except OSError as exc:
         return Failure(item.key, None, f"cannot read {item.path}: {exc.strerror or exc}")
     return Skipped(item.key) if item.stored_sha256 == image.sha256 else image

@@ -71,6 +71,7 @@ class RemoteEngine:
         self.timeout_s = settings.timeout_s
         self.retries = settings.retries
         self.concurrency = settings.concurrency
+        self.max_image_bytes = settings.max_image_bytes
         self._local = threading.local()
         self._clients: list[grpcclient.InferenceServerClient] = []
         self._lock = threading.Lock()
@@ -159,7 +160,7 @@ class RemoteEngine:
 
     def _classify_one(self, item: Work) -> Outcome:
         """Read, hash and classify one image (a request thread)."""
-        image = read_unless_stored(item)
+        image = read_unless_stored(item, self.max_image_bytes)
         if not isinstance(image, Image):
             return image
         tensor = grpcclient.InferInput(IMAGE_INPUT, [1], "BYTES")

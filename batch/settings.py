@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.cli import DEFAULT_MODEL_NAME, positive_int
+from common.cli import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MODEL_NAME, positive_int
 from common.cpus import available_cpus
 
 DEFAULT_DB = "sqlite:///predictions.db"
@@ -30,6 +30,8 @@ DEFAULT_CPU_BATCH_SIZE = 4
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRIES = 5
 MAX_IMAGE_PIXELS = 50_000_000  # the transformer's default --max_image_pixels
+# A file larger than the servers accept in one request is not read: its size is checked first.
+MAX_IMAGE_BYTES = DEFAULT_MAX_REQUEST_BYTES
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class BatchSettings:
     timeout_s: float
     retries: int
     max_image_pixels: int
+    max_image_bytes: int
     progress: str  # "auto", "bar" or "plain"
     json_summary: bool
 
@@ -101,14 +104,17 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m batch",
         description="Classify every image under SOURCE and upsert the top-k predictions into "
         "a SQL table. Exit status: 0 all images predicted or skipped, 1 some images failed "
-        "(see the batch_errors table), 2 bad flags or settings (model, API key), 3 the job "
-        "stopped (service or database unreachable, SIGTERM); a re-run resumes where it stopped.",
+        "or SOURCE entries were left out (see the batch_errors table), 2 bad flags or "
+        "settings (model, API key), 3 the job stopped (service or database unreachable, "
+        "SIGTERM); a re-run resumes where it stopped.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "source",
         type=Path,
-        help="A directory (searched recursively; dot files are ignored) or a text file "
+        help="A directory (searched recursively; dot files and links to directories are "
+        "ignored; FIFOs, sockets, devices, dangling or looping links and unlistable "
+        "directories are left out, counted and recorded in batch_errors) or a text file "
         "listing image paths, one per line (relative paths are relative to the file).",
     )
     p.add_argument(
@@ -211,6 +217,13 @@ def parser() -> argparse.ArgumentParser:
         help="--model_dir: largest image (width x height) decoded, as the transformer's flag.",
     )
     p.add_argument(
+        "--max_image_bytes",
+        type=positive_int,
+        default=MAX_IMAGE_BYTES,
+        help="Largest image file read, in bytes (the default is the servers' default "
+        "--max_request_bytes); a larger file is recorded in batch_errors without being read.",
+    )
+    p.add_argument(
         "--progress",
         choices=["auto", "bar", "plain"],
         default="auto",
@@ -270,6 +283,7 @@ def parse(argv: list[str] | None = None, environ: Mapping[str, str] | None = Non
         timeout_s=args.timeout,
         retries=args.retries,
         max_image_pixels=args.max_image_pixels,
+        max_image_bytes=args.max_image_bytes,
         progress=args.progress,
         json_summary=args.json,
     )

@@ -14,6 +14,18 @@ DEFAULT_MODEL_NAME = "image-classifier"
 DEFAULT_MODEL_DIR = "/mnt/models"
 # Where `make model-repo` exports the model for local runs (make serve, make bench).
 LOCAL_MODEL_REPOSITORY = "model_repository"
+# The servers' default --max_request_bytes (largest HTTP body and gRPC message), and the batch
+# job's default --max_image_bytes: a file the servers would refuse is not read whole offline
+# either. Here, free of kserve, so the batch job's --url engine can import it too.
+# Why 16 MiB: the transformer's requests carry encoded images. A 12-megapixel phone JPEG is
+# 2-5 MB, and the largest image it decodes (--max_image_pixels, 50 megapixels) is 10-15 MB as
+# a good JPEG; so 16 MiB carries that one image as bytes (V2 binary, gRPC), or three phone
+# photos as base64 (V1 JSON, +33%). The predictor's requests carry pixels: a full batch of
+# 32 x 224 x 224 x 3 UINT8 is 4.6 MiB as binary or gRPC raw contents (JSON numbers take ~4
+# bytes a pixel: 16 MiB carries ~27 images that way). Larger batches go as several requests
+# (the transformer coalesces concurrent ones anyway). Each byte allowed here is memory a
+# client may make the server hold, so the limit is no larger than real requests need.
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
 
 def positive_int(text: str) -> int:

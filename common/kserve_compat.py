@@ -27,7 +27,7 @@ from grpc_interceptor.exceptions import Unauthenticated, Unimplemented
 from kserve.errors import InferenceError
 from kserve.logging import KSERVE_TRACE_LOGGER_NAME
 from kserve.protocol.dataplane import DataPlane
-from kserve.protocol.infer_type import InferInput, InferOutput
+from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest
 from starlette.routing import BaseRoute
 
 from . import admission
@@ -150,23 +150,73 @@ def use_lean_grpc(enable_latency_logging: bool) -> None:
 
 
 def add_grpc_interceptor(interceptor: grpc.aio.ServerInterceptor) -> None:
-    """Make kserve's gRPC server run `interceptor` first, ahead of kserve's own two.
+    """Make kserve's gRPC server run `interceptor` ahead of kserve's own two (interceptors
+    added earlier run first).
 
     kserve 0.21's GRPCServer.start builds its server with `aio.server(interceptors=(Logging,
-    ExceptionToStatus))` from its module's `aio` name and takes no interceptors of its own;
-    this replaces that name with grpc.aio whose `server` prepends ours. Call before
-    ModelServer.start().
+    ExceptionToStatus), options=...)` from its module's `aio` name and takes no interceptors
+    or options of its own; that name is replaced with grpc.aio whose `server` prepends ours
+    (and adds the options of `add_grpc_server_options`). Call before ModelServer.start().
     """
+    _GRPC_INTERCEPTORS.append(interceptor)
+    kserve_grpc_server.aio = _AioWithOurs()
 
-    class _AioWithInterceptor:
+
+def add_grpc_server_options(options: Sequence[tuple[str, int]]) -> None:
+    """Give kserve's gRPC server these channel arguments too (keepalive, stream limits); those
+    kserve sets itself (message sizes) stay kserve's. Call before ModelServer.start()."""
+    _GRPC_OPTIONS.extend(options)
+    kserve_grpc_server.aio = _AioWithOurs()
+
+
+_GRPC_INTERCEPTORS: list[grpc.aio.ServerInterceptor] = []
+_GRPC_OPTIONS: list[tuple[str, int]] = []
+
+
+class _AioWithOurs:
+    """grpc.aio, whose `server` also takes our interceptors (first) and options."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(grpc.aio, name)
+
+    @staticmethod
+    def server(
+        *args: Any, interceptors: Any = (), options: Any = None, **kwargs: Any
+    ) -> grpc.aio.Server:
+        theirs = list(options or ())
+        taken = {key for key, _ in theirs}
+        ours = [(key, value) for key, value in _GRPC_OPTIONS if key not in taken]
+        return grpc.aio.server(
+            *args,
+            interceptors=(*_GRPC_INTERCEPTORS, *interceptors),
+            options=theirs + ours,
+            **kwargs,
+        )
+
+
+# --- the REST server's connections --------------------------------------------------------
+
+
+def use_http_protocol(protocol: type[asyncio.Protocol]) -> None:
+    """Make kserve's REST server speak HTTP/1.1 through `protocol` (a uvicorn protocol class).
+
+    kserve 0.21's RESTServer builds its `uvicorn.Config` inside ModelServer.start() with no
+    `http` argument (uvicorn then picks its own class); the name `uvicorn` in
+    `kserve.protocol.rest.server` is replaced with the uvicorn module whose Config sets it.
+    Call before ModelServer.start().
+    """
+    import kserve.protocol.rest.server as kserve_rest_server
+    import uvicorn
+
+    class _UvicornWithProtocol:
         def __getattr__(self, name: str) -> Any:
-            return getattr(grpc.aio, name)
+            return getattr(uvicorn, name)
 
         @staticmethod
-        def server(*args: Any, interceptors: Any = (), **kwargs: Any) -> grpc.aio.Server:
-            return grpc.aio.server(*args, interceptors=(interceptor, *interceptors), **kwargs)
+        def Config(*args: Any, **kwargs: Any) -> uvicorn.Config:
+            return uvicorn.Config(*args, **{**kwargs, "http": protocol})
 
-    kserve_grpc_server.aio = _AioWithInterceptor()
+    kserve_rest_server.uvicorn = _UvicornWithProtocol()
 
 
 # --- the data plane ----------------------------------------------------------------------
@@ -204,6 +254,21 @@ def set_raw_data(tensor: InferInput, data: bytes | memoryview) -> None:
     which the REST parser attaches, is for reading in this process).
     """
     tensor._raw_data = data
+
+
+def infer_request_from_grpc(message: Any, raw: Sequence[memoryview]) -> InferRequest:
+    """The InferRequest of a ModelInferRequest whose raw contents are given apart (views).
+
+    kserve 0.21's `InferRequest.from_grpc` copies `raw_input_contents` out of the message and
+    marks the request for raw outputs (private `_use_raw_outputs`) when there are any, as a
+    gRPC client sending raw inputs expects raw outputs back; this does the same with views.
+    """
+    request = InferRequest.from_grpc(message)
+    if raw:
+        for tensor, view in zip(request.inputs, raw, strict=True):
+            tensor._raw_data = view
+        request._use_raw_outputs = True
+    return request
 
 
 # --- the gRPC servicer -------------------------------------------------------------------

@@ -27,6 +27,9 @@ from kserve.protocol.infer_type import InferRequest, InferResponse
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.utils.utils import to_headers
 
+from . import kserve_compat
+from .grpc_intake import SplitInferRequest
+
 
 class LeanInferenceServicer(InferenceServicer):
     """kserve's InferenceServicer with a direct ModelInfer for plain kserve.Model subclasses."""
@@ -38,16 +41,16 @@ class LeanInferenceServicer(InferenceServicer):
         self._plane = data_plane
 
     async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: ServicerContext
+        self, request: pb.ModelInferRequest | SplitInferRequest, context: ServicerContext
     ) -> pb.ModelInferResponse:
         """Infer through the model's hooks; raises what kserve's path raises for the same input
         (ModelNotFound, InvalidInput, ...), which kserve's interceptor maps to a status."""
         model = await self._plane.get_model(request.model_name)
         if not _lean_capable(model):
-            return await super().ModelInfer(request, context)
+            whole = request.whole() if isinstance(request, SplitInferRequest) else request
+            return await super().ModelInfer(whole, context)
         headers = to_headers(context)
-        self.validate_grpc_request(request)
-        response = await _call_hooks(model, InferRequest.from_grpc(request), headers)
+        response = await _call_hooks(model, _infer_request(request), headers)
         if isinstance(response, InferResponse):
             return response.to_grpc()
         if isinstance(response, pb.ModelInferResponse):
@@ -55,6 +58,16 @@ class LeanInferenceServicer(InferenceServicer):
         return pb.ModelInferResponse(
             id=response["id"], model_name=response["model_name"], outputs=response["outputs"]
         )
+
+
+def _infer_request(request: pb.ModelInferRequest | SplitInferRequest) -> InferRequest:
+    """The InferRequest of a gRPC request, its raw contents viewed, not copied, when they
+    arrive split (common.grpc_intake); raises InvalidInput as kserve's servicer does."""
+    if not isinstance(request, SplitInferRequest):
+        InferenceServicer.validate_grpc_request(request)
+        return InferRequest.from_grpc(request)
+    request.validate()
+    return kserve_compat.infer_request_from_grpc(request.message, request.raw)
 
 
 def _lean_capable(model: Any) -> bool:

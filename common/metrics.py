@@ -57,6 +57,14 @@ class ServerMetrics:
             f"{prefix}_requests_in_flight",
             "Inference requests being served right now.",
         )
+        self.memory_budget = Gauge(
+            f"{prefix}_request_memory_budget_bytes",
+            "Memory the data of requests in flight may hold (--request_memory_budget_bytes).",
+        )
+        self.memory_held = Gauge(
+            f"{prefix}_request_memory_held_bytes",
+            "Memory charged to requests in flight now (their data and its copies).",
+        )
 
 
 _SERVERS: dict[str, ServerMetrics] = {}

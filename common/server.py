@@ -3,16 +3,18 @@
 kserve 0.21 decodes REST binary tensors into Python lists (and cannot carry raw image bytes as
 BYTES at all), so `install_v2_infer_route` puts a route in front of kserve's own that parses the
 body with `common.codecs` and hands the same InferRequest to the same DataPlane. gRPC keeps
-kserve's servicer, whose `raw_input_contents` path is already zero-copy.
+kserve's servicer (common.lean_grpc), fed by common.grpc_intake without copying raw contents.
+How requests get in (connections, bodies, the memory budget) is common.intake's, common.budget's
+and common.grpc_intake's.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+import grpc
 import kserve
 from fastapi import FastAPI, Request, Response
 from kserve.errors import InvalidInput, ModelNotReady
@@ -20,23 +22,17 @@ from kserve.predictor_config import PredictorConfig
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferResponse
 
-from . import codecs, kserve_compat, tracing
-from .cli import DEFAULT_MODEL_NAME, positive_int
+from . import budget, codecs, intake, kserve_compat, tracing
+from .cli import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MODEL_NAME, positive_int
 from .exposure import ExposurePolicy, install_grpc_policy, install_policy
+from .grpc_intake import MODEL_INFER, SERVER_OPTIONS, GrpcIntakeInterceptor
 from .logs import LOG_FORMATS
-from .metrics import server_metrics
+from .metrics import V2_GRPC, server_metrics
 
 if TYPE_CHECKING:
     from .lifecycle import Lifecycle
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -54,66 +50,23 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         help="Largest request body (HTTP, answered with 413) and gRPC message accepted.",
     )
     parser.add_argument(
+        "--request_memory_budget_bytes",
+        type=positive_int,
+        default=None,
+        help="Memory the data of requests in flight may hold (each is charged "
+        f"{budget.BINARY_COPIES}-{budget.MOST_COPIES}x its size: the copies it makes); past it "
+        "requests are refused at once with 503 / RESOURCE_EXHAUSTED. Default: half of what the "
+        "container's memory limit leaves after start-up, or "
+        f"{budget.DEFAULT_BUDGET_BYTES // 2**20} MiB without a limit.",
+    )
+    intake.add_flags(parser)
+    parser.add_argument(
         "--log_format",
         choices=LOG_FORMATS,
         default="text",
         help="Log lines as text or one JSON object per line; both carry the request id.",
     )
     return parser
-
-
-class BodyLimitMiddleware:
-    """Answer 413 to any HTTP request whose body exceeds `max_bytes`, declared or streamed."""
-
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send, int(declared))
-            return
-        received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._reject(send, received)
-
-    async def _reject(self, send: Send, size: int) -> None:
-        body = codecs.json_response_body(
-            {
-                "error": f"request body of at least {size} bytes exceeds the limit of "
-                f"{self.max_bytes} bytes (--max_request_bytes)"
-            }
-        )
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 def install_v2_infer_route(app: FastAPI, dataplane: DataPlane) -> None:
@@ -166,15 +119,22 @@ def run_server(
         if getattr(args, key) == kserve_compat.DEFAULT_GRPC_MESSAGE_LENGTH:
             setattr(args, key, max_request_bytes)
     kserve_compat.apply_global_flags(args)
+    memory = budget.RequestMemory(
+        args.request_memory_budget_bytes
+        or budget.default_budget(
+            budget.container_memory_limit(), budget.resident_bytes(), max_request_bytes
+        )
+    )
+    intake_settings = intake.IntakeSettings.from_args(args, max_request_bytes)
+    logger.info(
+        "request memory budget %d MiB; at most %d connections, bodies within %g s "
+        "(then %d bytes/s)",
+        memory.budget_bytes // 2**20,
+        intake_settings.max_connections,
+        intake_settings.body_timeout_s,
+        intake_settings.body_min_rate,
+    )
     app = kserve_compat.rest_app()
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes)
-    policy = policy or ExposurePolicy()
-    install_policy(app, policy)  # added last, so it runs before the body limit
-    # Outermost (added last), so the 413s and refusals above are counted and carry the
-    # request id too.
-    metrics = server_metrics(component)
-    app.add_middleware(tracing.RequestMiddleware, metrics=metrics)
-    kserve_compat.add_grpc_interceptor(tracing.GrpcRequestInterceptor(metrics))
     server = kserve.ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,
@@ -196,9 +156,37 @@ def run_server(
     install_v2_infer_route(app, server.dataplane)
     kserve_compat.quiet_timing_logs(args.enable_latency_logging)
     kserve_compat.use_lean_grpc(args.enable_latency_logging)
+    policy = policy or ExposurePolicy()
     install_grpc_policy(policy)  # after: it guards whichever servicer is in place
+    # REST middleware, innermost first (Starlette runs the last added first): the request
+    # bounds of `life` (in-flight limit, deadline) see only requests whose body is complete;
+    # the intake reads bodies under their bounds; the exposure policy refuses unserved routes
+    # and missing keys before any body is read; the request metrics and ids are outermost, so
+    # every refusal is counted and carries an id.
     if life is not None:
-        life.install(server, app)  # after both: it bounds the servicer in use
+        life.install(server, app)  # after the servicer changes above: it bounds the one in use
+    app.add_middleware(intake.BodyIntakeMiddleware, settings=intake_settings, memory=memory)
+    install_policy(app, policy)
+    metrics = server_metrics(component)
+    metrics.memory_budget.set(memory.budget_bytes)
+    metrics.memory_held.set_function(lambda: memory.held)
+    app.add_middleware(tracing.RequestMiddleware, metrics=metrics)
+    kserve_compat.use_http_protocol(intake.protocol_class(intake_settings))
+
+    # gRPC interceptors, outermost first: the message intake (it reads each call's message, so
+    # it comes before anything that looks at the request), then request ids and metrics.
+    def grpc_refused(method: str, code: grpc.StatusCode) -> None:
+        if method == MODEL_INFER:
+            metrics.requests.labels(V2_GRPC, code.name).inc()
+
+    kserve_compat.add_grpc_interceptor(
+        GrpcIntakeInterceptor(
+            memory, max_request_bytes, intake_settings.body_timeout_s, refused=grpc_refused
+        )
+    )
+    kserve_compat.add_grpc_interceptor(tracing.GrpcRequestInterceptor(metrics))
+    kserve_compat.add_grpc_server_options(SERVER_OPTIONS)
+    budget.freeze_startup_objects()
     try:
         server.start([model])
     finally:

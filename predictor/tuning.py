@@ -15,13 +15,10 @@ Why each one:
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 
-# mallopt() parameter numbers from glibc's malloc.h.
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
+from common.budget import set_malloc_thresholds
+
 _KEEP_BYTES = 1 << 30
 
 
@@ -37,14 +34,4 @@ def prepare_environment() -> None:
 
 def keep_freed_memory() -> bool:
     """Stop glibc from returning large freed blocks to the kernel; False where not glibc."""
-    path = ctypes.util.find_library("c")
-    if path is None:
-        return False
-    try:
-        libc = ctypes.CDLL(path)
-        return bool(
-            libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)
-            and libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)
-        )
-    except (OSError, AttributeError):
-        return False
+    return set_malloc_thresholds(mmap_bytes=_KEEP_BYTES, trim_bytes=_KEEP_BYTES)

@@ -28,7 +28,7 @@ from conftest import DATA, MODEL_NAME, ROOT, Server, start_server
 
 from batch.outcomes import Failure, Prediction
 from batch.settings import Shard, parse, parse_shard
-from batch.sources import Work, list_images, select, shard_of
+from batch.sources import Work, list_source, select, shard_of
 from batch.store import Store
 from common.modelrepo import resolve
 
@@ -161,14 +161,16 @@ def test_shards_partition_the_keys_stably(source: Path) -> None:
 
 
 def test_sources_from_directory_and_list(source: Path, tmp_path: Path) -> None:
-    keys = list_images(source)
-    assert sorted(keys) == sorted([*GOOD, *BAD])  # the dot file is ignored
+    found = list_source(source)
+    assert sorted(found.images) == sorted([*GOOD, *BAD])  # the dot file is ignored
+    assert found.left_out == {}
     listing = tmp_path / "images.txt"
     listing.write_text(f"# photos\n{source / 'camera.png'}\n\nrelative/a.jpg\n")
     (tmp_path / "relative").mkdir()
     (tmp_path / "relative" / "a.jpg").write_bytes(b"x")
-    listed = list_images(listing)
-    assert listed == {
+    listed = list_source(listing)
+    assert listed.left_out == {}
+    assert listed.images == {
         (source / "camera.png").as_posix(): source / "camera.png",
         "relative/a.jpg": tmp_path / "relative" / "a.jpg",
     }

@@ -400,22 +400,57 @@ def test_grpc_server_takes_its_interceptors_from_the_module_aio_name() -> None:
 
     source = inspect.getsource(kserve_grpc_server.GRPCServer.start)
     assert "aio.server(" in source and "interceptors=" in source
+    assert "options=" in source
     original = kserve_grpc_server.aio
-    marker = object()
+    interceptors, options = (
+        list(kserve_compat._GRPC_INTERCEPTORS),
+        list(kserve_compat._GRPC_OPTIONS),
+    )
+    first, second = object(), object()
     try:
-        kserve_compat.add_grpc_interceptor(marker)
+        kserve_compat.add_grpc_interceptor(first)
+        kserve_compat.add_grpc_interceptor(second)
+        kserve_compat.add_grpc_server_options([("grpc.ours", 1), ("grpc.theirs", 2)])
         seen: dict[str, object] = {}
 
         def fake_server(*args: object, interceptors: tuple = (), **kwargs: object) -> str:
             seen["interceptors"] = interceptors
+            seen["options"] = kwargs["options"]
             return "server"
 
         real = kserve_compat.grpc.aio.server
         kserve_compat.grpc.aio.server = fake_server
         try:
-            assert kserve_grpc_server.aio.server(interceptors=("kserve",)) == "server"
+            server = kserve_grpc_server.aio.server(
+                interceptors=("kserve",), options=[("grpc.theirs", 3)]
+            )
+            assert server == "server"
         finally:
             kserve_compat.grpc.aio.server = real
-        assert seen["interceptors"] == (marker, "kserve")
+        assert seen["interceptors"] == (first, second, "kserve")
+        assert seen["options"] == [("grpc.theirs", 3), ("grpc.ours", 1)]  # kserve's value wins
     finally:
         kserve_grpc_server.aio = original
+        kserve_compat._GRPC_INTERCEPTORS[:] = interceptors
+        kserve_compat._GRPC_OPTIONS[:] = options
+
+
+def test_rest_server_takes_its_uvicorn_config_from_the_module_uvicorn_name() -> None:
+    """kserve 0.21's RESTServer builds `uvicorn.Config(...)` from its module's `uvicorn` name,
+    with no `http` argument; use_http_protocol replaces that name so the Config gets ours."""
+    import kserve.protocol.rest.server as kserve_rest_server
+    import uvicorn
+
+    source = inspect.getsource(kserve_rest_server.RESTServer.__init__)
+    assert "uvicorn.Config(" in source and "http=" not in source
+    original = kserve_rest_server.uvicorn
+
+    class Marker(asyncio.Protocol):
+        pass
+
+    try:
+        kserve_compat.use_http_protocol(Marker)
+        config = kserve_rest_server.uvicorn.Config("kserve.model_server:app", port=0)
+        assert isinstance(config, uvicorn.Config) and config.http is Marker
+    finally:
+        kserve_rest_server.uvicorn = original

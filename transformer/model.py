@@ -9,7 +9,6 @@ ForwardedBatch, postprocess shapes the answer for the protocol the client used.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import logging
 from collections.abc import Sequence
@@ -333,7 +332,8 @@ def within_batch_limit(flag: str, value: int | None, config: ModelConfig) -> int
 
 
 def _b64decode(text: str) -> bytes:
+    # binascii reads an ASCII str in place; base64.b64decode would first copy it to bytes.
     try:
-        return base64.b64decode(text, validate=True)
+        return binascii.a2b_base64(text, strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidInput(f"invalid base64 ({len(text)} characters): {exc}") from exc

@@ -1,0 +1,250 @@
+"""How much memory request data may take in one server process, and how that budget is sized.
+
+Counts alone do not bound memory: 64 requests in flight of up to --max_request_bytes each is
+4 GiB before any copy. So request data is charged to one budget per process, shared by REST
+and gRPC, and a request that does not fit is refused at once (503 + Retry-After /
+RESOURCE_EXHAUSTED) instead of buffered:
+
+- REST (common.intake): the bytes of a body as they arrive, and, before any is read, a check
+  that the declared Content-Length would fit what is left;
+- gRPC (common.grpc_intake): a reservation for the largest message before a call may read its
+  message, cut down to the message's size once it is in.
+
+Each byte is charged for the copies of it the request holds at its peak (`BINARY_COPIES`,
+`JSON_COPIES`, `GRPC_COPIES`), and given back when the request has been answered.
+
+The default budget is half of what the container's memory limit leaves after the process has
+loaded its model (its resident memory when the server starts); the other half is for the work
+a request causes beyond its own bytes (decoded images, batches, the allocator's slack). Without
+a visible limit (a laptop, `make serve`) it is `DEFAULT_BUDGET_BYTES`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import gc
+import math
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .admission import RETRY_AFTER_S, Overloaded
+
+# Memory a request holds per byte of its body while it is served, at its peak (measured with
+# tests/test_hostile.py):
+# - REST, binary: the body, and about one more copy (the chunks joined into one body, then an
+#   image's bytes cut out of a V2 tensor, or a batch stacked from a predictor's pixels);
+# - REST, JSON: the body, its parsed copy (V1's base64 strings, V2 JSON's numbers), and what
+#   that decodes into;
+# - gRPC: grpc core's buffer of the message, the Python bytes it is copied into (the
+#   servicer views, never copies, the raw contents), and one derived copy as for REST.
+BINARY_COPIES = 2
+JSON_COPIES = 3
+GRPC_COPIES = 3
+MOST_COPIES = max(BINARY_COPIES, JSON_COPIES, GRPC_COPIES)
+# Without a memory limit in sight: room for five of the largest requests at the default size
+# limit (16 MiB, three copies each), and for hundreds of images of ordinary size.
+DEFAULT_BUDGET_BYTES = 256 * 1024 * 1024
+# Never less than this, whatever the limit: one largest request must always fit.
+MIN_BUDGET_BYTES = 32 * 1024 * 1024
+# Share of the memory left after start-up that request data may take.
+BUDGET_SHARE = 0.5
+# cgroup v1 reports "no limit" as a huge number (a page-aligned 2**63 - 1).
+_NO_LIMIT = 1 << 60
+
+
+class RequestMemory:
+    """The bytes request data in flight may hold; `take` refuses past `budget_bytes`."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self.held = 0
+        self._freed: asyncio.Event | None = None  # created in the servers' event loop
+
+    def fits(self, charge: int) -> bool:
+        """Whether `charge` more bytes would fit now (nothing is held)."""
+        return self.held + charge <= self.budget_bytes
+
+    def take(self, charge: int) -> bool:
+        """Hold `charge` bytes if they fit in what is left; False (nothing held) if not.
+
+        A charge larger than the whole budget never fits; one that fits an empty budget
+        always does, so a request is never refused while nothing else is held.
+        """
+        if not self.fits(charge):
+            return False
+        self.held += charge
+        return True
+
+    async def take_within(self, charge: int, timeout_s: float) -> bool:
+        """Hold `charge` bytes as soon as they fit, waiting at most `timeout_s`; False (nothing
+        held) when they did not fit in time."""
+        if self.take(charge):
+            return True
+        loop = asyncio.get_running_loop()
+        due = loop.time() + timeout_s
+        if self._freed is None:
+            self._freed = asyncio.Event()
+        while not self.take(charge):
+            self._freed.clear()
+            try:
+                async with asyncio.timeout_at(due):
+                    await self._freed.wait()
+            except TimeoutError:
+                return False
+        return True
+
+    def give_back(self, charge: int) -> None:
+        """Return bytes held by a `take` that succeeded (waiters in take_within look again)."""
+        self.held -= charge
+        if self._freed is not None and charge > 0:
+            self._freed.set()
+
+    def refusal(self, charge: int) -> Overloaded:
+        """The error for a charge that did not fit: what was asked, what is held, the budget."""
+        return Overloaded(
+            f"request needs {charge} bytes of memory; {self.held} of the "
+            f"{self.budget_bytes}-byte budget are held by requests in flight "
+            f"(--request_memory_budget_bytes); retry in {RETRY_AFTER_S} s"
+        )
+
+    @contextmanager
+    def holding(self, charge: int) -> Iterator[None]:
+        """Hold `charge` bytes for the block; raises Overloaded at once if they do not fit."""
+        if not self.take(charge):
+            raise self.refusal(charge)
+        try:
+            yield
+        finally:
+            self.give_back(charge)
+
+
+def container_memory_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The memory limit of this process's cgroup (v2 `memory.max`, else v1), or None."""
+    for name in ("memory.max", "memory/memory.limit_in_bytes"):
+        try:
+            text = (root / name).read_text().strip()
+        except OSError:
+            continue
+        if text == "max":
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            continue
+        return value if 0 < value < _NO_LIMIT else None
+    return None
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (VmRSS), 0 where /proc is not there."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def default_budget(limit: int | None, resident: int, largest_request: int) -> int:
+    """The budget when no flag sets it: BUDGET_SHARE of what `limit` leaves after `resident`,
+    at least one largest request (charged) and MIN_BUDGET_BYTES; DEFAULT_BUDGET_BYTES (or one
+    largest request, if more) without a limit."""
+    floor = max(MIN_BUDGET_BYTES, largest_request * MOST_COPIES)
+    if limit is None:
+        return max(DEFAULT_BUDGET_BYTES, floor)
+    return max(floor, math.floor((limit - resident) * BUDGET_SHARE))
+
+
+# mallopt() parameter numbers from glibc's malloc.h.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+# Blocks from this size up get pages of their own, handed back to the kernel when freed.
+RETURN_BLOCKS_FROM_BYTES = 1 << 20
+
+
+def _glibc() -> ctypes.CDLL | None:
+    path = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(path) if path else None
+        return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _glibc()
+
+
+def set_malloc_thresholds(mmap_bytes: int, trim_bytes: int) -> bool:
+    """Fix glibc's mmap and trim thresholds (mallopt); False where the C library is not glibc.
+
+    Fixing them also stops glibc's default of raising the mmap threshold to the size of the
+    largest block freed so far (up to 32 MiB), after which request-sized blocks come from the
+    heap, whose freed memory stays with the process.
+    """
+    if _LIBC is None:
+        return False
+    return bool(
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, mmap_bytes)
+        and _LIBC.mallopt(_M_TRIM_THRESHOLD, trim_bytes)
+    )
+
+
+def return_freed_memory() -> bool:
+    """Make memory that request-sized blocks (a body, a message, an image's bytes: 1 MiB and
+    more) held go back to the kernel when they are freed, so a burst of large requests leaves
+    no resident memory behind; False where not glibc. Blocks that size are few per request, so
+    mapping their pages anew costs little next to decoding them."""
+    return set_malloc_thresholds(
+        mmap_bytes=RETURN_BLOCKS_FROM_BYTES, trim_bytes=2 * RETURN_BLOCKS_FROM_BYTES
+    )
+
+
+# --- what a failed request leaves behind -----------------------------------------------------
+
+# A request this large that failed has its garbage collected before its charge is given back.
+LARGE_REQUEST_BYTES = 1 << 20
+
+
+def freeze_startup_objects() -> None:
+    """Move every object alive now (modules, the model, settings) out of the cycle collector's
+    sight, so that a full collection later scans only what requests created: ~0.01 ms instead
+    of ~60 ms measured in the transformer. Call once, when start-up is done."""
+    gc.collect()
+    gc.freeze()
+
+
+def collect_request_garbage() -> None:
+    """Free what a failed request left in reference cycles, now.
+
+    An error's traceback holds the frames of every function it passed through, those frames
+    hold the request's data (the body, the message, the decoded copies), and a frame that
+    caught the error holds the error: a cycle that reference counting never frees, and that
+    the cycle collector frees only when its generation fills up (seen here: resident memory
+    grew by the size of each failed 16 MiB request, 800 MiB after 32 of them). Cheap after
+    `freeze_startup_objects`. Then hands the free pages inside the C heap back to the kernel
+    (glibc's malloc_trim): grpc core receives a message in many small blocks, and the holes
+    they leave would otherwise stay resident.
+    """
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def clear_error_frames(error: BaseException) -> None:
+    """Drop the local variables of the finished frames in `error`'s traceback and in those of
+    the errors it was raised from (see collect_request_garbage): what they held is freed now,
+    by reference counting, if nothing else holds it."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
