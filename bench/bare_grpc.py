@@ -19,7 +19,9 @@ import grpc
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the servers' default --max_request_bytes
+from common.cli import DEFAULT_MAX_REQUEST_BYTES
+
+MAX_MESSAGE_BYTES = DEFAULT_MAX_REQUEST_BYTES  # the servers' default --max_request_bytes
 
 
 class ConstantInference(pb_grpc.GRPCInferenceServiceServicer):

@@ -27,8 +27,6 @@ import ctypes.util
 import gc
 import math
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from .admission import RETRY_AFTER_S, Overloaded
@@ -39,14 +37,16 @@ from .admission import RETRY_AFTER_S, Overloaded
 #   image's bytes cut out of a V2 tensor, or a batch stacked from a predictor's pixels);
 # - REST, JSON: the body, its parsed copy (V1's base64 strings, V2 JSON's numbers), and what
 #   that decodes into;
-# - gRPC: grpc core's buffer of the message, the Python bytes it is copied into (the
-#   servicer views, never copies, the raw contents), and one derived copy as for REST.
+# - gRPC: while a message is read, grpc core's pieces of it, the block it joins them into and
+#   the Python bytes that is copied into are alive at once, and the pieces leave holes in the
+#   heap until it is trimmed; then the bytes (the servicer views, never copies, the raw
+#   contents) and one derived copy as for REST. Measured at its peak: 3 copies and a bit, so 4.
 BINARY_COPIES = 2
 JSON_COPIES = 3
-GRPC_COPIES = 3
+GRPC_COPIES = 4
 MOST_COPIES = max(BINARY_COPIES, JSON_COPIES, GRPC_COPIES)
-# Without a memory limit in sight: room for five of the largest requests at the default size
-# limit (16 MiB, three copies each), and for hundreds of images of ordinary size.
+# Without a memory limit in sight: room for four of the largest requests at the default size
+# limit (16 MiB, four copies each at most), and for hundreds of images of ordinary size.
 DEFAULT_BUDGET_BYTES = 256 * 1024 * 1024
 # Never less than this, whatever the limit: one largest request must always fit.
 MIN_BUDGET_BYTES = 32 * 1024 * 1024
@@ -110,16 +110,6 @@ class RequestMemory:
             f"{self.budget_bytes}-byte budget are held by requests in flight "
             f"(--request_memory_budget_bytes); retry in {RETRY_AFTER_S} s"
         )
-
-    @contextmanager
-    def holding(self, charge: int) -> Iterator[None]:
-        """Hold `charge` bytes for the block; raises Overloaded at once if they do not fit."""
-        if not self.take(charge):
-            raise self.refusal(charge)
-        try:
-            yield
-        finally:
-            self.give_back(charge)
 
 
 def container_memory_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:

@@ -237,7 +237,9 @@ def parameter(parameters: Any, key: str) -> Any:
 # --- REST requests and responses -----------------------------------------------------------
 
 
-def parse_rest_request(body: bytes, json_length: str | None, model_name: str) -> InferRequest:
+def parse_rest_request(
+    body: bytes | bytearray, json_length: str | None, model_name: str
+) -> InferRequest:
     """Parse a V2 REST infer body, JSON or with binary tensors after the JSON part.
 
     Binary inputs stay views into `body`. Raises InvalidInput for malformed JSON, missing or

@@ -90,18 +90,20 @@ class SplitInferRequest:
 
     def validate(self) -> None:
         """The checks kserve's servicer makes on raw contents; raises InvalidInput."""
+        # kserve's messages, word for word (InferenceServicer.validate_grpc_request).
         message = self.message
         if self.raw and len(message.inputs) != len(self.raw):
             raise InvalidInput(
-                f"the number of inputs ({len(message.inputs)}) does not match the number of "
-                f"raw input contents ({len(self.raw)}) for model {message.model_name!r}"
+                f"the number of inputs ({len(message.inputs)}) does not match the expected "
+                f"number of raw input contents ({len(self.raw)}) for model "
+                f"'{message.model_name}'."
             )
         if self.raw:
             for tensor in message.inputs:
                 if tensor.HasField("contents"):
                     raise InvalidInput(
-                        f"input {tensor.name!r}: contents must not be given when "
-                        "raw_input_contents are"
+                        "contents field must not be specified when using raw_input_contents "
+                        f"for input '{tensor.name}' for model '{message.model_name}'"
                     )
 
     def whole(self) -> pb.ModelInferRequest:

@@ -1,23 +1,23 @@
-"""How an HTTP request gets in: connections, request headers and bodies, each under a bound.
+"""How an HTTP request gets in: connections, request heads and bodies, each under a bound.
 
 One client must not be able to take a server down with idle connections or slow or large
 bodies (Slowloris, slow POST), so, before a request reaches any route:
 
 - **Connections** past `--max_connections` are answered 503 and closed at once.
-- **Headers**: a connection must send a complete request head within `--header_timeout_seconds`
+- **Heads**: a connection must send a complete request head within `--header_timeout_seconds`
   of its first byte (or of connecting), in at most `MAX_HEADER_BYTES`; else it is closed (431
   when too large). Idle keep-alive connections are closed by uvicorn's `--timeout_keep_alive`.
 - **Bodies** are read here, whole, before the request is admitted anywhere else, so requests
   still reading their bodies hold no in-flight slot (common.admission counts only requests
   with their body in hand). A body must arrive within `--body_timeout_seconds`, plus one
   second for every `--body_min_bytes_per_second` received (Apache's mod_reqtimeout scheme:
-  a slow but steady upload is not cut off, a trickle is); else 408 and the connection closes.
-  Bodies over `--max_request_bytes` are answered 413 (by the declared Content-Length, before
-  any byte is read) and bodies whose memory does not fit the budget (common.budget) 503 with
-  Retry-After, before they are read.
+  a slow but steady upload is not cut off, a trickle is); else 408. Bodies over
+  `--max_request_bytes` are answered 413 (by the declared Content-Length, before any byte is
+  read), and bodies whose memory does not fit the budget (common.budget) 503 with Retry-After
+  (by the declared size before any byte is read, else when the byte that does not fit comes).
 
-Every refusal here closes the connection (`Connection: close`), so the rest of a refused body
-is never read.
+Every refusal closes the connection (`Connection: close`), after a lingering close (see
+`protocol_class`), so the rest of a refused body is read and dropped, never kept.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from .cli import positive_float, positive_int
 logger = logging.getLogger(__name__)
 
 # A request head (request line and headers) is a few hundred bytes; browsers with many cookies
-# send a few KiB. 64 KiB is what nginx accepts at most by default (4 x 8k large buffers... and
-# more than Node's 16 KiB), and it bounds what a connection holds before its request starts.
+# send a few KiB. 64 KiB is twice what nginx accepts by default (4 x 8 KiB buffers) and four
+# times Node's limit; it bounds what a connection holds before its request starts.
 MAX_HEADER_BYTES = 64 * 1024
 # A client on loopback or in the cluster sends a request head in milliseconds; 10 s leaves
 # room for a slow mobile uplink and still frees a Slowloris connection quickly.
@@ -339,13 +339,16 @@ class BodyIntakeMiddleware:
 
     async def _read(
         self, receive: Receive, send: Send, copies: int, held: list[int]
-    ) -> bytes | None:
+    ) -> bytes | bytearray | None:
         """The whole body, charging `copies` bytes of memory per byte as it arrives (added up
         in `held[0]`); None when the request was answered here or the client left.
 
-        A body is gathered in one growing buffer (a block of its own once large, see
-        budget.return_freed_memory), not kept as a list of chunks: chunks of 64 KiB come from
-        the heap, and heap memory freed by many requests' chunks stays with the process.
+        A body that arrives in pieces is gathered in one growing buffer (a block of its own
+        once large, see budget.return_freed_memory), not kept as a list of chunks: chunks of
+        64 KiB come from the heap, and heap memory freed by many requests' chunks stays with
+        the process. The buffer is passed on as it is: ASGI says `bytes`, but everything here
+        takes any bytes-like body (Starlette's `Request.body()` makes it bytes, the V2 route
+        parses it in place), and copying it would hold the body twice.
         """
         loop = asyncio.get_running_loop()
         settings = self.settings
@@ -385,7 +388,7 @@ class BodyIntakeMiddleware:
                 buffer += chunk
             received += size
             if not message.get("more_body", False):
-                return bytes(buffer)
+                return buffer
 
 
 def _body_headers(scope: Scope) -> tuple[int | None, bool, bool]:

@@ -59,8 +59,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         "--request_timeout_seconds",
         type=positive_float,
         default=DEFAULT_REQUEST_TIMEOUT_S,
-        help="Longest time for one inference request (REST: answered 504; gRPC: the client's "
-        "deadline if shorter); also bounds the wait for in-flight requests at shutdown.",
+        help="Longest time for one inference request, from when its body is in (REST: "
+        "answered 504; gRPC: the client's deadline if shorter); also bounds the wait for "
+        "in-flight requests at shutdown.",
     )
 
 

@@ -75,7 +75,10 @@ def install_v2_infer_route(app: FastAPI, dataplane: DataPlane) -> None:
     async def infer(request: Request, model_name: str) -> Response:
         if not await kserve_compat.ready_to_infer(dataplane, model_name):
             raise ModelNotReady(model_name)
-        body = await request.body()
+        # common.intake passes the body on in one piece; taken as it is (Request.body() would
+        # copy a bytearray into bytes).
+        pieces = [piece async for piece in request.stream()]
+        body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         headers = dict(request.headers)
         infer_request = codecs.parse_rest_request(
             body, headers.get(codecs.JSON_LENGTH_HEADER), model_name

@@ -24,8 +24,10 @@ import kserve
 import kubernetes.client
 import pytest
 import yaml
+from conftest import Server, Stack
 
-from common import lifecycle
+from common import budget, lifecycle
+from common.cli import DEFAULT_MAX_REQUEST_BYTES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO_ROOT / "manifests"
@@ -655,3 +657,59 @@ def test_shutdown_fits_inside_the_grace_period(overlay: str) -> None:
         else:  # the cluster's default mode: Kubernetes' 30 s, or Knative's 300 s timeout
             grace = component.get("terminationGracePeriodSeconds", 30)
         assert needed + 5 <= grace, f"{name}: shutdown takes up to {needed:g} s, grace {grace}"
+
+
+# Host memory the CUDA context takes beyond the CPU process, which no test here can measure
+# (the base manifest's sizing: CUDA context and torch libraries ~2-3 GiB; the libraries are in
+# the measured CPU figure).
+CUDA_CONTEXT_BYTES = 2 * 1024**3
+MEMORY_UNITS = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+
+
+def memory_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity in bytes ('512Mi', '4Gi')."""
+    for suffix, unit in MEMORY_UNITS.items():
+        if quantity.endswith(suffix):
+            return int(float(quantity[: -len(suffix)]) * unit)
+    return int(quantity)
+
+
+def resident_bytes(server: Server) -> int:
+    """A running server's resident memory now (VmRSS)."""
+    for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {server.name}")
+
+
+@each_overlay
+def test_memory_limits_hold_the_request_memory_budget_over_the_measured_baseline(
+    overlay: str, stacks: Stack
+) -> None:
+    """Every container of ours has a memory limit that holds what the server itself takes
+    (measured now: the running servers of this session, TorchScript or ONNX as the overlay's
+    repository says, plus the CUDA context on a GPU) and its request memory budget on top (the
+    one its flags set, or the default it derives from that limit), and the budget holds at least
+    one largest request."""
+    expect, isvc = OVERLAYS[overlay], isvc_of(overlay)
+    engine = "onnx" if expect.storage == ONNX_URI else "torchscript"
+    predictor, transformer = stacks(engine)
+    measured = {"predictor": resident_bytes(predictor), "transformer": resident_bytes(transformer)}
+    for name in ("predictor", "transformer"):
+        if name == "predictor" and expect.triton:
+            continue  # Triton's own memory
+        container = isvc["spec"][name]["containers"][0]
+        args = container.get("args", [])
+        limit = memory_bytes(container["resources"]["limits"]["memory"])
+        baseline = measured[name]
+        if name == "predictor" and expect.gpu:
+            baseline += CUDA_CONTEXT_BYTES
+        largest = int(last_flag(args, "--max_request_bytes", DEFAULT_MAX_REQUEST_BYTES))
+        default = budget.default_budget(limit, baseline, largest)
+        request_budget = int(last_flag(args, "--request_memory_budget_bytes", default))
+        mib = 1024**2
+        assert request_budget >= largest * budget.MOST_COPIES, (name, request_budget // mib)
+        assert baseline + request_budget <= limit, (
+            f"{name}: {baseline // mib} MiB measured + {request_budget // mib} MiB of request "
+            f"budget > the {limit // mib} MiB limit"
+        )
