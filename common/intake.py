@@ -296,7 +296,7 @@ class BodyIntakeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared, chunked, json_body = _body_headers(scope)
+        declared, chunked = _body_headers(scope)
         if (declared is None and not chunked) or declared == 0:
             await self.app(scope, receive, send)
             return
@@ -304,7 +304,7 @@ class BodyIntakeMiddleware:
         if declared is not None and declared > limit:
             await _refuse(send, 413, _too_large(declared, limit))
             return
-        copies = budget.JSON_COPIES if json_body else budget.BINARY_COPIES
+        copies = budget.REST_COPIES
         if declared is not None and not self.memory.fits(declared * copies):
             refusal = self.memory.refusal(declared * copies)
             await _refuse(send, 503, str(refusal), retry_after=True)
@@ -391,20 +391,17 @@ class BodyIntakeMiddleware:
                 return buffer
 
 
-def _body_headers(scope: Scope) -> tuple[int | None, bool, bool]:
-    """The request's Content-Length (None if absent), whether its body is chunked, and whether
-    it is JSON (parsed into a second copy of itself)."""
+def _body_headers(scope: Scope) -> tuple[int | None, bool]:
+    """The request's Content-Length (None if absent) and whether its body is chunked."""
     declared: int | None = None
-    chunked = json_body = False
+    chunked = False
     for name, value in scope.get("headers") or ():
         if name == b"content-length":
             # The HTTP parser has already refused a Content-Length that is not a number.
             declared = int(value) if value.isdigit() else None
         elif name == b"transfer-encoding":
             chunked = b"chunked" in value.lower()
-        elif name == b"content-type":
-            json_body = b"json" in value.lower()
-    return declared, chunked, json_body
+    return declared, chunked
 
 
 def _too_large(size: int, limit: int) -> str:

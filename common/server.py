@@ -54,7 +54,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         type=positive_int,
         default=None,
         help="Memory the data of requests in flight may hold (each is charged "
-        f"{budget.BINARY_COPIES}-{budget.MOST_COPIES}x its size: the copies it makes); past it "
+        f"{budget.REST_COPIES}x its size over REST, {budget.GRPC_COPIES}x over gRPC: the copies "
+        "it makes); past it "
         "requests are refused at once with 503 / RESOURCE_EXHAUSTED. Default: half of what the "
         "container's memory limit leaves after start-up, or "
         f"{budget.DEFAULT_BUDGET_BYTES // 2**20} MiB without a limit.",
