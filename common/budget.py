@@ -27,6 +27,7 @@ import ctypes.util
 import gc
 import math
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from .admission import RETRY_AFTER_S, Overloaded
@@ -44,11 +45,11 @@ from .admission import RETRY_AFTER_S, Overloaded
 #   contents) and one derived copy as for REST. Measured at its peak: 3 copies and a bit, so 4.
 REST_COPIES = 3
 GRPC_COPIES = 4
-MOST_COPIES = max(REST_COPIES, GRPC_COPIES)
 # Without a memory limit in sight: room for four of the largest requests at the default size
-# limit (16 MiB, four copies each at most), and for hundreds of images of ordinary size.
+# limit (16 MiB, four copies each at most; one of the four kept for control calls, see
+# ProcessMemory), and for hundreds of images of ordinary size.
 DEFAULT_BUDGET_BYTES = 256 * 1024 * 1024
-# Never less than this, whatever the limit: one largest request must always fit.
+# Never less than this, whatever the limit and the message size.
 MIN_BUDGET_BYTES = 32 * 1024 * 1024
 # Share of the memory left after start-up that request data may take.
 BUDGET_SHARE = 0.5
@@ -140,14 +141,48 @@ def resident_bytes() -> int:
     return 0
 
 
-def default_budget(limit: int | None, resident: int, largest_request: int) -> int:
+def default_budget(limit: int | None, resident: int, largest_charge: int) -> int:
     """The budget when no flag sets it: BUDGET_SHARE of what `limit` leaves after `resident`,
-    at least one largest request (charged) and MIN_BUDGET_BYTES; DEFAULT_BUDGET_BYTES (or one
-    largest request, if more) without a limit."""
-    floor = max(MIN_BUDGET_BYTES, largest_request * MOST_COPIES)
+    or DEFAULT_BUDGET_BYTES without a limit; never below two of the largest requests charged
+    (`largest_charge`: one inference, one control call, see ProcessMemory) or MIN_BUDGET_BYTES."""
+    floor = max(MIN_BUDGET_BYTES, 2 * largest_charge)
     if limit is None:
         return max(DEFAULT_BUDGET_BYTES, floor)
     return max(floor, math.floor((limit - resident) * BUDGET_SHARE))
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    """One process's budget, in two parts: `data` for inference bodies and messages, and
+    `control`, room for one largest gRPC message, for the other gRPC calls (health, metadata):
+    their messages are a few bytes by the protocol, but grpc core must be let read up to the
+    message limit, so they are bounded too, and inference holding the budget never delays a
+    readiness probe."""
+
+    data: RequestMemory
+    control: RequestMemory
+
+    @classmethod
+    def split(cls, budget_bytes: int, largest_charge: int) -> ProcessMemory:
+        """`budget_bytes` less one largest charge for data, that charge for control; raises
+        ValueError when the budget does not hold two largest charges."""
+        if budget_bytes < 2 * largest_charge:
+            raise ValueError(
+                f"a request memory budget of {budget_bytes} bytes does not hold two of the "
+                f"largest gRPC messages charged ({largest_charge} bytes each: one inference, "
+                "one health or metadata call); raise it or lower the message limit"
+            )
+        return cls(RequestMemory(budget_bytes - largest_charge), RequestMemory(largest_charge))
+
+    @property
+    def budget_bytes(self) -> int:
+        """Both parts together."""
+        return self.data.budget_bytes + self.control.budget_bytes
+
+    @property
+    def held(self) -> int:
+        """What both parts hold now."""
+        return self.data.held + self.control.held
 
 
 # mallopt() parameter numbers from glibc's malloc.h.

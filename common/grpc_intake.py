@@ -11,7 +11,9 @@ whatever message a call has been allowed to read), so:
   waiting to read hold no memory: grpc core buffers no more of a call's message than its
   HTTP/2 stream window (64 KiB; `SERVER_OPTIONS` turns off the window's growth) until the
   call reads. So however many large messages arrive at once, the memory they take stays in
-  the budget; small messages, read in microseconds, hold a reservation for as long.
+  the budget; small messages, read in microseconds, hold a reservation for as long. Calls
+  other than ModelInfer (health, metadata) read from a part of the budget of their own
+  (budget.ProcessMemory), so inference load never delays a readiness probe.
 - **Stalled messages.** A message that has not fully arrived within `--body_timeout_seconds`
   of its read ends the call with `DEADLINE_EXCEEDED`, so trickling clients cannot hold reads.
   Calls are admitted to inference only with their message complete, as REST requests with
@@ -41,7 +43,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
 from . import budget
-from .budget import GRPC_COPIES, RequestMemory
+from .budget import GRPC_COPIES, ProcessMemory
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 _RAW_INPUT_CONTENTS = 7  # ModelInferRequest field number (grpc_predict_v2.proto)
@@ -178,7 +180,7 @@ class GrpcIntakeInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(
         self,
-        memory: RequestMemory,
+        memory: ProcessMemory,
         max_message_bytes: int,
         message_timeout_s: float,
         refused: Callable[[str, grpc.StatusCode], None] = lambda method, code: None,
@@ -203,7 +205,9 @@ class GrpcIntakeInterceptor(grpc.aio.ServerInterceptor):
             else handler.request_deserializer or (lambda data: data)
         )
         behavior = handler.unary_unary
-        memory, reservation, timeout_s = self.memory, self.reservation, self.message_timeout_s
+        # Inference reads from the data budget; health and metadata calls from their own part.
+        memory = self.memory.data if method == MODEL_INFER else self.memory.control
+        reservation, timeout_s = self.reservation, self.message_timeout_s
         size = [0]
 
         async def refuse(

@@ -123,12 +123,17 @@ def run_server(
         if getattr(args, key) == kserve_compat.DEFAULT_GRPC_MESSAGE_LENGTH:
             setattr(args, key, max_request_bytes)
     kserve_compat.apply_global_flags(args)
-    memory = budget.RequestMemory(
-        args.request_memory_budget_bytes
-        or budget.default_budget(
-            budget.container_memory_limit(), budget.resident_bytes(), max_request_bytes
+    largest_charge = args.grpc_max_receive_message_length * budget.GRPC_COPIES
+    try:
+        memory = budget.ProcessMemory.split(
+            args.request_memory_budget_bytes
+            or budget.default_budget(
+                budget.container_memory_limit(), budget.resident_bytes(), largest_charge
+            ),
+            largest_charge,
         )
-    )
+    except ValueError as exc:
+        raise SystemExit(f"--request_memory_budget_bytes: {exc}") from None
     intake_settings = intake.IntakeSettings.from_args(args, max_request_bytes)
     logger.info(
         "request memory budget %d MiB; at most %d connections, bodies within %g s "
@@ -169,7 +174,7 @@ def run_server(
     # every refusal is counted and carries an id.
     if life is not None:
         life.install(server, app)  # after the servicer changes above: it bounds the one in use
-    app.add_middleware(intake.BodyIntakeMiddleware, settings=intake_settings, memory=memory)
+    app.add_middleware(intake.BodyIntakeMiddleware, settings=intake_settings, memory=memory.data)
     install_policy(app, policy)
     metrics = server_metrics(component)
     metrics.memory_budget.set(memory.budget_bytes)
@@ -185,7 +190,10 @@ def run_server(
 
     kserve_compat.add_grpc_interceptor(
         GrpcIntakeInterceptor(
-            memory, max_request_bytes, intake_settings.body_timeout_s, refused=grpc_refused
+            memory,
+            args.grpc_max_receive_message_length,
+            intake_settings.body_timeout_s,
+            refused=grpc_refused,
         )
     )
     kserve_compat.add_grpc_interceptor(tracing.GrpcRequestInterceptor(metrics))

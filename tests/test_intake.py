@@ -123,11 +123,23 @@ def test_container_memory_limit_reads_cgroup_v2_and_v1(tmp_path: Path) -> None:
 
 
 def test_default_budget_is_half_of_what_the_limit_leaves() -> None:
-    largest = 16 * MiB
+    largest = 16 * MiB * budget.GRPC_COPIES
     assert budget.default_budget(None, 140 * MiB, largest) == budget.DEFAULT_BUDGET_BYTES
     assert budget.default_budget(512 * MiB, 140 * MiB, largest) == 186 * MiB
-    # Never below one largest request, charged for its copies.
-    assert budget.default_budget(160 * MiB, 150 * MiB, largest) == largest * budget.MOST_COPIES
+    # Never below two largest requests, charged for their copies.
+    assert budget.default_budget(160 * MiB, 150 * MiB, largest) == 2 * largest
+
+
+def test_the_budget_keeps_one_largest_message_apart_for_control_calls() -> None:
+    largest = 16 * MiB * budget.GRPC_COPIES
+    memory = budget.ProcessMemory.split(256 * MiB, largest)
+    assert (memory.data.budget_bytes, memory.control.budget_bytes) == (192 * MiB, largest)
+    assert memory.budget_bytes == 256 * MiB
+    assert memory.data.take(192 * MiB)  # inference holds all of its part...
+    assert memory.control.take(largest)  # ...and a probe still reads
+    assert memory.held == 256 * MiB
+    with pytest.raises(ValueError, match="does not hold two of the largest gRPC messages"):
+        budget.ProcessMemory.split(2 * largest - 1, largest)
 
 
 def test_clearing_an_errors_frames_frees_what_they_held() -> None:

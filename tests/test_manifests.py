@@ -689,8 +689,8 @@ def test_memory_limits_hold_the_request_memory_budget_over_the_measured_baseline
     """Every container of ours has a memory limit that holds what the server itself takes
     (measured now: the running servers of this session, TorchScript or ONNX as the overlay's
     repository says, plus the CUDA context on a GPU) and its request memory budget on top (the
-    one its flags set, or the default it derives from that limit), and the budget holds at least
-    one largest request."""
+    one its flags set, or the default it derives from that limit), and the budget holds the two
+    largest gRPC messages the server must be able to read (one inference, one control call)."""
     expect, isvc = OVERLAYS[overlay], isvc_of(overlay)
     engine = "onnx" if expect.storage == ONNX_URI else "torchscript"
     predictor, transformer = stacks(engine)
@@ -705,10 +705,11 @@ def test_memory_limits_hold_the_request_memory_budget_over_the_measured_baseline
         if name == "predictor" and expect.gpu:
             baseline += CUDA_CONTEXT_BYTES
         largest = int(last_flag(args, "--max_request_bytes", DEFAULT_MAX_REQUEST_BYTES))
-        default = budget.default_budget(limit, baseline, largest)
+        largest_charge = largest * budget.GRPC_COPIES
+        default = budget.default_budget(limit, baseline, largest_charge)
         request_budget = int(last_flag(args, "--request_memory_budget_bytes", default))
         mib = 1024**2
-        assert request_budget >= largest * budget.MOST_COPIES, (name, request_budget // mib)
+        budget.ProcessMemory.split(request_budget, largest_charge)  # raises if it cannot start
         assert baseline + request_budget <= limit, (
             f"{name}: {baseline // mib} MiB measured + {request_budget // mib} MiB of request "
             f"budget > the {limit // mib} MiB limit"
