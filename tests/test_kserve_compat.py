@@ -300,6 +300,23 @@ def test_set_raw_data_is_sent_as_grpc_raw_contents() -> None:
     assert kserve_compat.raw_data(tensor) == b"abcd"
 
 
+def test_infer_request_from_grpc_with_views_matches_kserves_own() -> None:
+    """kserve 0.21's from_grpc attaches raw contents by position and marks the request for raw
+    outputs (`use_binary_outputs`); infer_request_from_grpc does the same with views."""
+    payload = np.arange(6, dtype=np.uint8).tobytes()
+    tensor = ModelInferRequest.InferInputTensor(name="x", datatype="UINT8", shape=[2, 3])
+    whole = ModelInferRequest(model_name="m", inputs=[tensor], raw_input_contents=[payload])
+    theirs = InferRequest.from_grpc(whole)
+    without_raw = ModelInferRequest(model_name="m", inputs=[tensor])
+    view = memoryview(payload)
+    ours = kserve_compat.infer_request_from_grpc(without_raw, [view])
+    assert kserve_compat.raw_data(ours.inputs[0]) is view
+    assert ours.use_binary_outputs is theirs.use_binary_outputs is True
+    assert ours.inputs[0].as_numpy().tolist() == theirs.inputs[0].as_numpy().tolist()
+    plain = kserve_compat.infer_request_from_grpc(without_raw, [])
+    assert plain.use_binary_outputs is False
+
+
 # --- the gRPC servicer (common.exposure guards it) ---------------------------------------
 
 
