@@ -214,6 +214,27 @@ def datatype_of(array: np.ndarray) -> str:
     raise InvalidInput(f"no V2 datatype for numpy dtype {array.dtype}")
 
 
+def v1_instances(payload: Any, example: str) -> list[Any]:
+    """The rows of a V1 predict body: its "instances" list, or its "inputs" list (KServe's V1
+    protocol takes either, from TensorFlow Serving's row format); raises InvalidInput, naming
+    `example` (what one row looks like), when there is neither, both, or not a list."""
+    if not isinstance(payload, dict):
+        raise InvalidInput(
+            f'expected a JSON object {{"instances": [{example}, ...]}}, got '
+            f"{type(payload).__name__}"
+        )
+    given = [key for key in ("instances", "inputs") if key in payload]
+    if len(given) != 1:
+        raise InvalidInput(
+            f'expected {{"instances": [{example}, ...]}} (or "inputs" instead of "instances"), '
+            f"got keys {sorted(payload)}"
+        )
+    rows = payload[given[0]]
+    if not isinstance(rows, list):
+        raise InvalidInput(f'"{given[0]}" must be a list, got {type(rows).__name__}')
+    return rows
+
+
 def parameter(parameters: Any, key: str) -> Any:
     """A request parameter's plain value, from a REST dict or a gRPC InferParameter map.
 

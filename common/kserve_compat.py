@@ -232,6 +232,35 @@ async def ready_to_infer(dataplane: DataPlane, model_name: str) -> bool:
     return await dataplane.model_ready(model_name, disable_predictor_health_check=True)
 
 
+def describe_truthfully(dataplane: DataPlane, extensions: Sequence[str]) -> None:
+    """Make model metadata state each model's `platform` and `versions` attributes, and server
+    metadata only the protocol `extensions` given (the ones this server really serves).
+
+    kserve 0.21's DataPlane.model_metadata answers `platform: ""` and no versions (its REST
+    response then says `"versions": null`, which the protocol does not allow), and
+    DataPlane.metadata always lists `model_repository_extension`. Both answer REST and gRPC
+    alike; kserve's gRPC ModelMetadata drops the versions (common.lean_grpc passes them on).
+    """
+    model_metadata, metadata = dataplane.model_metadata, dataplane.metadata
+
+    async def truthful_model_metadata(model_name: str) -> dict[str, Any]:
+        answer = dict(await model_metadata(model_name))
+        model = dataplane.get_model_from_registry(model_name)
+        answer["platform"] = str(getattr(model, "platform", "") or "")
+        versions = list(getattr(model, "versions", None) or [])
+        if versions:
+            answer["versions"] = versions
+        else:
+            answer.pop("versions", None)
+        return answer
+
+    def truthful_metadata() -> dict[str, Any]:
+        return {**metadata(), "extensions": list(extensions)}
+
+    dataplane.model_metadata = truthful_model_metadata
+    dataplane.metadata = truthful_metadata
+
+
 # --- tensors -----------------------------------------------------------------------------
 
 

@@ -59,6 +59,19 @@ class LeanInferenceServicer(InferenceServicer):
             id=response["id"], model_name=response["model_name"], outputs=response["outputs"]
         )
 
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        """kserve's answer with the versions too (kserve's drops them)."""
+        metadata = await self._plane.model_metadata(model_name=request.name)
+        return pb.ModelMetadataResponse(
+            name=metadata["name"],
+            versions=metadata.get("versions") or [],
+            platform=metadata["platform"],
+            inputs=metadata["inputs"],
+            outputs=metadata["outputs"],
+        )
+
 
 def _infer_request(request: pb.ModelInferRequest | SplitInferRequest) -> InferRequest:
     """The InferRequest of a gRPC request, its raw contents viewed, not copied, when they

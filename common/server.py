@@ -163,9 +163,12 @@ def run_server(
         grace_period=life.settings.stop_grace_s if life else 30,
     )
     install_v2_infer_route(app, server.dataplane)
+    policy = policy or ExposurePolicy()
+    # The repository extension is listed only where it is served (common.exposure).
+    served = ["model_repository_extension"] if policy.control_plane else []
+    kserve_compat.describe_truthfully(server.dataplane, served)
     kserve_compat.quiet_timing_logs(args.enable_latency_logging)
     kserve_compat.use_lean_grpc(args.enable_latency_logging)
-    policy = policy or ExposurePolicy()
     install_grpc_policy(policy)  # after: it guards whichever servicer is in place
     # REST middleware, innermost first (Starlette runs the last added first): the request
     # bounds of `life` (in-flight limit, deadline) see only requests whose body is complete;

@@ -61,11 +61,11 @@ async def forward_in_passes(
 
 
 def v1_pixels(payload: Any) -> np.ndarray:
-    """The pixel array of a V1 {"instances": [...]} body; raises InvalidInput."""
-    if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
-        raise InvalidInput('expected a JSON object with an "instances" list of pixel arrays')
+    """The pixel array of a V1 {"instances": [...]} (or {"inputs": [...]}) body; raises
+    InvalidInput."""
+    instances = codecs.v1_instances(payload, "<pixel array [H, W, 3]>")
     try:
-        array = np.asarray(payload["instances"])
+        array = np.asarray(instances)
     except ValueError as exc:
         raise InvalidInput(f"instances are not arrays of one shape: {exc}") from exc
     if array.dtype.kind in "iu":
@@ -100,6 +100,16 @@ class ImageClassifierPredictor(Model):
         self.version: ModelVersion | None = None
         self.batcher: AdaptiveBatcher | None = None
         self.worker: ForwardWorker[Engine] | None = None
+
+    @property
+    def platform(self) -> str:
+        """What model metadata says this is: the config's platform (onnxruntime_onnx, ...)."""
+        return self.version.config.platform if self.version else ""
+
+    @property
+    def versions(self) -> list[str]:
+        """The versions served: the one loaded."""
+        return [self.version.version] if self.version else []
 
     def load(self) -> bool:
         """Load the artifact on its device and warm it up; ready only after that."""

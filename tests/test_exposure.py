@@ -189,6 +189,10 @@ def test_the_flag_opens_the_model_repository_api_on_the_predictor(
     rest = logged_inventory(server, "REST")
     assert {key for key in REST_ROUTES if REST_ROUTES[key].access is CONTROL} <= rest["served"]
     stub = grpc_stub(server)
+    # Served, so listed (tests/test_metadata.py: not listed where not served).
+    assert httpx.get(f"{server.url}/v2").json()["extensions"] == ["model_repository_extension"]
+    served = stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=10).extensions
+    assert list(served) == ["model_repository_extension"]
     # Served now: unload over gRPC answers, and the model is gone (until a restart).
     reply = stub.RepositoryModelUnload(
         pb.RepositoryModelUnloadRequest(model_name=MODEL_NAME), timeout=30

@@ -270,6 +270,26 @@ def test_ready_to_infer_skips_the_predictor_probe() -> None:
     assert skipped is True
 
 
+def test_metadata_is_told_truthfully_over_what_kserve_says() -> None:
+    """kserve 0.21 says `platform: ""`, no versions and the repository extension whatever is
+    served; describe_truthfully makes both answers state the model's and the server's own."""
+
+    class Described(_Ready):
+        platform = "onnxruntime_onnx"
+        versions = ["3"]
+
+    repository = ModelRepository()
+    repository.update(Described())
+    dataplane = DataPlane(repository)
+    theirs = asyncio.run(dataplane.model_metadata("m"))
+    assert theirs["platform"] == "" and "versions" not in theirs
+    assert dataplane.metadata()["extensions"] == ["model_repository_extension"]
+    kserve_compat.describe_truthfully(dataplane, [])
+    ours = asyncio.run(dataplane.model_metadata("m"))
+    assert (ours["platform"], ours["versions"]) == ("onnxruntime_onnx", ["3"])
+    assert dataplane.metadata()["extensions"] == []
+
+
 # --- tensors -----------------------------------------------------------------------------
 
 

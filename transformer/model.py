@@ -39,6 +39,11 @@ logger = logging.getLogger(__name__)
 IMAGE_INPUT = "image"
 OUTPUT_CLASS_ID, OUTPUT_LABEL, OUTPUT_SCORE = "class_id", "label", "score"
 TOP_K_PARAMETER = "top_k"
+# What model metadata says the transformer is (the protocol's "<project>_<format>"): a KServe
+# transformer, whatever engine the predictor behind it runs.
+TRANSFORMER_PLATFORM = "kserve_transformer"
+# One row of a V1 body, as error messages show it.
+V1_IMAGE_EXAMPLE = '{"image": {"b64": "<base64 image>"}}'
 
 
 @dataclass(frozen=True)
@@ -67,12 +72,20 @@ class ImageClassifierTransformer(Model):
     def __init__(self, settings: TransformerSettings) -> None:
         super().__init__(settings.model_name)
         self.settings = settings
+        self.repository_version = ""  # the version directory, set by load()
         self._pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
         self.predictor = PredictorLink(
             settings.predictor.predictor_host,
             settings.model_name,
             settings.predictor.predictor_request_timeout_seconds,
         )
+
+    platform = TRANSFORMER_PLATFORM  # what model metadata says this is
+
+    @property
+    def versions(self) -> list[str]:
+        """The versions served: the repository version whose labels and preprocessing it uses."""
+        return [self.repository_version] if self.repository_version else []
 
     def load(self) -> bool:
         """Read labels, preprocessing and tensor names from the model repository."""
@@ -225,20 +238,14 @@ class ImageClassifierTransformer(Model):
 
     @staticmethod
     def _v1_images(payload: dict[str, Any]) -> list[bytes | str]:
-        instances = payload.get("instances")
-        if not isinstance(instances, list):
-            raise InvalidInput(
-                'expected {"instances": [{"image": {"b64": "<base64 image>"}}, ...]}, '
-                f"got keys {sorted(payload)}"
-            )
+        instances = codecs.v1_instances(payload, V1_IMAGE_EXAMPLE)
         images: list[bytes | str] = []
         for index, instance in enumerate(instances):
             image = instance.get("image", instance) if isinstance(instance, dict) else None
             encoded = image.get("b64") if isinstance(image, dict) else None
             if not isinstance(encoded, str):
                 raise InvalidInput(
-                    f'instance {index}: expected {{"image": {{"b64": "<base64 image>"}}}}, '
-                    f"got {str(instance)[:80]}"
+                    f"instance {index}: expected {V1_IMAGE_EXAMPLE}, got {str(instance)[:80]}"
                 )
             images.append(encoded)
         return images
