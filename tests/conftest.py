@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import needs
 import pytest
 
 from bench.servers import ServerProcess as Server
@@ -225,3 +226,9 @@ def grpc_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
         check=True,
     )
     return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="session")
+def kubectl() -> str:
+    """The kubectl the manifest tests render with; skips without one, fails under CI."""
+    return needs.kubectl()

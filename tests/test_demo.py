@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import needs
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
@@ -33,16 +34,13 @@ from tritonclient.utils import InferenceServerException
 from transformer import demo
 
 CHROMIUM = Path(os.environ.get("DEMO_CHROMIUM", "/usr/bin/chromium"))
-UNDER_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 WAIT_MS = 30_000  # longest wait for something on the page (a request on a busy machine)
 PAGE_FILES = [demo.TEMPLATE, *demo.ASSETS]
 
 
 def missing(reason: str) -> None:
     """Skip where the browser is absent, but fail under CI, where it must be installed."""
-    if UNDER_CI:
-        pytest.fail(f"{reason} (CI=true: .ci/run installs it; a missing browser is a failure)")
-    pytest.skip(reason)
+    needs.missing(reason)
 
 
 # Module scope: while playwright's sync API runs, its event loop is this thread's running loop,

@@ -74,7 +74,7 @@ OVERLAYS: dict[str, Expect] = {
     "payload-logging": Expect(mode=None, gpu=False, storage=ONNX_URI),
 }
 
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+needs_kubectl = pytest.mark.usefixtures("kubectl")  # skips without kubectl, fails under CI
 each_overlay = pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 
 

@@ -31,7 +31,7 @@ PROMETHEUS_OWN = {"up"}
 # Grafana's variables, replaced by values PromQL accepts before parsing.
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$namespace": "default"}
 
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+needs_kubectl = pytest.mark.usefixtures("kubectl")  # skips without kubectl, fails under CI
 
 
 def render(path: str) -> list[dict[str, Any]]:

@@ -8,13 +8,13 @@ down to the HTTP requests the client sends.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import needs
 import pytest
 import yaml
 from fakes.kube_api import FakeKube, kubeconfig_text, rbac_request
@@ -200,8 +200,7 @@ def test_judge_standard_canaries_must_match_exactly() -> None:
 
 @pytest.fixture
 def overlay(tmp_path: Path) -> Path:
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl is not installed: apply renders with `kubectl kustomize`")
+    needs.kubectl()  # apply renders with `kubectl kustomize`
     d = tmp_path / "overlay"
     d.mkdir()
     (d / "kustomization.yaml").write_text(
