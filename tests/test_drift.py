@@ -116,7 +116,9 @@ def test_collector_exports_scores_and_thresholds() -> None:
     scores = {s.labels["signal"]: s.value for s in families["transformer_drift_score"].samples}
     assert set(scores) == set(SIGNALS) and all(not math.isnan(v) for v in scores.values())
     thresholds = families["transformer_drift_threshold"].samples
-    assert {s.labels["signal"]: s.value for s in thresholds} == THRESHOLDS
+    # The thresholds README.md documents (its Drift signals table), not the code's constants.
+    documented = {name: 0.25 for name in SIGNALS if name != "class"} | {"class": 0.35}
+    assert {s.labels["signal"]: s.value for s in thresholds} == documented
 
 
 # --- real photos through the real servers --------------------------------------------------
