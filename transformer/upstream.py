@@ -73,7 +73,8 @@ class PredictorLink:
         """The predictor's answer to `request`, within the current request's deadline.
 
         Raises InvalidInput (the predictor refused the input), admission.Unavailable (it is
-        unreachable or overloaded: 503), admission.DeadlinePassed, or InferenceError.
+        unreachable, overloaded, out of request memory or dropped the call: 503),
+        admission.DeadlinePassed, or InferenceError.
         """
         timeout = admission.remaining(self.timeout_s)
         if timeout <= 0:
@@ -94,6 +95,16 @@ class PredictorLink:
         if code == grpc.StatusCode.UNAVAILABLE:  # down, or refusing work (overloaded)
             return admission.Unavailable(
                 f"the predictor at {self.target} is unavailable: {details}"
+            )
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # its request memory budget is full
+            return admission.Unavailable(f"the predictor at {self.target} is full: {details}")
+        if code == grpc.StatusCode.CANCELLED:
+            # Not this side's doing (a call this side cancels raises asyncio's CancelledError):
+            # the predictor dropped the call unanswered, as grpc does to calls it has not
+            # started when it shuts down. Nothing ran: the client may retry.
+            return admission.Unavailable(
+                f"the predictor at {self.target} dropped the call (CANCELLED; it may be "
+                f"shutting down): {details}"
             )
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return admission.DeadlinePassed(
