@@ -328,6 +328,22 @@ def test_url_engine_retries_then_stops(source: Path, tmp_path: Path) -> None:
     assert time.monotonic() - started < 30
 
 
+def test_an_unreachable_database_stops_the_job_with_3(source: Path, model_repository: Path) -> None:
+    """README: exit 3 when the database is unreachable (run it again to resume)."""
+    import socket
+
+    with socket.socket() as sock:  # a free port with no PostgreSQL behind it
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    db = f"postgresql+psycopg://nobody:secret@127.0.0.1:{port}/predictions"
+    started = time.monotonic()
+    status, _, stderr = batch(*local_args(source, db, model_repository), timeout=120)
+    assert status == 3, stderr[-2000:]
+    assert f"127.0.0.1:{port}" in stderr or "connect" in stderr.lower(), stderr[-2000:]
+    assert "secret" not in stderr  # the password is not logged
+    assert time.monotonic() - started < 60
+
+
 def interrupt(args: list[str], db: str, sig: signal.Signals, rows: int) -> int | None:
     """Start `args`, send `sig` once `rows` predictions are stored; returns the exit status."""
     job = subprocess.Popen(
