@@ -27,6 +27,8 @@ from pathlib import Path
 
 import httpx
 
+from common.memory import status_bytes
+
 from .servers import PipelineSpec, running
 from .stats import percentile
 from .v1 import JSON_HEADERS, v1_body
@@ -86,17 +88,6 @@ class Recorder:
         return [o for o in self.outcomes if start <= o.ended < end]
 
 
-def rss_bytes(pid: int) -> int | None:
-    """Resident memory of a process from /proc (None where it cannot be read)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 @dataclass(frozen=True)
 class Window:
     """One report line: a time window's throughput, errors, latency and memory."""
@@ -151,7 +142,7 @@ async def soak(args: argparse.Namespace, predictor_pid: int, transformer_pid: in
         while time.monotonic() < ends:
             now = time.monotonic()
             for name, pid in (("predictor", predictor_pid), ("transformer", transformer_pid)):
-                rss = rss_bytes(pid)
+                rss = status_bytes("VmRSS", pid)
                 if rss is not None:
                     memory[name].append((now - began, rss))
             if now >= next_report:

@@ -145,7 +145,7 @@ class RequestBoundsMiddleware:
         try:
             self.inflight.acquire()
         except Overloaded as exc:
-            await _send_json(send, 503, str(exc), {"retry-after": str(exc.retry_after_s)})
+            await send_error(send, 503, str(exc), {"retry-after": str(exc.retry_after_s)})
             return
         started = False
 
@@ -160,7 +160,7 @@ class RequestBoundsMiddleware:
                     await self.app(scope, receive, tracking_send)
         except TimeoutError:
             if not started:
-                await _send_json(
+                await send_error(
                     send,
                     504,
                     f"no answer within {self.timeout_s:g} s (--request_timeout_seconds)",
@@ -170,7 +170,9 @@ class RequestBoundsMiddleware:
             self.inflight.release()
 
 
-async def _send_json(send: Send, status: int, error: str, headers: dict[str, str]) -> None:
+async def send_error(send: Send, status: int, error: str, headers: dict[str, str]) -> None:
+    """Answer an ASGI request with `status`, {"error": `error`} and `headers`, from middleware
+    (before or outside any route)."""
     body = json.dumps({"error": error}).encode()
     raw_headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     raw_headers += [(k.encode(), v.encode()) for k, v in headers.items()]

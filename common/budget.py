@@ -22,14 +22,12 @@ a visible limit (a laptop, `make serve`) it is `DEFAULT_BUDGET_BYTES`.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import gc
 import math
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 
+from . import memory
 from .admission import RETRY_AFTER_S, Overloaded
 
 # Memory a request holds per byte of its body while it is served, at its peak (measured with
@@ -53,8 +51,6 @@ DEFAULT_BUDGET_BYTES = 256 * 1024 * 1024
 MIN_BUDGET_BYTES = 32 * 1024 * 1024
 # Share of the memory left after start-up that request data may take.
 BUDGET_SHARE = 0.5
-# cgroup v1 reports "no limit" as a huge number (a page-aligned 2**63 - 1).
-_NO_LIMIT = 1 << 60
 
 
 class RequestMemory:
@@ -113,34 +109,6 @@ class RequestMemory:
         )
 
 
-def container_memory_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """The memory limit of this process's cgroup (v2 `memory.max`, else v1), or None."""
-    for name in ("memory.max", "memory/memory.limit_in_bytes"):
-        try:
-            text = (root / name).read_text().strip()
-        except OSError:
-            continue
-        if text == "max":
-            return None
-        try:
-            value = int(text)
-        except ValueError:
-            continue
-        return value if 0 < value < _NO_LIMIT else None
-    return None
-
-
-def resident_bytes() -> int:
-    """This process's resident memory now (VmRSS), 0 where /proc is not there."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
 def default_budget(limit: int | None, resident: int, largest_charge: int) -> int:
     """The budget when no flag sets it: BUDGET_SHARE of what `limit` leaves after `resident`,
     or DEFAULT_BUDGET_BYTES without a limit; never below two of the largest requests charged
@@ -175,6 +143,11 @@ class ProcessMemory:
         return cls(RequestMemory(budget_bytes - largest_charge), RequestMemory(largest_charge))
 
     @property
+    def largest_charge(self) -> int:
+        """What one largest gRPC message is charged: the control part's whole size."""
+        return self.control.budget_bytes
+
+    @property
     def budget_bytes(self) -> int:
         """Both parts together."""
         return self.data.budget_bytes + self.control.budget_bytes
@@ -183,50 +156,6 @@ class ProcessMemory:
     def held(self) -> int:
         """What both parts hold now."""
         return self.data.held + self.control.held
-
-
-# mallopt() parameter numbers from glibc's malloc.h.
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-# Blocks from this size up get pages of their own, handed back to the kernel when freed.
-RETURN_BLOCKS_FROM_BYTES = 1 << 20
-
-
-def _glibc() -> ctypes.CDLL | None:
-    path = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(path) if path else None
-        return libc if libc is not None and hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-_LIBC = _glibc()
-
-
-def set_malloc_thresholds(mmap_bytes: int, trim_bytes: int) -> bool:
-    """Fix glibc's mmap and trim thresholds (mallopt); False where the C library is not glibc.
-
-    Fixing them also stops glibc's default of raising the mmap threshold to the size of the
-    largest block freed so far (up to 32 MiB), after which request-sized blocks come from the
-    heap, whose freed memory stays with the process.
-    """
-    if _LIBC is None:
-        return False
-    return bool(
-        _LIBC.mallopt(_M_MMAP_THRESHOLD, mmap_bytes)
-        and _LIBC.mallopt(_M_TRIM_THRESHOLD, trim_bytes)
-    )
-
-
-def return_freed_memory() -> bool:
-    """Make memory that request-sized blocks (a body, a message, an image's bytes: 1 MiB and
-    more) held go back to the kernel when they are freed, so a burst of large requests leaves
-    no resident memory behind; False where not glibc. Blocks that size are few per request, so
-    mapping their pages anew costs little next to decoding them."""
-    return set_malloc_thresholds(
-        mmap_bytes=RETURN_BLOCKS_FROM_BYTES, trim_bytes=2 * RETURN_BLOCKS_FROM_BYTES
-    )
 
 
 # --- what a failed request leaves behind -----------------------------------------------------
@@ -256,8 +185,7 @@ def collect_request_garbage() -> None:
     they leave would otherwise stay resident.
     """
     gc.collect()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    memory.trim_heap()
 
 
 def clear_error_frames(error: BaseException) -> None:

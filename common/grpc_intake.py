@@ -181,12 +181,11 @@ class GrpcIntakeInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
         self,
         memory: ProcessMemory,
-        max_message_bytes: int,
         message_timeout_s: float,
         refused: Callable[[str, grpc.StatusCode], None] = lambda method, code: None,
     ) -> None:
         self.memory = memory
-        self.reservation = max_message_bytes * GRPC_COPIES
+        self.reservation = memory.largest_charge  # before a read, a message may be that large
         self.message_timeout_s = message_timeout_s
         self.refused = refused  # told of each call answered here (method, status)
 

@@ -31,9 +31,9 @@ from typing import Any, cast
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from . import budget, codecs
+from . import admission, budget, codecs
 from .admission import RETRY_AFTER_S
-from .budget import RequestMemory
+from .budget import REST_COPIES, RequestMemory
 from .cli import positive_float, positive_int
 
 logger = logging.getLogger(__name__)
@@ -304,15 +304,14 @@ class BodyIntakeMiddleware:
         if declared is not None and declared > limit:
             await _refuse(send, 413, _too_large(declared, limit))
             return
-        copies = budget.REST_COPIES
-        if declared is not None and not self.memory.fits(declared * copies):
-            refusal = self.memory.refusal(declared * copies)
+        if declared is not None and not self.memory.fits(declared * REST_COPIES):
+            refusal = self.memory.refusal(declared * REST_COPIES)
             await _refuse(send, 503, str(refusal), retry_after=True)
             return
         held = [0]
         status = 500  # what the client sees when the app raises before answering
         try:
-            body = await self._read(receive, send, copies, held)
+            body = await self._read(receive, send, held)
             if body is None:
                 return
             delivered = False
@@ -338,13 +337,13 @@ class BodyIntakeMiddleware:
             self.memory.give_back(held[0])
 
     async def _read(
-        self, receive: Receive, send: Send, copies: int, held: list[int]
+        self, receive: Receive, send: Send, held: list[int]
     ) -> bytes | bytearray | None:
-        """The whole body, charging `copies` bytes of memory per byte as it arrives (added up
+        """The whole body, charging REST_COPIES bytes of memory per byte as it arrives (added up
         in `held[0]`); None when the request was answered here or the client left.
 
         A body that arrives in pieces is gathered in one growing buffer (a block of its own
-        once large, see budget.return_freed_memory), not kept as a list of chunks: chunks of
+        once large, see memory.return_freed_memory), not kept as a list of chunks: chunks of
         64 KiB come from the heap, and heap memory freed by many requests' chunks stays with
         the process. The buffer is passed on as it is: ASGI says `bytes`, but everything here
         takes any bytes-like body (Starlette's `Request.body()` makes it bytes, the V2 route
@@ -378,11 +377,11 @@ class BodyIntakeMiddleware:
                 await _refuse(send, 413, _too_large(received + size, settings.max_request_bytes))
                 return None
             if chunk:
-                if not self.memory.take(size * copies):
-                    refusal = self.memory.refusal((received + size) * copies)
+                if not self.memory.take(size * REST_COPIES):
+                    refusal = self.memory.refusal((received + size) * REST_COPIES)
                     await _refuse(send, 503, str(refusal), retry_after=True)
                     return None
-                held[0] += size * copies
+                held[0] += size * REST_COPIES
                 if received == 0 and not message.get("more_body", False):
                     return chunk  # the whole body in one piece: passed on as it is
                 buffer += chunk
@@ -412,16 +411,10 @@ def _too_large(size: int, limit: int) -> str:
 
 
 async def _refuse(send: Send, status: int, error: str, retry_after: bool = False) -> None:
-    """Answer with `status` and close the connection (the rest of the body is never read)."""
+    """Answer with `status` and close the connection (the rest of the body is never kept)."""
     if status >= 500:
         logger.warning("%d: %s", status, error)
-    body = codecs.json_response_body({"error": error})
-    headers: list[tuple[bytes, bytes]] = [
-        (b"content-type", b"application/json"),
-        (b"content-length", b"%d" % len(body)),
-        (b"connection", b"close"),
-    ]
+    headers = {"connection": "close"}
     if retry_after:
-        headers.append((b"retry-after", b"%d" % RETRY_AFTER_S))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+        headers["retry-after"] = str(RETRY_AFTER_S)
+    await admission.send_error(send, status, error, headers)

@@ -22,7 +22,7 @@ from kserve.predictor_config import PredictorConfig
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferResponse
 
-from . import budget, codecs, intake, kserve_compat, tracing
+from . import budget, codecs, intake, kserve_compat, memory, tracing
 from .cli import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MODEL_NAME, positive_int
 from .exposure import ExposurePolicy, install_grpc_policy, install_policy
 from .grpc_intake import MODEL_INFER, SERVER_OPTIONS, GrpcIntakeInterceptor
@@ -125,10 +125,10 @@ def run_server(
     kserve_compat.apply_global_flags(args)
     largest_charge = args.grpc_max_receive_message_length * budget.GRPC_COPIES
     try:
-        memory = budget.ProcessMemory.split(
+        requests_memory = budget.ProcessMemory.split(
             args.request_memory_budget_bytes
             or budget.default_budget(
-                budget.container_memory_limit(), budget.resident_bytes(), largest_charge
+                memory.container_memory_limit(), memory.status_bytes() or 0, largest_charge
             ),
             largest_charge,
         )
@@ -138,7 +138,7 @@ def run_server(
     logger.info(
         "request memory budget %d MiB; at most %d connections, bodies within %g s "
         "(then %d bytes/s)",
-        memory.budget_bytes // 2**20,
+        requests_memory.budget_bytes // 2**20,
         intake_settings.max_connections,
         intake_settings.body_timeout_s,
         intake_settings.body_min_rate,
@@ -177,11 +177,13 @@ def run_server(
     # every refusal is counted and carries an id.
     if life is not None:
         life.install(server, app)  # after the servicer changes above: it bounds the one in use
-    app.add_middleware(intake.BodyIntakeMiddleware, settings=intake_settings, memory=memory.data)
+    app.add_middleware(
+        intake.BodyIntakeMiddleware, settings=intake_settings, memory=requests_memory.data
+    )
     install_policy(app, policy)
     metrics = server_metrics(component)
-    metrics.memory_budget.set(memory.budget_bytes)
-    metrics.memory_held.set_function(lambda: memory.held)
+    metrics.memory_budget.set(requests_memory.budget_bytes)
+    metrics.memory_held.set_function(lambda: requests_memory.held)
     app.add_middleware(tracing.RequestMiddleware, metrics=metrics)
     kserve_compat.use_http_protocol(intake.protocol_class(intake_settings))
 
@@ -193,8 +195,7 @@ def run_server(
 
     kserve_compat.add_grpc_interceptor(
         GrpcIntakeInterceptor(
-            memory,
-            args.grpc_max_receive_message_length,
+            requests_memory,
             intake_settings.body_timeout_s,
             refused=grpc_refused,
         )

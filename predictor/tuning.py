@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from common.budget import set_malloc_thresholds
+from common.memory import set_malloc_thresholds
 
 _KEEP_BYTES = 1 << 30
 

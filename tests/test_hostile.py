@@ -28,7 +28,7 @@ import pytest
 from conftest import DATA, MODEL_NAME, Server, engine_repository, start_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from common import intake
+from common import intake, memory
 from common.cli import DEFAULT_MAX_REQUEST_BYTES
 
 CLIENTS = Path(__file__).with_name("hostile_clients.py")
@@ -251,12 +251,11 @@ def scrape(server: Server, name: str) -> float:
     raise AssertionError(f"{name} not exported")
 
 
-def resident_kib(pid: int, field: str) -> int:
-    """A /proc/<pid>/status memory field (VmRSS, VmHWM) in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} for {pid}")
+def resident(pid: int, field: str) -> int:
+    """A memory field of the server's /proc status (VmRSS, VmHWM), in bytes."""
+    found = memory.status_bytes(field, pid)
+    assert found is not None, f"no {field} for {pid}"
+    return found
 
 
 @pytest.mark.parametrize(
@@ -279,7 +278,7 @@ def test_large_bodies_stay_within_the_memory_budget(
     pid = server.process.pid
     budget = scrape(server, f"{component}_request_memory_budget_bytes")
     target = server.grpc_target if protocol.startswith("grpc") else f"127.0.0.1:{server.http_port}"
-    baseline = resident_kib(pid, "VmRSS")
+    baseline = resident(pid, "VmRSS")
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM to the resident size now
     result = run_clients(
         "large",
@@ -293,14 +292,14 @@ def test_large_bodies_stay_within_the_memory_budget(
         str(DEFAULT_MAX_REQUEST_BYTES - 4096),
         timeout_s=180,
     )
-    peak = resident_kib(pid, "VmHWM")
+    peak = resident(pid, "VmHWM")
     statuses = Counter(result["statuses"])
-    grown_mib = (peak - baseline) / 1024
-    print(f"{protocol}: {dict(statuses)}; peak {grown_mib:.0f} MiB over {baseline // 1024} MiB")
+    grown_mib = (peak - baseline) / 2**20
+    print(f"{protocol}: {dict(statuses)}; peak {grown_mib:.0f} MiB over {baseline >> 20} MiB")
     allowed = {"400", "503"} if protocol in ("v1", "v2-binary") else {"INVALID_ARGUMENT"}
     allowed |= {"RESOURCE_EXHAUSTED"} if protocol.startswith("grpc") else set()
     assert set(statuses) <= allowed, statuses
-    assert (peak - baseline) * 1024 <= budget, (grown_mib, budget / 2**20)
+    assert peak - baseline <= budget, (grown_mib, budget / 2**20)
     assert scrape(server, f"{component}_request_memory_held_bytes") == 0
     body, headers = v2_image_request((DATA / "chelsea.jpg").read_bytes())
     if component == "transformer":

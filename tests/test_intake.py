@@ -12,7 +12,7 @@ import pytest
 from google.protobuf.message import DecodeError
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
-from common import budget, grpc_intake
+from common import budget, grpc_intake, memory
 from common.admission import Overloaded
 from common.budget import RequestMemory
 
@@ -109,17 +109,17 @@ def test_take_within_waits_for_memory_to_be_given_back() -> None:
 
 
 def test_container_memory_limit_reads_cgroup_v2_and_v1(tmp_path: Path) -> None:
-    assert budget.container_memory_limit(tmp_path) is None  # no cgroup files at all
+    assert memory.container_memory_limit(tmp_path) is None  # no cgroup files at all
     (tmp_path / "memory.max").write_text("max\n")
-    assert budget.container_memory_limit(tmp_path) is None
+    assert memory.container_memory_limit(tmp_path) is None
     (tmp_path / "memory.max").write_text("536870912\n")
-    assert budget.container_memory_limit(tmp_path) == 512 * MiB
+    assert memory.container_memory_limit(tmp_path) == 512 * MiB
     v1 = tmp_path / "v1"
     (v1 / "memory").mkdir(parents=True)
     (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
-    assert budget.container_memory_limit(v1) is None  # v1's "no limit"
+    assert memory.container_memory_limit(v1) is None  # v1's "no limit"
     (v1 / "memory" / "memory.limit_in_bytes").write_text("1073741824\n")
-    assert budget.container_memory_limit(v1) == 1024 * MiB
+    assert memory.container_memory_limit(v1) == 1024 * MiB
 
 
 def test_default_budget_is_half_of_what_the_limit_leaves() -> None:

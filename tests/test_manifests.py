@@ -26,9 +26,9 @@ import kubernetes.client
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import Server, Stack
+from conftest import Stack
 
-from common import budget, lifecycle
+from common import budget, lifecycle, memory
 from common.cli import DEFAULT_MAX_REQUEST_BYTES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -686,14 +686,6 @@ def memory_bytes(quantity: str) -> int:
     return int(quantity)
 
 
-def resident_bytes(server: Server) -> int:
-    """A running server's resident memory now (VmRSS)."""
-    for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {server.name}")
-
-
 @each_overlay
 def test_memory_limits_hold_the_request_memory_budget_over_the_measured_baseline(
     overlay: str, stacks: Stack
@@ -706,7 +698,11 @@ def test_memory_limits_hold_the_request_memory_budget_over_the_measured_baseline
     expect, isvc = OVERLAYS[overlay], isvc_of(overlay)
     engine = "onnx" if expect.storage == ONNX_URI else "torchscript"
     predictor, transformer = stacks(engine)
-    measured = {"predictor": resident_bytes(predictor), "transformer": resident_bytes(transformer)}
+    measured = {
+        name: memory.status_bytes("VmRSS", server.process.pid) or 0
+        for name, server in (("predictor", predictor), ("transformer", transformer))
+    }
+    assert all(measured.values()), measured
     for name in ("predictor", "transformer"):
         if name == "predictor" and expect.triton:
             continue  # Triton's own memory

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from common import budget, kserve_compat, logs
+from common import kserve_compat, logs, memory
 from common.exposure import ExposurePolicy
 from common.lifecycle import Lifecycle
 from common.server import run_server
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags, read the model repository, then serve until SIGINT/SIGTERM."""
     settings = settings_module.parse(argv)
     logs.configure(settings.server_args.log_format)
-    budget.return_freed_memory()  # a burst of large requests leaves no memory behind
+    memory.return_freed_memory()  # a burst of large requests leaves no memory behind
     try:
         keys = ApiKeys(settings.api_key_file) if settings.api_key_file else None
     except ApiKeyFileError as exc:
