@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,10 +122,11 @@ def start(
     log_dir: Path,
     launcher: Sequence[str] = (),
     ports: tuple[int, int] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> ServerProcess:
     """Start `python [launcher] -m module` on free ports (or `ports`: HTTP, gRPC) without
     latency logging; does not wait. `launcher` is a script that runs the module
-    (tests/without_torch.py, say)."""
+    (tests/without_torch.py, say); `env` replaces this process's environment."""
     http_port, grpc_port = ports or (free_port(), free_port())
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
@@ -143,7 +144,9 @@ def start(
         *args,
     ]
     with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env=env
+        )
     return ServerProcess(name, process, http_port, grpc_port, log)
 
 

@@ -67,13 +67,20 @@ def engine_repository(engine: str, tmp_path_factory: pytest.TempPathFactory) -> 
     return target
 
 
-def start_server(module: str, args: list[str], log: Path, without_torch: bool = False) -> Server:
+def start_server(
+    module: str,
+    args: list[str],
+    log: Path,
+    without_torch: bool = False,
+    env: dict[str, str] | None = None,
+) -> Server:
     """Start `python -m <module>` on free ports, as its own process; returns once it is ready.
 
-    `without_torch` runs it with torch unimportable, as in the transformer's image.
+    `without_torch` runs it with torch unimportable, as in the transformer's image; `env`
+    replaces the environment (`held_forward.env`, say).
     """
     launcher = [str(Path(__file__).with_name("without_torch.py"))] if without_torch else []
-    server = start(log.stem, module, args, log.parent, launcher)
+    server = start(log.stem, module, args, log.parent, launcher, env=env)
     try:
         server.wait_ready()
     except Exception:

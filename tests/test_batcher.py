@@ -21,22 +21,38 @@ from predictor.worker import ForwardWorker
 
 
 class RecordingModel:
-    """Doubles its input; records every batch it was given; optionally slow."""
+    """Doubles its input; records every batch it was given.
 
-    def __init__(self, delay: float = 0.0, fail_on: int | None = None) -> None:
+    With `held`, every pass waits for `release` after setting `entered`, so a test makes a
+    busy worker (a pass in progress, requests queued behind it) by holding it, never by
+    guessing how long a pass takes on this CPU.
+    """
+
+    def __init__(self, held: bool = False, fail_on: int | None = None) -> None:
         self.batches: list[int] = []
-        self.delay = delay
+        self.held = held
+        self.entered = threading.Event()
+        self.release = threading.Event()
         self.fail_on = fail_on
         self.threads: set[str] = set()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         self.threads.add(threading.current_thread().name)
         self.batches.append(batch.shape[0])
-        if self.delay:
-            time.sleep(self.delay)
+        if self.held:
+            self.entered.set()
+            assert self.release.wait(HOLD_LIMIT_S), "the test never released the pass"
         if self.fail_on is not None and (batch == self.fail_on).any():
             raise RuntimeError("forward pass failed")
         return batch.astype(np.float32) * 2
+
+
+HOLD_LIMIT_S = 10.0  # a held pass gives up after this (a test that forgot to release it)
+
+
+async def held_pass(model: RecordingModel) -> None:
+    """Wait until the worker is inside a held pass."""
+    assert await asyncio.to_thread(model.entered.wait, HOLD_LIMIT_S), "no pass started"
 
 
 def batcher_for(model: RecordingModel, max_batch_size: int, max_delay_s: float) -> AdaptiveBatcher:
@@ -48,12 +64,15 @@ def run(coroutine):
 
 
 def test_concurrent_requests_share_forward_passes_and_get_their_own_rows() -> None:
-    model = RecordingModel(delay=0.02)
+    model = RecordingModel(held=True)
     batcher = batcher_for(model, 8, 0.01)
 
     async def scenario() -> list[np.ndarray]:
         arrays = [np.full((1 + i % 2, 3), i, dtype=np.uint8) for i in range(12)]
-        results = await asyncio.gather(*(batcher.submit(a) for a in arrays))
+        jobs = [asyncio.ensure_future(batcher.submit(a)) for a in arrays]
+        await held_pass(model)  # the rest queue behind the first pass
+        model.release.set()
+        results = await asyncio.gather(*jobs)
         for array, result in zip(arrays, results, strict=True):
             np.testing.assert_array_equal(result, array * 2)
         return results
@@ -95,18 +114,25 @@ def test_a_failed_pass_fails_only_its_own_requests() -> None:
 
 
 def test_different_input_kinds_never_share_a_batch() -> None:
-    model = RecordingModel(delay=0.01)
+    model = RecordingModel(held=True)
     batcher = batcher_for(model, 8, 0.01)
 
     async def scenario() -> None:
-        await asyncio.gather(
+        first = asyncio.ensure_future(batcher.submit(np.zeros((1, 3), np.uint8)))
+        await held_pass(model)
+        jobs = [
             *(batcher.submit(np.zeros((1, 3), np.uint8)) for _ in range(3)),
             *(batcher.submit(np.zeros((1, 3, 1), np.float32)) for _ in range(3)),
-        )
+        ]
+        queued = [asyncio.ensure_future(job) for job in jobs]
+        await asyncio.sleep(0)  # all six queued while the first pass is held
+        model.release.set()
+        await asyncio.gather(first, *queued)
 
     run(scenario())
     batcher.close()
-    assert sum(model.batches) == 6
+    # The first pass, then one pass per kind (8 fits either kind's three).
+    assert model.batches == [1, 3, 3], model.batches
 
 
 def test_oversized_request_is_refused() -> None:
@@ -170,18 +196,19 @@ def test_a_bug_outside_the_forward_pass_fails_only_that_batch() -> None:
 
 
 def test_a_full_queue_refuses_at_once_and_accepts_again_when_drained() -> None:
-    model = RecordingModel(delay=0.2)
+    model = RecordingModel(held=True)
     batcher = AdaptiveBatcher(ForwardWorker(lambda: model).run, 2, 0.0, max_queue_size=4)
 
     async def scenario() -> tuple[list[object], float, np.ndarray]:
         first = asyncio.ensure_future(batcher.submit(np.zeros((2, 1), np.uint8)))
-        await asyncio.sleep(0.05)  # the worker took it: the queue is empty again
+        await held_pass(model)  # the worker took it: the queue is empty again
         queued = [asyncio.ensure_future(batcher.submit(np.zeros((2, 1), np.uint8))) for _ in "ab"]
         await asyncio.sleep(0)
         started = time.monotonic()
         with pytest.raises(QueueFull, match="max_queue_size 4"):
             await batcher.submit(np.zeros((1, 1), np.uint8))
         refused_in = time.monotonic() - started
+        model.release.set()
         results: list[object] = list(await asyncio.gather(first, *queued))
         return results, refused_in, await batcher.submit(np.zeros((1, 1), np.uint8))
 
@@ -192,18 +219,23 @@ def test_a_full_queue_refuses_at_once_and_accepts_again_when_drained() -> None:
 
 
 def test_expired_and_abandoned_requests_leave_the_queue_without_running() -> None:
-    model = RecordingModel(delay=0.3)
+    model = RecordingModel(held=True)
     batcher = AdaptiveBatcher(ForwardWorker(lambda: model).run, 1, 0.0, max_queue_size=8)
 
     async def scenario() -> tuple[list[object], int]:
         busy = asyncio.ensure_future(batcher.submit(np.full((1, 1), 1, np.uint8)))
-        await asyncio.sleep(0.05)
-        expiring = batcher.submit(np.full((1, 1), 2, np.uint8), deadline=time.monotonic() + 0.1)
+        await held_pass(model)
+        expiring = asyncio.ensure_future(
+            batcher.submit(np.full((1, 1), 2, np.uint8), deadline=time.monotonic() + 0.1)
+        )
         abandoned = asyncio.ensure_future(batcher.submit(np.full((1, 1), 3, np.uint8)))
         await asyncio.sleep(0)
         abandoned.cancel()
-        outcomes = await asyncio.gather(busy, expiring, abandoned, return_exceptions=True)
-        return list(outcomes), batcher.queued_images
+        expired = await asyncio.gather(expiring, return_exceptions=True)  # while still held
+        left = batcher.queued_images
+        model.release.set()
+        outcomes = await asyncio.gather(busy, abandoned, return_exceptions=True)
+        return [outcomes[0], expired[0], outcomes[1]], left
 
     (busy, expired, abandoned), left = run(scenario())
     batcher.close()
@@ -214,13 +246,14 @@ def test_expired_and_abandoned_requests_leave_the_queue_without_running() -> Non
 
 
 def test_close_fails_what_is_queued_and_refuses_what_comes_later() -> None:
-    model = RecordingModel(delay=0.3)
+    model = RecordingModel(held=True)
     batcher = AdaptiveBatcher(ForwardWorker(lambda: model).run, 1, 0.0)
 
     async def scenario() -> list[object]:
         jobs = [asyncio.ensure_future(batcher.submit(np.zeros((1, 1), np.uint8))) for _ in "abc"]
-        await asyncio.sleep(0.05)
+        await held_pass(model)
         batcher.close()
+        model.release.set()
         outcomes = await asyncio.wait_for(asyncio.gather(*jobs, return_exceptions=True), 5)
         with pytest.raises(BatcherClosed):
             await batcher.submit(np.zeros((1, 1), np.uint8))

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import DRIFT_WINDOW, MODEL_NAME, Server
+from conftest import DRIFT_WINDOW, MODEL_NAME, Server, start_transformer
 
 from bench.drift_images import SHIFTS, image_set, load_photos
 from transformer.drift import (
@@ -194,3 +194,45 @@ def test_in_distribution_stays_under_and_shifts_cross_the_thresholds(
     assert 'transformer_drift_score{signal="saturation"}' in samples
     other = httpx.get(f"{drift_transformer.url}/v2/models/no-such-model/drift", timeout=10)
     assert other.status_code == 404, other.text
+
+
+LEARN_IMAGES = 40  # the learning test's --drift_reference_images, window and minimum count
+
+
+def test_a_running_transformer_learns_its_reference_from_the_first_images_it_serves(
+    predictor: Server, model_repository: Path, tmp_path: Path
+) -> None:
+    """--drift_reference_images: no profile in the repository, so the transformer says it will
+    learn one, learns it from the first N images served, and then scores against it."""
+    assert not (model_repository / MODEL_NAME / PROFILE_FILENAME).exists()
+    learn = str(LEARN_IMAGES)
+    log = tmp_path / "transformer-learning.log"
+    server = start_transformer(
+        predictor,
+        model_repository,
+        log,
+        *("--drift_reference_images", learn, "--drift_window", learn, "--drift_min_count", learn),
+    )
+    try:
+        photos = load_photos()
+        report = drift_report(server)
+        assert report["enabled"] and report["reference"] is None, report
+        assert report["learning"] == {"images": 0, "of": LEARN_IMAGES}, report
+        assert f"learning it from the first {LEARN_IMAGES} images served" in log.read_text()
+        send_window(server, image_set(photos, LEARN_IMAGES // 2, seed=1))
+        halfway = drift_report(server)
+        assert halfway["learning"] == {"images": LEARN_IMAGES // 2, "of": LEARN_IMAGES}, halfway
+        assert halfway["reference"] is None and not halfway["ready"]
+        send_window(server, image_set(photos, LEARN_IMAGES // 2, seed=2))
+        learned = drift_report(server)
+        assert learned["learning"] is None, learned
+        assert learned["reference"]["count"] == LEARN_IMAGES, learned
+        assert "drift reference learned" in log.read_text()
+        # The learned reference is the one scored against: greyscale photos, next to the
+        # colour ones it learned from, cross the saturation threshold.
+        greyscale = image_set(photos, LEARN_IMAGES, seed=3, shift=SHIFTS["greyscale"])
+        send_window(server, greyscale)
+        shifted = drift_report(server)
+        assert shifted["ready"] and "saturation" in shifted["drifted"], shifted["signals"]
+    finally:
+        server.stop()

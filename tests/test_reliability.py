@@ -1,8 +1,9 @@
 """Faults, overload and shutdown, proven under load: real processes on loopback, real model.
 
 One predictor and one transformer for the module, as separate processes (as pods would run
-them); the tests run in order and the last one stops the transformer. Timings here are only
-bounds for a slow, shared machine; the figures measured are printed (`pytest -s`).
+them); the tests run in order and the last one stops the transformer. Tests wait on what they
+observe (responses, readiness, a held forward pass), never on a sleep long enough for this CPU;
+the figures measured are printed (`pytest -s`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import held_forward
 import httpx
 import numpy as np
 import pytest
@@ -32,10 +35,16 @@ DRAIN_S = 2.0  # the transformer's --drain_seconds here (short: the test waits t
 INFLIGHT = 24  # the transformer's --max_inflight_requests here (above the load's 16)
 CONCURRENCY = 16
 QUEUE = 32  # the predictor's --max_queue_size here: one full batch
-BUSY_CLIENTS, BUSY_IMAGES = 3, 8  # the deadline test's load on the predictor
+HELD_IMAGES = 8  # the deadline test's request that holds the predictor's forward pass
+# The README: the transformer serves again "within about a second" of the predictor's port
+# opening (reconnect backoff capped at 0.5 s; readiness cached 0.5 s). Half a second more for a
+# loaded machine's scheduling, not for a slower design.
+RECOVERY_BOUND_S = 1.5
 # Generous, for a slow shared machine: accepted work must finish inside it (it is the bound).
 REQUEST_TIMEOUT_S = 30.0
 CLIENT_TIMEOUT_S = REQUEST_TIMEOUT_S + 10  # past the servers' timeout: a hang shows as one
+# What a request started after the transformer's drain may get: its port is closed.
+REFUSED_AFTER_DRAIN = {503, "ConnectError"}
 
 
 @dataclass
@@ -46,6 +55,7 @@ class Pipeline:
     transformer: ServerProcess
     predictor_args: list[str]
     log_dir: Path
+    gate: Path  # while this file exists, the predictor's forward passes wait (held_forward)
 
     @property
     def infer_url(self) -> str:
@@ -61,6 +71,7 @@ class Pipeline:
             self.predictor_args,
             self.log_dir,
             ports=(old.http_port, old.grpc_port),
+            env=held_forward.env(self.gate),
         )
 
 
@@ -79,8 +90,11 @@ def pipeline(
         str(REQUEST_TIMEOUT_S),
     ]
     predictor_args = [*common, "--drain_seconds", "1", "--max_queue_size", str(QUEUE)]
-    predictor = start_server("predictor", predictor_args, log_dir / "predictor.log")
-    holder = Pipeline(predictor, predictor, predictor_args, log_dir)
+    gate = log_dir / "forward.gate"
+    predictor = start_server(
+        "predictor", predictor_args, log_dir / "predictor.log", env=held_forward.env(gate)
+    )
+    holder = Pipeline(predictor, predictor, predictor_args, log_dir, gate)
     try:
         holder.transformer = start_server(
             "transformer",
@@ -100,6 +114,17 @@ def pipeline(
     finally:
         holder.transformer.stop()
         holder.predictor.stop()
+
+
+def grpc_image_call(pipeline: Pipeline, **extra: Any) -> dict[str, Any]:
+    """A tritonclient gRPC call (tests/grpc_client.py) of one photo to the transformer."""
+    return {
+        "op": "infer_images",
+        "url": pipeline.transformer.grpc_target,
+        "model": MODEL_NAME,
+        "files": [str(DATA / "chelsea.jpg")],
+        **extra,
+    }
 
 
 def image_body() -> bytes:
@@ -126,6 +151,20 @@ async def wait_for(
             return time.monotonic()
         await asyncio.sleep(period_s)
     raise TimeoutError(f"{url} did not answer {wanted} within {timeout_s:.0f} s")
+
+
+async def until(check: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    """Wait until `check()` holds; raises TimeoutError saying `what` did not happen."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout_s:.0f} s")
+        await asyncio.sleep(0.02)
+
+
+def answers(recorder: Recorder, status: int, since: float = 0.0) -> int:
+    """How many of `recorder`'s requests started at `since` or later and answered `status`."""
+    return sum(1 for o in recorder.outcomes if o.started >= since and o.status == status)
 
 
 def statuses(outcomes: list[Outcome]) -> dict[str, int]:
@@ -210,6 +249,7 @@ def test_predictor_killed_twice_under_load_gives_only_200_or_503_and_recovers(
     ready_url = f"{pipeline.transformer.url}/v2/health/ready"
     model_ready_url = f"{pipeline.transformer.url}/v2/models/{MODEL_NAME}/ready"
     rounds: list[dict[str, float]] = []
+    grpc_while_down: list[dict[str, Any]] = []
 
     async def first_200(client: httpx.AsyncClient) -> tuple[float, float]:
         """Send one request after another until one answers 200; returns when that one was
@@ -230,13 +270,19 @@ def test_predictor_killed_twice_under_load_gives_only_200_or_503_and_recovers(
         done = False
         load = asyncio.ensure_future(recorder.run(lambda: done))
         async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S) as probe:
-            await asyncio.sleep(2.0)
+            await until(lambda: answers(recorder, 200) >= CONCURRENCY, "the load being served")
             for round_ in range(2):
                 pipeline.predictor.process.send_signal(signal.SIGKILL)
                 killed = time.monotonic()
                 unready = await wait_for(probe, ready_url, 503, 5.0)
                 model_unready = await status_of(probe, model_ready_url)
-                await asyncio.sleep(1.0)  # a second of traffic against a dead predictor
+                if round_ == 0:  # gRPC clients hear it too
+                    call = grpc_image_call(pipeline)
+                    grpc_while_down.extend(await asyncio.to_thread(grpc_calls, [call]))
+                await until(
+                    lambda: answers(recorder, 503, killed) >= CONCURRENCY,  # noqa: B023
+                    "the load meeting the dead predictor",
+                )
                 pipeline.predictor.process.wait()
                 pipeline.restart_predictor(f"predictor-restart-{round_ + 1}")
                 predictor_ready = await wait_for(
@@ -244,7 +290,10 @@ def test_predictor_killed_twice_under_load_gives_only_200_or_503_and_recovers(
                 )
                 sent, answered = await first_200(probe)
                 ready_again = await wait_for(probe, ready_url, 200, 10.0)
-                await asyncio.sleep(1.0)  # traffic after the recovery
+                await until(
+                    lambda: answers(recorder, 200, ready_again) >= CONCURRENCY,  # noqa: B023
+                    "the load being served after the recovery",
+                )
                 down = [
                     o.latency_s
                     for o in recorder.outcomes
@@ -276,6 +325,10 @@ def test_predictor_killed_twice_under_load_gives_only_200_or_503_and_recovers(
     for number, figures in enumerate(rounds, 1):
         print(f"  round {number}: " + ", ".join(f"{k} {v:.3g}" for k, v in figures.items()))
     assert lost == 0, counts  # every request ended as 200 or 503: no 500, none hung
+    [down] = grpc_while_down
+    assert down["code"] == "StatusCode.UNAVAILABLE", down
+    assert pipeline.predictor.grpc_target in down["message"], down  # names the address
+    assert down["seconds"] < 2.0, down  # at once, not at a deadline
     assert counts.get("200", 0) > 0
     for figures in rounds:
         assert figures["503s_while_down"] > 0 and figures["model_ready_status"] == 1.0
@@ -283,9 +336,9 @@ def test_predictor_killed_twice_under_load_gives_only_200_or_503_and_recovers(
         # "At once": on a quiet machine tens of ms; the predictor's restart (torch load and
         # warm-up on every CPU) starves this machine, so the bound is loose.
         assert figures["503_p50_ms"] < 2000
-        # "Within a second" of the predictor's readiness (measured and printed); loose here.
-        assert figures["served_again_after_ready_s"] < 5.0
-        assert figures["ready_again_after_ready_s"] < 5.0
+        # "Within about a second" of the predictor's readiness, as the README says.
+        assert figures["served_again_after_ready_s"] < RECOVERY_BOUND_S
+        assert figures["ready_again_after_ready_s"] < RECOVERY_BOUND_S
 
 
 def test_a_grpc_deadline_reaches_the_predictor_and_the_request_leaves_its_queue_unrun(
@@ -293,64 +346,88 @@ def test_a_grpc_deadline_reaches_the_predictor_and_the_request_leaves_its_queue_
 ) -> None:
     """A client's gRPC deadline, shorter than the predictor's queue wait, is the deadline of
     the transformer's predictor call: the predictor answers DEADLINE_EXCEEDED itself (without
-    the deadline it would see a 30 s call, cancelled), and the client hears at its deadline."""
+    the deadline it would see a 30 s call, cancelled), the client hears at its deadline, and
+    the requests leave the queue without running.
+
+    The queue wait is made, not hoped for: one request holds the predictor's forward pass
+    (tests/held_forward) while the deadline calls queue behind it."""
     predictor = pipeline.predictor
-    body, headers = pixels_body(BUSY_IMAGES)
+    body, headers = pixels_body(HELD_IMAGES)
     deadline_s = 0.2
-    calls = [
-        {
-            "op": "infer_images",
-            "url": pipeline.transformer.grpc_target,
-            "model": MODEL_NAME,
-            "files": [str(DATA / "chelsea.jpg")],
-            "client_timeout": deadline_s,
-        }
-        for _ in range(6)
-    ]
-    assert BUSY_CLIENTS * BUSY_IMAGES + len(calls) <= QUEUE  # never refused for capacity
-    before = requests_by(scrape(predictor), "predictor_requests_total")
+    calls = [grpc_image_call(pipeline, client_timeout=deadline_s) for _ in range(6)]
+    assert HELD_IMAGES + len(calls) <= QUEUE  # never refused for capacity
+    before = scrape(predictor)
+    front_before = requests_by(scrape(pipeline.transformer), "transformer_requests_total")
+    with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client, ThreadPoolExecutor(1) as pool:
+        with held_forward.holding(pipeline.gate):
+            holder = pool.submit(
+                client.post,
+                f"{predictor.url}/v2/models/{MODEL_NAME}/infer",
+                content=body,
+                headers=headers,
+            )
+            held_forward.wait_until_held(pipeline.gate)
+            results = grpc_calls(calls)
+            held = scrape(predictor)
+        holder_status = holder.result().status_code
+    after = scrape(predictor)
+    front = requests_by(scrape(pipeline.transformer), "transformer_requests_total") - front_before
 
-    async def scenario() -> list[dict[str, Any]]:
-        # Keep the predictor busy with 3 x 8 = 24 images in flight, so a new request waits for
-        # at least one batch. At most 24 images wait at once (the whole load, between two
-        # batches), which leaves room in its queue of 32 for the six 1-image calls: a load of
-        # 32 images filled it, and a call was refused UNAVAILABLE (seen once under CI).
-        busy = Recorder(
-            f"{predictor.url}/v2/models/{MODEL_NAME}/infer",
-            body,
-            BUSY_CLIENTS,
-            CLIENT_TIMEOUT_S,
-            0.1,
-            headers=headers,
-        )
-        done = False
-        load = asyncio.ensure_future(busy.run(lambda: done))
-        await asyncio.sleep(1.0)
-        results = await asyncio.to_thread(grpc_calls, calls)
-        done = True
-        await load
-        return results
+    def grpc_outcomes(samples: dict) -> dict[str, float]:
+        counts = requests_by(samples, "predictor_requests_total")
+        counts.subtract(requests_by(before, "predictor_requests_total"))
+        return {code: n for (protocol, code), n in counts.items() if protocol == "v2-grpc" and n}
 
-    results = asyncio.run(scenario())
-    after = requests_by(scrape(predictor), "predictor_requests_total")
-    expired = after[("v2-grpc", "DEADLINE_EXCEEDED")] - before[("v2-grpc", "DEADLINE_EXCEEDED")]
+    while_held, outcomes = grpc_outcomes(held), grpc_outcomes(after)
+    images = total(after, "predictor_batch_size_sum") - total(before, "predictor_batch_size_sum")
     print(
-        f"\ndeadline {deadline_s * 1000:.0f} ms: client answered after "
+        f"\ndeadline {deadline_s * 1000:.0f} ms behind a held pass: the client answered after "
         + ", ".join(f"{r['seconds'] * 1000:.0f}" for r in results)
-        + f" ms; the predictor answered DEADLINE_EXCEEDED {expired} times; "
-        + f"its gRPC outcomes meanwhile {dict((after - before).items())}"
+        + f" ms; the predictor's gRPC outcomes {outcomes} ({while_held} while held), "
+        + f"{images:.0f} images run; the transformer's outcomes {dict(front.items())}"
     )
+    assert holder_status == 200  # the held request itself was served once released
     for result in results:
-        # A call may slip into the moment between two batches and be answered in time; the
-        # others end at the client's own deadline, not the servers' 30 s timeout.
-        assert result["ok"] or result["code"] == "StatusCode.DEADLINE_EXCEEDED", result
-        assert result["seconds"] < deadline_s + 2.0, result
-    late = [r for r in results if not r["ok"]]
-    assert len(late) >= len(results) // 2, results  # the predictor was kept busy
-    # The calls that reached the predictor ended there by the client's deadline: its queue
-    # expired them, or gRPC cancelled them at the deadline it was given (both counted here).
-    # Without the deadline, the predictor would see 30 s calls cancelled: CANCELLED.
-    assert expired >= 1, (before, after)
+        assert result["code"] == "StatusCode.DEADLINE_EXCEEDED", result
+        assert result["seconds"] < deadline_s + 2.0, result  # not the servers' 30 s timeout
+    # Every call reached the predictor and ended there with the client's deadline, while the
+    # pass was still held: not at the predictor's own 30 s timeout, and not CANCELLED (which is
+    # what the predictor sees when the transformer's call carries no deadline).
+    assert while_held == outcomes == {"DEADLINE_EXCEEDED": len(calls)}, outcomes
+    assert images == HELD_IMAGES  # only the held request ever ran: the others left unrun
+    assert total(after, "predictor_queue_depth") == 0
+
+
+def test_past_max_inflight_requests_a_grpc_call_is_refused_unavailable_at_once(
+    pipeline: Pipeline,
+) -> None:
+    """The transformer's --max_inflight_requests holds for gRPC as for REST: with every slot
+    taken (REST requests waiting on a held forward pass), a gRPC call is UNAVAILABLE at once,
+    naming the flag; the held requests are served once the pass runs."""
+    transformer = pipeline.transformer
+    body = image_body()
+    with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client, ThreadPoolExecutor(INFLIGHT) as pool:
+        with held_forward.holding(pipeline.gate):
+            held = [
+                pool.submit(client.post, pipeline.infer_url, content=body, headers=HEADERS)
+                for _ in range(INFLIGHT)
+            ]
+            deadline = time.monotonic() + 30
+            while total(scrape(transformer), "transformer_requests_in_flight") < INFLIGHT:
+                assert time.monotonic() < deadline, "the slots did not fill within 30 s"
+                time.sleep(0.05)
+            [refused] = grpc_calls([grpc_image_call(pipeline)])
+        served = [job.result().status_code for job in held]
+    print(f"\ngRPC past the in-flight limit: {refused}; the held requests then {set(served)}")
+    assert refused["code"] == "StatusCode.UNAVAILABLE", refused
+    assert "--max_inflight_requests" in refused["message"], refused
+    assert refused["seconds"] < 2.0, refused
+    assert served == [200] * INFLIGHT
+
+
+def total(samples: dict, name: str) -> float:
+    """The sum of every sample of metric `name` (all label sets)."""
+    return sum(value for (metric, _), value in samples.items() if metric == name)
 
 
 def test_predictor_sigterm_under_load_drains_then_exits_and_the_transformer_says_so(
@@ -368,7 +445,7 @@ def test_predictor_sigterm_under_load_drains_then_exits_and_the_transformer_says
         done = False
         load = asyncio.ensure_future(recorder.run(lambda: done))
         async with httpx.AsyncClient() as probe:
-            await asyncio.sleep(1.5)
+            await until(lambda: answers(recorder, 200) >= CONCURRENCY, "the load being served")
             marks["sigterm"] = time.monotonic()
             predictor.process.send_signal(signal.SIGTERM)
             marks["unready"] = await wait_for(
@@ -380,7 +457,10 @@ def test_predictor_sigterm_under_load_drains_then_exits_and_the_transformer_says
             while predictor.process.poll() is None and time.monotonic() - marks["sigterm"] < 60:
                 await asyncio.sleep(0.02)
             marks["exited"] = time.monotonic()
-            await asyncio.sleep(1.0)  # traffic against a stopped predictor
+            await until(
+                lambda: answers(recorder, 503, marks["exited"]) >= CONCURRENCY,
+                "the load meeting the stopped predictor",
+            )
         done = True
         await load
 
@@ -453,7 +533,7 @@ def test_sigterm_under_load_drains_and_loses_no_request_started_before_the_drain
         stop_at = float("inf")
         load = asyncio.ensure_future(recorder.run(lambda: time.monotonic() >= stop_at))
         async with httpx.AsyncClient() as probe:
-            await asyncio.sleep(1.5)
+            await until(lambda: answers(recorder, 200) >= CONCURRENCY, "the load being served")
             marks["sigterm"] = time.monotonic()
             transformer.process.send_signal(signal.SIGTERM)
             drain_traffic = asyncio.ensure_future(during_drain())
@@ -477,5 +557,8 @@ def test_sigterm_under_load_drains_and_loses_no_request_started_before_the_drain
     assert transformer.process.poll() == 0
     assert marks["unready"] - marks["sigterm"] < 2.0  # at once, bar a starved machine
     assert during and all(o.status == 200 for o in before), statuses(before)
+    # After the drain the transformer stops accepting: a new request is refused (no listener),
+    # or answered 503 if it reached the server in the moment before the port closed.
+    assert after and all(o.status in REFUSED_AFTER_DRAIN for o in after), statuses(after)
     # Exit comes after the drain and inside the grace period (drain + timeout + 1 s).
     assert DRAIN_S <= marks["exited"] - marks["sigterm"] < DRAIN_S + REQUEST_TIMEOUT_S + 1

@@ -7,7 +7,10 @@ restart the transformer could stay broken for minutes. This link owns the channe
   - reconnect backoff bounded at RECONNECT_BACKOFF_MAX_MS, so a restarted predictor is used
     again within a second of its port opening (it opens only once the model is ready);
   - no retries beyond gRPC's transparent ones (calls that never reached the predictor);
-  - each call's timeout taken from the request's deadline (`common.admission`);
+  - each call's timeout taken from the request's deadline (`common.admission`), a little
+    shorter (DEADLINE_MARGIN_S), so the predictor's own DEADLINE_EXCEEDED comes back before
+    gRPC cancels this side's call at the client's deadline: otherwise the predictor only sees a
+    cancelled call, and the client a deadline with no word of where it passed;
   - fail-fast calls (no wait_for_ready): while the predictor is down a call fails at once.
 `ready()` asks the predictor's ModelReady over the same channel, cached for READY_CACHE_S and
 shared by concurrent callers, so readiness probes never pile up on the predictor.
@@ -35,6 +38,10 @@ RECONNECT_BACKOFF_MAX_MS = 500
 # not answer a TCP handshake within a second here (loopback, or a cluster network) is down.
 CONNECT_TIMEOUT_MS = 1000
 READY_CACHE_S = 0.5
+# How much sooner the predictor's deadline ends than the request's: room for its answer to
+# come back over the hop (loopback or a cluster network: about a millisecond) and for a busy
+# event loop. At most a tenth of the time left, so short deadlines keep most of theirs.
+DEADLINE_MARGIN_S = 0.02
 READY_PROBE_TIMEOUT_S = 1.0
 
 
@@ -79,6 +86,7 @@ class PredictorLink:
         timeout = admission.remaining(self.timeout_s)
         if timeout <= 0:
             raise admission.DeadlinePassed("the deadline passed before the predictor was called")
+        timeout -= min(DEADLINE_MARGIN_S, timeout / 10)
         metadata = tuple(append_forwardable_headers(headers).items())
         try:
             response = await self._client().ModelInfer(
