@@ -51,13 +51,13 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 venv: $(STAMP)
 
 $(MODEL): | $(STAMP)
-	$(BIN)/python -m predictor.export --repository $(MODEL_REPO) --model_name $(MODEL_NAME)
+	$(BIN)/python -m modelbuild torchscript --repository $(MODEL_REPO) --model_name $(MODEL_NAME)
 
 $(ONNX_MODEL): | $(STAMP)
-	$(BIN)/python -m predictor.export_onnx --repository $(ONNX_REPO) --model_name $(MODEL_NAME)
+	$(BIN)/python -m modelbuild onnx --repository $(ONNX_REPO) --model_name $(MODEL_NAME)
 
 $(INT8_MODEL): $(ONNX_MODEL)
-	$(BIN)/python -m predictor.export_onnx --repository $(INT8_REPO) --model_name $(MODEL_NAME) \
+	$(BIN)/python -m modelbuild onnx --repository $(INT8_REPO) --model_name $(MODEL_NAME) \
 		--int8 --fp32_model $(ONNX_MODEL)
 
 model-repo: $(MODEL) $(ONNX_MODEL)
@@ -72,7 +72,7 @@ serve: $(STAMP) $(SERVE_MODEL_$(ENGINE))
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy common predictor transformer rollout scripts tests bench batch edge
+	$(BIN)/mypy common runtime vision modelbuild predictor transformer rollout scripts harness tests bench batch edge
 
 test: lint $(MODEL) $(ONNX_MODEL) $(INT8_MODEL)
 	MODEL_REPOSITORY=$(MODEL_REPO) MODEL_REPOSITORY_ONNX=$(ONNX_REPO) \

@@ -117,7 +117,7 @@ def open_engine(settings: BatchSettings) -> Engine:
         from .remote import RemoteEngine
 
         return RemoteEngine(settings)
-    from predictor.tuning import keep_freed_memory, prepare_environment
+    from runtime.tuning import keep_freed_memory, prepare_environment
 
     prepare_environment()  # as the predictor does, before torch loads
     keep_freed_memory()

@@ -1,6 +1,6 @@
 """The in-process engine (`--model_dir`): the servers' decoding and model runner, no serving.
 
-Reading, hashing and decoding (transformer.imaging.preprocess, Pillow releases the GIL) run in
+Reading, hashing and decoding (vision.imaging.preprocess, Pillow releases the GIL) run in
 a thread pool while the forward threads (`batch.runner`: on the CPU one engine instance per
 CPU) run earlier batches, so decoding and the forward pass overlap and every CPU stays busy; a
 serial loop (bench.limit) can only alternate them. Work is pulled only as fast as it is used:
@@ -15,13 +15,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from kserve.errors import InvalidInput
 
 from common.cpus import available_cpus
 from common.modelrepo import resolve
-from predictor.engines import describe
-from transformer.imaging import DecodeLimits, preprocess
-from transformer.postprocess import top_k
+from runtime.engines import describe
+from vision.imaging import DecodeLimits, ImageError, preprocess
+from vision.postprocess import top_k
+from vision.preprocessing import Preprocessing
 
 from .outcomes import Failure, Finished, Outcome, Prediction, read_unless_stored, top_up
 from .runner import ForwardRunner, plan_runner
@@ -55,7 +55,7 @@ class LocalEngine:
         version = resolve(settings.model_dir, settings.model_name, settings.model_version)
         self.model_name = settings.model_name
         self.model_version = version.version
-        self.params = version.preprocessing()
+        self.params = Preprocessing.read(version.model_dir)
         self.labels = version.labels()
         self.limits = DecodeLimits(max_pixels=settings.max_image_pixels)
         self.max_image_bytes = settings.max_image_bytes
@@ -130,8 +130,8 @@ class LocalEngine:
             return image
         try:
             return Decoded(item, image.sha256, preprocess(image.data, self.params, self.limits))
-        except InvalidInput as exc:
-            return Failure(item.key, image.sha256, str(exc.reason))
+        except ImageError as exc:
+            return Failure(item.key, image.sha256, str(exc))
 
     def _predictions(self, logits: np.ndarray, chunk: list[Decoded]) -> Iterator[Prediction]:
         class_ids, scores = top_k(logits, self.top_k)

@@ -23,12 +23,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 
 from common.modelrepo import ModelVersion
-from predictor.engines import build_engine, plan_engine
-from predictor.torchscript import ExecutionPlan
-from predictor.worker import Engine, ForwardWorker
+from runtime.engines import build_engine, cuda_available, plan_engine
+from runtime.plan import ExecutionPlan
+from runtime.tensors import Engine
+from runtime.worker import ForwardWorker
 
 
 @dataclass(frozen=True)
@@ -57,9 +57,7 @@ def plan_runner(
     """The flags where given, else on the CPU one single-thread instance per CPU (at most
     MAX_DEFAULT_INSTANCES, sharing the CPUs' threads), on a GPU one instance (the GPU is then
     what limits, not the CPUs). Raises ValueError for an unknown platform."""
-    plan = plan_engine(
-        version.config.platform, "auto", "auto", "auto", 1, torch.cuda.is_available()
-    )
+    plan = plan_engine(version.config.platform, "auto", "auto", "auto", 1, cuda_available())
     count = instances or (min(cpus, MAX_DEFAULT_INSTANCES) if plan.device == "cpu" else 1)
     threads = num_threads or max(1, cpus // count)
     return RunnerPlan(replace(plan, num_threads=threads), count)
@@ -73,6 +71,8 @@ class ForwardRunner:
         repository's platform names (TorchScript on CPU or CUDA when present, or onnxruntime on
         the CPU)."""
         self.plan = plan
+        # The image classifier's one input (pixels) and one output (logits).
+        self._input, self._output = version.config.inputs[0].name, version.config.outputs[0].name
         self.workers: list[ForwardWorker[Engine]] = []
         self._queued = [0] * plan.instances  # batches submitted and not yet answered
         self._lock = threading.Lock()
@@ -98,11 +98,13 @@ class ForwardRunner:
         with self._lock:
             index = min(range(len(self._queued)), key=self._queued.__getitem__)
             self._queued[index] += 1
-        future = asyncio.run_coroutine_threadsafe(
-            self.workers[index].run(np.stack(pixels)), self._loop
-        )
+        future = asyncio.run_coroutine_threadsafe(self._logits(index, np.stack(pixels)), self._loop)
         future.add_done_callback(lambda _: self._answered(index))
         return future
+
+    async def _logits(self, index: int, batch: np.ndarray) -> np.ndarray:
+        outputs = await self.workers[index].run({self._input: batch})
+        return outputs[self._output]
 
     def _answered(self, index: int) -> None:
         with self._lock:

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .servers import Pipeline
+from harness.servers import Pipeline
+
 from .stats import CellResult, LimitResult, ratio
 from .support import run_json_module
 

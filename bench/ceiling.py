@@ -39,11 +39,12 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from common.cli import DEFAULT_MODEL_NAME, LOCAL_MODEL_REPOSITORY, positive_ints
 from common.codecs import serialize_bytes
 from common.modelrepo import resolve
+from harness.servers import ROOT, ServerProcess, process_cpu_seconds, start
 
 from . import h2load
 from .ceiling_report import BARE, PREDICTOR, CeilingCell, CeilingReport, DecodeRate
 from .images import ORIGINAL, PHONE, build_image_set
-from .servers import ROOT, ServerProcess, histogram_totals, process_cpu_seconds, start
+from .observe import histogram_totals
 from .support import environment, run_json_module
 
 TRANSFORMER = "transformer"

@@ -3,10 +3,10 @@
     python -m bench.decode_rate --model_dir REPO --image FILE [--threads N] [--seconds 3]
 
 `threads` workers (the transformer's default --decode_workers: the CPUs available) run
-`transformer.imaging.preprocess` on the same image back to back, as the transformer's decode
+`vision.imaging.preprocess` on the same image back to back, as the transformer's decode
 pool does; prints images/s and CPU-ms per image as JSON. What the served transformer reaches
 in front of a zero-cost predictor, over this rate, is what the two hops cost. Its own process
-because transformer.imaging imports kserve.
+because vision.imaging imports kserve.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from pathlib import Path
 from common.cli import DEFAULT_MODEL_NAME
 from common.cpus import available_cpus
 from common.modelrepo import resolve
-from transformer.imaging import DecodeLimits, preprocess
+from vision.imaging import DecodeLimits, preprocess
+from vision.preprocessing import Preprocessing
 
 MAX_PIXELS = 50_000_000  # the transformer's default --max_image_pixels
 
@@ -31,7 +32,7 @@ def measure(
     model_dir: Path, model_name: str, image: bytes, threads: int, seconds: float
 ) -> dict[str, float]:
     """Images/s of `threads` workers decoding `image` for `seconds`, and one decode's median."""
-    params = resolve(model_dir, model_name).preprocessing()
+    params = Preprocessing.read(resolve(model_dir, model_name).model_dir)
     limits = DecodeLimits(max_pixels=MAX_PIXELS)
     single = []
     for _ in range(5):  # warm the decoder; the median single-thread time

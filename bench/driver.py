@@ -19,21 +19,14 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from common.cli import DEFAULT_MODEL_NAME, LOCAL_MODEL_REPOSITORY, positive_ints
+from harness.servers import ROOT, Pipeline, PipelineSpec, running
 
 from . import engines
 from .batch import BatchPlan, repeated_source
 from .images import build_image_set, describe, write_image_set
 from .load import Client, LoadRun, client_for, closed_loop
+from .observe import cpu_shares, mean_between, system_cpu_jiffies
 from .report import Report
-from .servers import (
-    ROOT,
-    Pipeline,
-    PipelineSpec,
-    cpu_shares,
-    mean_between,
-    running,
-    system_cpu_jiffies,
-)
 from .stats import (
     PEER,
     PROTOCOLS,

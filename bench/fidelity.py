@@ -2,7 +2,7 @@
 
     python -m bench.fidelity --fp32 REPO --int8 REPO [--model_name image-classifier]
 
-The same measurement the INT8 export gates on (`predictor.fidelity`, `predictor.imagesets`),
+The same measurement the INT8 export gates on (`modelbuild.fidelity`, `modelbuild.imagesets`),
 repeated at bench time so the report states it beside the speed it buys. A child process:
 the decoding imports kserve, which cannot share a process with tritonclient.grpc.
 """
@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 from common.modelrepo import resolve
-from predictor import fidelity, imagesets
-from predictor.quantize import logits
+from modelbuild import fidelity, imagesets
+from modelbuild.quantize import logits
+from vision.preprocessing import Preprocessing
 
 
 def main() -> int:
@@ -28,7 +29,7 @@ def main() -> int:
     p.add_argument("--model_name", default="image-classifier")
     args = p.parse_args()
     fp32, int8 = resolve(args.fp32, args.model_name), resolve(args.int8, args.model_name)
-    _, holdout = imagesets.default_sets(fp32.preprocessing())
+    _, holdout = imagesets.default_sets(Preprocessing.read(fp32.model_dir))
     result = fidelity.compare(
         logits(fp32.artifact, holdout.pixels), logits(int8.artifact, holdout.pixels)
     )

@@ -22,7 +22,8 @@ from kserve.protocol.infer_type import InferRequest
 from common import codecs
 from common.cli import DEFAULT_MODEL_NAME
 from common.modelrepo import resolve
-from transformer.imaging import DecodeLimits, preprocess
+from vision.imaging import DecodeLimits, preprocess
+from vision.preprocessing import Preprocessing
 
 from .limit import MAX_PIXELS
 from .stock.transformer import image_transform, to_infer_request
@@ -31,7 +32,7 @@ from .stock.transformer import image_transform, to_infer_request
 def measure(model_dir: Path, model_name: str, image: Path) -> dict[str, int]:
     """Serialised request sizes for one image, ours and the peer's, plus the bare tensors."""
     version = resolve(model_dir, model_name)
-    params = version.preprocessing()
+    params = Preprocessing.read(version.model_dir)
     data = image.read_bytes()
     request_id = str(uuid.uuid4())  # both transformers send an id of this length
 

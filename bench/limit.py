@@ -2,11 +2,11 @@
 
     python -m bench.limit --model_dir REPO --images DIR [--batch_sizes 1,2,4,8,16] [--seconds 2]
 
-Per batch: decode + preprocess each image (`transformer.imaging.preprocess`, the transformer's
-own function), stack, forward (`predictor.engines.build_engine`, the predictor's own engine
+Per batch: decode + preprocess each image (`vision.imaging.preprocess`, the transformer's
+own function), stack, forward (`runtime.engines.build_engine`, the predictor's own engine
 for the repository's platform: TorchScript or onnxruntime). One thread of control, the
 predictor's thread count and process settings. Runs in its own process because
-transformer.imaging imports kserve, which cannot share a process with the driver's
+vision.imaging imports kserve, which cannot share a process with the driver's
 tritonclient.grpc.
 """
 
@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from predictor.tuning import keep_freed_memory, prepare_environment
+from runtime.tuning import keep_freed_memory, prepare_environment
+from vision.preprocessing import Preprocessing
 
 prepare_environment()  # as the predictor does, before torch loads
 
@@ -28,8 +29,9 @@ import numpy as np  # noqa: E402
 from common.cli import DEFAULT_MODEL_NAME, positive_ints  # noqa: E402
 from common.cpus import available_cpus  # noqa: E402
 from common.modelrepo import resolve  # noqa: E402
-from predictor.engines import build_engine, plan_engine  # noqa: E402
-from transformer.imaging import DecodeLimits, preprocess  # noqa: E402
+from runtime.engines import build_engine, plan_engine  # noqa: E402
+from runtime.tensors import run_one  # noqa: E402
+from vision.imaging import DecodeLimits, preprocess  # noqa: E402
 
 DEFAULT_BATCH_SIZES = "1,2,4,8,16"
 MAX_PIXELS = 50_000_000  # the transformer's default --max_image_pixels
@@ -49,7 +51,7 @@ def measure(argv: list[str] | None = None) -> dict[str, object]:
     keep_freed_memory()
     threads = args.num_threads or available_cpus()
     version = resolve(args.model_dir, args.model_name)
-    params = version.preprocessing()
+    params = Preprocessing.read(version.model_dir)
     limits = DecodeLimits(max_pixels=MAX_PIXELS)
     paths = sorted(args.images.glob("*.jpg"))
     if not paths:
@@ -61,7 +63,7 @@ def measure(argv: list[str] | None = None) -> dict[str, object]:
     # Warm the decoder and record each image's top-1 class, for agreement checks.
     top1 = {}
     for path, blob in zip(paths, blobs, strict=True):
-        logits = runner.run(preprocess(blob, params, limits)[None])
+        logits = run_one(runner, preprocess(blob, params, limits)[None])
         top1[path.name] = int(np.argmax(logits[0]))
 
     points = []
@@ -84,7 +86,7 @@ def measure(argv: list[str] | None = None) -> dict[str, object]:
             t0 = time.perf_counter()
             batch = np.stack([preprocess(blob, params, limits) for blob in chosen])
             t1 = time.perf_counter()
-            runner.run(batch)
+            run_one(runner, batch)
             t2 = time.perf_counter()
             totals.append(t2 - t0)
             decodes.append((t1 - t0) / size)

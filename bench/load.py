@@ -18,8 +18,9 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from harness.v1 import JSON_HEADERS, v1_body
+
 from .stats import V1_JSON, V2_GRPC
-from .v1 import JSON_HEADERS, v1_body
 
 REQUEST_TIMEOUT_S = 60.0
 T = TypeVar("T")

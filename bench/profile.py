@@ -21,10 +21,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from harness.servers import ROOT, ServerProcess, start
+
 from . import h2load
 from .ceiling import check_answer, image_request, pixels_request
 from .images import ORIGINAL, build_image_set
-from .servers import ROOT, ServerProcess, start
 
 
 def summarize(folded: str, top: int) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:

@@ -9,8 +9,8 @@ both servers, sampled every `--sample_s` seconds. Fails (exit 1) on any request 
 200, or when either server's resident memory grows more than `--max_growth` (5%) from just
 after the warm-up to the end of the run. Writes everything to OUT/soak.json.
 
-`Recorder` (the closed loop that records each request's outcome) is also what the fault tests
-in tests/test_reliability.py drive load with.
+The closed loop is `harness.recorder.Recorder`, which the fault tests in
+tests/test_reliability.py drive load with too.
 """
 
 from __future__ import annotations
@@ -21,71 +21,18 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
-
 from common.memory import status_bytes
+from harness.recorder import Recorder
+from harness.servers import PipelineSpec, running
+from harness.v1 import v1_body
 
-from .servers import PipelineSpec, running
 from .stats import percentile
-from .v1 import JSON_HEADERS, v1_body
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGE = ROOT / "tests" / "data" / "coffee.jpg"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One request: when it started and ended (time.monotonic()), and how (HTTP status, or
-    the client error's name, e.g. 'ReadTimeout')."""
-
-    started: float
-    ended: float
-    status: int | str
-
-    @property
-    def latency_s(self) -> float:
-        """Seconds from send to answer."""
-        return self.ended - self.started
-
-
-@dataclass
-class Recorder:
-    """Closed-loop load: `concurrency` workers POST `body` to `url` one after another."""
-
-    url: str
-    body: bytes
-    concurrency: int
-    timeout_s: float = 30.0
-    pause_on_503_s: float = 0.0  # how long a worker waits after a 503 (as Retry-After asks)
-    outcomes: list[Outcome] = field(default_factory=list)
-    headers: dict[str, str] = field(default_factory=lambda: dict(JSON_HEADERS))
-
-    async def run(self, until: Callable[[], bool]) -> None:
-        """Send until `until()` is true; each worker finishes the request it has in flight."""
-        limits = httpx.Limits(max_connections=self.concurrency)
-        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as client:
-            await asyncio.gather(*(self._worker(client, until) for _ in range(self.concurrency)))
-
-    async def _worker(self, client: httpx.AsyncClient, until: Callable[[], bool]) -> None:
-        while not until():
-            started = time.monotonic()
-            status: int | str
-            try:
-                response = await client.post(self.url, content=self.body, headers=self.headers)
-                status = response.status_code
-            except httpx.HTTPError as exc:
-                status = type(exc).__name__
-            self.outcomes.append(Outcome(started, time.monotonic(), status))
-            if status == 503 and self.pause_on_503_s:
-                await asyncio.sleep(self.pause_on_503_s)
-
-    def between(self, start: float, end: float) -> list[Outcome]:
-        """The outcomes of requests that ended within [start, end)."""
-        return [o for o in self.outcomes if start <= o.ended < end]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .servers import ROOT
+from harness.servers import ROOT
 
 SUBPROCESS_TIMEOUT_S = 300
 

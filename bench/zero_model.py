@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from common.cli import DEFAULT_MODEL_NAME
-from common.modelrepo import CONFIG_FILE, MODEL_FILE, PREPROCESS_FILE, resolve
+from common.modelrepo import CONFIG_FILE, MODEL_FILE, resolve
+from vision.preprocessing import PREPROCESS_FILE
 
 
 class ZeroCostClassifier(nn.Module):

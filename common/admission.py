@@ -13,25 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from kserve.errors import ServerNotReady
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1  # what a refused client is told to wait: about one queue's worth of work
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 # time.monotonic() by which the current request must be answered; None outside a request.
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
@@ -130,7 +124,7 @@ class RequestBoundsMiddleware:
 
     def __init__(
         self,
-        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        app: ASGIApp,
         inflight: InflightLimit,
         timeout_s: float,
     ) -> None:
@@ -145,7 +139,9 @@ class RequestBoundsMiddleware:
         try:
             self.inflight.acquire()
         except Overloaded as exc:
-            await send_error(send, 503, str(exc), {"retry-after": str(exc.retry_after_s)})
+            await send_error(
+                scope, receive, send, 503, str(exc), {"retry-after": str(exc.retry_after_s)}
+            )
             return
         started = False
 
@@ -161,23 +157,28 @@ class RequestBoundsMiddleware:
         except TimeoutError:
             if not started:
                 await send_error(
+                    scope,
+                    receive,
                     send,
                     504,
                     f"no answer within {self.timeout_s:g} s (--request_timeout_seconds)",
-                    {},
                 )
         finally:
             self.inflight.release()
 
 
-async def send_error(send: Send, status: int, error: str, headers: dict[str, str]) -> None:
+async def send_error(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    status: int,
+    error: str,
+    headers: Mapping[str, str] | None = None,
+) -> None:
     """Answer an ASGI request with `status`, {"error": `error`} and `headers`, from middleware
-    (before or outside any route)."""
-    body = json.dumps({"error": error}).encode()
-    raw_headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    raw_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": body})
+    (before or outside any route, where no exception handler can answer): the same
+    JSONResponse the routes' handlers return, run as an ASGI app."""
+    await JSONResponse({"error": error}, status, headers)(scope, receive, send)
 
 
 async def unavailable_handler(_: Request, exc: Exception) -> JSONResponse:

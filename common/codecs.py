@@ -26,25 +26,11 @@ from kserve.protocol.infer_type import (
 )
 
 from . import kserve_compat
+from .modelrepo import NUMPY_DTYPES, TensorSpec
 
 # The header that tells where the JSON part of a binary-extension body ends.
 JSON_LENGTH_HEADER = "inference-header-content-length"
 
-NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(np.object_),
-}
 _LENGTH = struct.Struct("<I")
 
 
@@ -233,6 +219,75 @@ def v1_instances(payload: Any, example: str) -> list[Any]:
     if not isinstance(rows, list):
         raise InvalidInput(f'"{given[0]}" must be a list, got {type(rows).__name__}')
     return rows
+
+
+def v1_tensors(
+    payload: Any, inputs: Sequence[TensorSpec], alternates: Mapping[str, TensorSpec]
+) -> dict[str, np.ndarray]:
+    """The named input arrays of a V1 predict body, each cast to its declared datatype (or to
+    its alternate form's, for floats where the input is integer); raises InvalidInput.
+
+    One input: each instance is a row of it. Several: each instance is an object with one
+    value per input name (TensorFlow Serving's row format, which KServe's V1 follows)."""
+    if len(inputs) == 1:
+        rows = v1_instances(payload, f"<{inputs[0].describe()} row>")
+        columns: dict[str, list[Any]] = {inputs[0].name: rows}
+    else:
+        names = [spec.name for spec in inputs]
+        rows = v1_instances(payload, "{" + ", ".join(f'"{n}": ...' for n in names) + "}")
+        columns = {name: [] for name in names}
+        for index, row in enumerate(rows):
+            if not isinstance(row, dict) or sorted(row) != sorted(names):
+                got = sorted(row) if isinstance(row, dict) else type(row).__name__
+                raise InvalidInput(f"instance {index}: {got}, expected an object with {names}")
+            for name in names:
+                columns[name].append(row[name])
+    return {
+        spec.name: _v1_array(spec, alternates.get(spec.name), columns[spec.name]) for spec in inputs
+    }
+
+
+def _v1_array(spec: TensorSpec, alternate: TensorSpec | None, values: list[Any]) -> np.ndarray:
+    """One input's V1 values as an array of its datatype; raises InvalidInput."""
+    try:
+        array = np.asarray(values)
+    except ValueError as exc:
+        raise InvalidInput(
+            f"input {spec.name!r}: instances are not arrays of one shape: {exc}"
+        ) from exc
+    forms = [spec] + ([alternate] if alternate is not None else [])
+    if array.dtype.kind in "iu":  # JSON integers: the integer form, else a float one
+        form = next((f for f in forms if f.dtype.kind in "iu"), None)
+        form = form or next((f for f in forms if f.dtype.kind == "f"), None)
+    elif array.dtype.kind == "f":
+        form = next((f for f in forms if f.dtype.kind == "f"), None)
+    elif array.dtype.kind == "b":
+        form = next((f for f in forms if f.dtype.kind == "b"), None)
+    else:
+        form = None
+    if form is None:
+        raise InvalidInput(
+            f"input {spec.name!r}: instances of {array.dtype} values, expected "
+            + " or ".join(f.describe() for f in forms)
+        )
+    if form.dtype.kind in "iu" and array.size:
+        limits = np.iinfo(form.dtype)
+        if array.min() < limits.min or array.max() > limits.max:
+            raise InvalidInput(
+                f"input {spec.name!r}: integer values must fit {form.datatype} "
+                f"({limits.min} to {limits.max})"
+            )
+    return array.astype(form.dtype)
+
+
+def v1_predictions(outputs: Mapping[str, np.ndarray]) -> list[Any]:
+    """A V1 "predictions" list: the rows of the one output, or with several outputs one object
+    per row with each output's row (TensorFlow Serving's row format)."""
+    if len(outputs) == 1:
+        return next(iter(outputs.values())).tolist()
+    columns = {name: array.tolist() for name, array in outputs.items()}
+    rows = len(next(iter(columns.values())))
+    return [{name: column[i] for name, column in columns.items()} for i in range(rows)]
 
 
 def parameter(parameters: Any, key: str) -> Any:

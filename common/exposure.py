@@ -18,25 +18,20 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastapi import FastAPI
 from starlette.routing import BaseRoute, compile_path
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import codecs, kserve_compat
+from . import admission, kserve_compat
 
 # Under kserve's logger, which kserve configures: the inventory is part of the start-up log.
 logger = logging.getLogger("kserve").getChild("exposure")
 
 GRPC_SERVICE = "inference.GRPCInferenceService"
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class Access(enum.Enum):
@@ -261,14 +256,18 @@ class ExposureMiddleware:
         entry = rest_entry(scope["method"], scope["path"])
         if self.policy.needs_key(entry) and not self._key_valid(scope):
             # Before the 404: without a key nobody learns which routes exist.
-            await _reject(
+            await admission.send_error(
+                scope,
+                receive,
                 send,
                 401,
                 "missing or invalid API key: send the header 'Authorization: Bearer <key>'",
-                [(b"www-authenticate", b'Bearer realm="image-classifier"')],
+                {"www-authenticate": 'Bearer realm="image-classifier"'},
             )
         elif not self.policy.serves(entry):
-            await _reject(send, 404, f"{scope['method']} {scope['path']} is not served here")
+            await admission.send_error(
+                scope, receive, send, 404, f"{scope['method']} {scope['path']} is not served here"
+            )
         else:
             await self.app(scope, receive, send)
 
@@ -280,16 +279,6 @@ class ExposureMiddleware:
         scheme, _, token = header.strip().partition(" ")
         keys = self.policy.api_keys
         return keys is not None and scheme.lower() == "bearer" and keys.valid(token.strip())
-
-
-async def _reject(
-    send: Send, status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    body = codecs.json_response_body({"error": message})
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    headers += extra or []
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 # ---------------------------------------------------------------------------- gRPC

@@ -260,7 +260,12 @@ _REASONS = {
 
 
 def _raw_response(status: int, error: str, retry_after: bool) -> bytes:
-    """A whole HTTP/1.1 response, for refusals made before any ASGI request exists."""
+    """A whole HTTP/1.1 response, for refusals made before any ASGI request exists.
+
+    Raw bytes on purpose: these refusals (too many connections, a request head too large) are
+    made by the connection's protocol, before a request is parsed, so there is no ASGI scope or
+    `send` for a JSONResponse to run on (admission.send_error answers the refusals made once
+    there is one)."""
     body = codecs.json_response_body({"error": error})
     head = [
         b"HTTP/1.1 %d %s" % (status, _REASONS[status]),
@@ -302,16 +307,16 @@ class BodyIntakeMiddleware:
             return
         limit = self.settings.max_request_bytes
         if declared is not None and declared > limit:
-            await _refuse(send, 413, _too_large(declared, limit))
+            await _refuse(scope, receive, send, 413, _too_large(declared, limit))
             return
         if declared is not None and not self.memory.fits(declared * REST_COPIES):
             refusal = self.memory.refusal(declared * REST_COPIES)
-            await _refuse(send, 503, str(refusal), retry_after=True)
+            await _refuse(scope, receive, send, 503, str(refusal), retry_after=True)
             return
         held = [0]
         status = 500  # what the client sees when the app raises before answering
         try:
-            body = await self._read(receive, send, held)
+            body = await self._read(scope, receive, send, held)
             if body is None:
                 return
             delivered = False
@@ -337,7 +342,7 @@ class BodyIntakeMiddleware:
             self.memory.give_back(held[0])
 
     async def _read(
-        self, receive: Receive, send: Send, held: list[int]
+        self, scope: Scope, receive: Receive, send: Send, held: list[int]
     ) -> bytes | bytearray | None:
         """The whole body, charging REST_COPIES bytes of memory per byte as it arrives (added up
         in `held[0]`); None when the request was answered here or the client left.
@@ -362,6 +367,8 @@ class BodyIntakeMiddleware:
             except TimeoutError:
                 waited = loop.time() - started
                 await _refuse(
+                    scope,
+                    receive,
                     send,
                     408,
                     f"request body incomplete after {waited:.1f} s ({received} bytes received; "
@@ -374,12 +381,18 @@ class BodyIntakeMiddleware:
             chunk: bytes = message.get("body", b"")
             size = len(chunk)
             if received + size > settings.max_request_bytes:
-                await _refuse(send, 413, _too_large(received + size, settings.max_request_bytes))
+                await _refuse(
+                    scope,
+                    receive,
+                    send,
+                    413,
+                    _too_large(received + size, settings.max_request_bytes),
+                )
                 return None
             if chunk:
                 if not self.memory.take(size * REST_COPIES):
                     refusal = self.memory.refusal((received + size) * REST_COPIES)
-                    await _refuse(send, 503, str(refusal), retry_after=True)
+                    await _refuse(scope, receive, send, 503, str(refusal), retry_after=True)
                     return None
                 held[0] += size * REST_COPIES
                 if received == 0 and not message.get("more_body", False):
@@ -410,11 +423,13 @@ def _too_large(size: int, limit: int) -> str:
     )
 
 
-async def _refuse(send: Send, status: int, error: str, retry_after: bool = False) -> None:
+async def _refuse(
+    scope: Scope, receive: Receive, send: Send, status: int, error: str, retry_after: bool = False
+) -> None:
     """Answer with `status` and close the connection (the rest of the body is never kept)."""
     if status >= 500:
         logger.warning("%d: %s", status, error)
     headers = {"connection": "close"}
     if retry_after:
         headers["retry-after"] = str(RETRY_AFTER_S)
-    await admission.send_error(send, status, error, headers)
+    await admission.send_error(scope, receive, send, status, error, headers)

@@ -129,23 +129,6 @@ def quiet_timing_logs(enable_latency_logging: bool) -> None:
         logging.getLogger(KSERVE_TRACE_LOGGER_NAME).setLevel(logging.WARNING)
 
 
-def use_lean_grpc(enable_latency_logging: bool) -> None:
-    """Serve gRPC ModelInfer through `common.lean_grpc`, and without the per-call log line
-    unless latency logging is on.
-
-    kserve 0.21's GRPCServer.start builds its servicer and interceptors from the names
-    `InferenceServicer` and `LoggingInterceptor` in `kserve.protocol.grpc.server`, with no
-    parameter to choose them, so those names are rebound here (before ModelServer.start).
-    """
-    from kserve.protocol.grpc import server as grpc_server
-
-    from .lean_grpc import LeanInferenceServicer, QuietLoggingInterceptor
-
-    grpc_server.InferenceServicer = LeanInferenceServicer
-    if not enable_latency_logging:
-        grpc_server.LoggingInterceptor = QuietLoggingInterceptor
-
-
 # --- the gRPC server ---------------------------------------------------------------------
 
 
@@ -317,7 +300,7 @@ def grpc_rpc_names() -> list[str]:
 
 def replace_grpc_servicer(subclass: Callable[[type], type]) -> None:
     """Make kserve's gRPC server use `subclass(<the servicer in place>)` as its servicer
-    (kserve's InferenceServicer, or use_lean_grpc's subclass of it when that ran first).
+    (kserve's InferenceServicer, or lean_grpc.use_lean_grpc's subclass of it when that ran first).
 
     kserve 0.21's GRPCServer.start builds the servicer from the module-global name
     `kserve.protocol.grpc.server.InferenceServicer` and takes no interceptors of ours, so the
@@ -396,8 +379,8 @@ def bound_grpc_infer(inflight: admission.InflightLimit, timeout_s: float) -> Non
     kserve 0.21's InferenceServicer.ModelInfer does not pass the call's deadline on; its error
     interceptor maps InferenceError to INVALID_ARGUMENT and cannot map ServerNotReady (it reads
     a `reason` that class lacks). The wrapper answers UNAVAILABLE, DEADLINE_EXCEEDED and
-    INTERNAL itself. Call it after use_lean_grpc: it wraps the servicer class GRPCServer.start
-    will build (the name `InferenceServicer` in `kserve.protocol.grpc.server`).
+    INTERNAL itself. Call it after lean_grpc.use_lean_grpc: it wraps the servicer class
+    GRPCServer.start will build (the name `InferenceServicer` in `kserve.protocol.grpc.server`).
     """
     from kserve.protocol.grpc import server as grpc_server
 

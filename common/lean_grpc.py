@@ -132,3 +132,18 @@ class QuietLoggingInterceptor(LoggingInterceptor):
         self, continuation: Any, handler_call_details: HandlerCallDetails
     ) -> RpcMethodHandler:
         return await continuation(handler_call_details)
+
+
+def use_lean_grpc(enable_latency_logging: bool) -> None:
+    """Serve gRPC ModelInfer through `common.lean_grpc`, and without the per-call log line
+    unless latency logging is on.
+
+    kserve 0.21's GRPCServer.start builds its servicer and interceptors from the names
+    `InferenceServicer` and `LoggingInterceptor` in `kserve.protocol.grpc.server`, with no
+    parameter to choose them, so those names are rebound here (before ModelServer.start).
+    """
+    from kserve.protocol.grpc import server as grpc_server
+
+    grpc_server.InferenceServicer = LeanInferenceServicer
+    if not enable_latency_logging:
+        grpc_server.LoggingInterceptor = QuietLoggingInterceptor

@@ -12,15 +12,15 @@ derived from what this module reads.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import pbtxt
 
 CONFIG_FILE = "config.pbtxt"
-PREPROCESS_FILE = "preprocess.json"
 MODEL_FILE = "model.pt"
 TORCHSCRIPT_PLATFORM = "pytorch_libtorch"
 ONNX_PLATFORM = "onnxruntime_onnx"
@@ -45,6 +45,22 @@ TRITON_TO_V2 = {
 }
 V2_TO_TRITON = {v2: triton for triton, v2 in TRITON_TO_V2.items()}
 DATA_TYPES = pbtxt.model_config_pb2.DataType
+# The V2 datatype names to numpy's (BYTES: Python objects, one bytes value each).
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
 
 
 class ModelRepositoryError(ValueError):
@@ -67,37 +83,21 @@ class TensorSpec:
         """The V2 model-metadata entry for this tensor."""
         return {"name": self.name, "datatype": self.datatype, "shape": self.batched_shape()}
 
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """The numpy dtype of this tensor's datatype."""
+        return NUMPY_DTYPES[self.datatype]
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """How an image becomes the model's input: RGB, shorter side to `resize`, centre `crop`."""
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        """Whether `shape` (batch dimension first) matches the declared dims (-1: any size)."""
+        return len(shape) == len(self.dims) + 1 and all(
+            want in (-1, got) for want, got in zip(self.dims, shape[1:], strict=True)
+        )
 
-    resize: int
-    crop: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Preprocessing:
-        """Build from preprocess.json; raises ModelRepositoryError on missing or bad values."""
-        try:
-            resize, crop = int(data["resize"]), int(data["crop"])
-            mean = tuple(float(v) for v in data["mean"])
-            std = tuple(float(v) for v in data["std"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelRepositoryError(
-                f"{PREPROCESS_FILE} needs resize, crop, mean[3] and std[3]: {exc!r} in {data}"
-            ) from exc
-        if len(mean) != 3 or len(std) != 3 or crop <= 0 or resize < crop or 0 in std:
-            raise ModelRepositoryError(
-                f"{PREPROCESS_FILE}: expected resize >= crop > 0 and 3 means and non-zero stds, "
-                f"got {data}"
-            )
-        return cls(resize, crop, mean, std)
-
-    def to_json(self) -> dict[str, Any]:
-        """The preprocess.json form of these parameters."""
-        return {"resize": self.resize, "crop": self.crop, "mean": self.mean, "std": self.std}
+    def describe(self) -> str:
+        """ "UINT8 [N, 224, 224, 3]": the datatype and the batched shape, for error messages."""
+        dims = ", ".join(str(d) for d in self.dims)
+        return f"{self.datatype} [N{', ' if dims else ''}{dims}]"
 
 
 @dataclass(frozen=True)
@@ -229,15 +229,6 @@ class ModelVersion:
             return path.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             raise ModelRepositoryError(f"cannot read labels {path}: {exc}") from exc
-
-    def preprocessing(self) -> Preprocessing:
-        """The transformer's preprocessing parameters from preprocess.json."""
-        path = self.model_dir / PREPROCESS_FILE
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ModelRepositoryError(f"cannot read {path}: {exc}") from exc
-        return Preprocessing.from_json(data)
 
 
 def resolve(repository: Path | str, model_name: str, version: str | None = None) -> ModelVersion:

@@ -22,7 +22,7 @@ from kserve.predictor_config import PredictorConfig
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferResponse
 
-from . import budget, codecs, intake, kserve_compat, memory, tracing
+from . import budget, codecs, intake, kserve_compat, lean_grpc, memory, tracing
 from .cli import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MODEL_NAME, positive_int
 from .exposure import ExposurePolicy, install_grpc_policy, install_policy
 from .grpc_intake import MODEL_INFER, SERVER_OPTIONS, GrpcIntakeInterceptor
@@ -168,7 +168,7 @@ def run_server(
     served = ["model_repository_extension"] if policy.control_plane else []
     kserve_compat.describe_truthfully(server.dataplane, served)
     kserve_compat.quiet_timing_logs(args.enable_latency_logging)
-    kserve_compat.use_lean_grpc(args.enable_latency_logging)
+    lean_grpc.use_lean_grpc(args.enable_latency_logging)
     install_grpc_policy(policy)  # after: it guards whichever servicer is in place
     # REST middleware, innermost first (Starlette runs the last added first): the request
     # bounds of `life` (in-flight limit, deadline) see only requests whose body is complete;

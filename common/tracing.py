@@ -17,11 +17,12 @@ import contextvars
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .metrics import V2_GRPC, ServerMetrics, request_protocol
 
@@ -31,11 +32,6 @@ _VALID_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 # What the predictor accepts from the transformer: the ids of a shared call, comma-separated.
 _VALID_IDS = re.compile(r"[A-Za-z0-9._:/+=@,-]{1,8192}")
 _MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 @dataclass
@@ -91,9 +87,7 @@ class RequestMiddleware:
     counted and carry the id too.
     """
 
-    def __init__(
-        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], metrics: ServerMetrics
-    ):
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics):
         self.app = app
         self.metrics = metrics
 

@@ -17,8 +17,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 COPY pyproject.toml README.md /tmp/src/
 COPY common /tmp/src/common
-COPY predictor /tmp/src/predictor
-COPY transformer /tmp/src/transformer
+COPY runtime /tmp/src/runtime
+COPY vision /tmp/src/vision
 COPY batch /tmp/src/batch
 
 RUN python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" \

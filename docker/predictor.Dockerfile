@@ -25,13 +25,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 COPY pyproject.toml README.md /tmp/src/
 COPY common /tmp/src/common
+COPY runtime /tmp/src/runtime
 COPY predictor /tmp/src/predictor
 
 # The constraint pins torch to the base image's build, so a dependency that
 # asks for torch fails the build instead of silently swapping in a CPU wheel.
 RUN python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" \
         > /tmp/keep-base-torch.txt \
- && pip install --no-cache-dir -c /tmp/keep-base-torch.txt "/tmp/src[onnx]" \
+ && pip install --no-cache-dir -c /tmp/keep-base-torch.txt "/tmp/src[serve,onnx]" \
  && rm -rf /tmp/src /tmp/keep-base-torch.txt \
  && python -c "import torch, kserve, onnxruntime, predictor; assert torch.version.cuda, 'torch without CUDA'"
 

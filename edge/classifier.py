@@ -15,9 +15,11 @@ from common.modelrepo import (
     ModelRepositoryError,
     resolve,
 )
-from predictor.onnx_engine import OnnxEngine
-from transformer.imaging import DecodeLimits, preprocess
-from transformer.postprocess import top_k as top_k_classes
+from runtime.onnx_engine import OnnxEngine
+from runtime.tensors import Contract, run_one
+from vision.imaging import DecodeLimits, ImageError, preprocess
+from vision.postprocess import top_k as top_k_classes
+from vision.preprocessing import Preprocessing
 
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # the transformer's default
 
@@ -48,20 +50,14 @@ class Classifier:
         if config.platform != ONNX_PLATFORM:
             raise ModelRepositoryError(
                 f"{self.version.model_dir}: platform {config.platform!r}; the edge classifier "
-                f"runs {ONNX_PLATFORM!r} models (python -m predictor.export_onnx writes one)"
+                f"runs {ONNX_PLATFORM!r} models (python -m modelbuild onnx writes one)"
             )
-        self.params = self.version.preprocessing()
+        self.params = Preprocessing.read(self.version.model_dir)
         self.labels = self.version.labels()
         self.limits = DecodeLimits(max_pixels=max_image_pixels)
         self.max_batch_size = config.max_batch_size or 1
-        pixels, logits = config.inputs[0], config.outputs[0]
         self.engine = OnnxEngine(
-            self.version.artifact,
-            num_threads or available_cpus(),
-            self.max_batch_size,
-            pixels.name,
-            logits.name,
-            normalized_input=False,
+            self.version.artifact, Contract.of(config), num_threads or available_cpus()
         )
 
     def classify(self, image: bytes, top_k: int = 5) -> list[Prediction]:
@@ -79,7 +75,7 @@ class Classifier:
             pixels = np.stack(
                 [self._pixels(data, start + i, len(images)) for i, data in enumerate(chunk)]
             )
-            class_ids, scores = top_k_classes(self.engine.run(pixels), top_k)
+            class_ids, scores = top_k_classes(run_one(self.engine, pixels), top_k)
             results += [
                 [
                     Prediction(int(c), self.labels[c], float(s))
@@ -92,6 +88,6 @@ class Classifier:
     def _pixels(self, data: bytes, index: int, count: int) -> np.ndarray:
         try:
             return preprocess(data, self.params, self.limits)
-        except ValueError as exc:  # kserve's InvalidInput is a ValueError
+        except ImageError as exc:
             where = f"image {index} of {count}: " if count > 1 else ""
             raise ValueError(f"{where}{exc}") from exc

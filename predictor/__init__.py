@@ -1,1 +1,2 @@
-"""The custom KServe predictor: runs a TorchScript image classifier from a model repository."""
+"""The custom KServe predictor: serves the model a repository declares, with the engine its
+config.pbtxt platform picks (runtime: ONNX Runtime or TorchScript), through the adaptive batcher."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .tuning import keep_freed_memory, prepare_environment
+from runtime.tuning import keep_freed_memory, prepare_environment
 
 prepare_environment()  # before torch is imported anywhere below
 
@@ -14,7 +14,7 @@ from common.lifecycle import Lifecycle  # noqa: E402
 from common.server import run_server  # noqa: E402
 
 from . import settings as settings_module  # noqa: E402
-from .model import ImageClassifierPredictor  # noqa: E402
+from .model import RepositoryModel  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_module.parse(argv)
     logs.configure(settings.server_args.log_format)
     keep_freed_memory()
-    model = ImageClassifierPredictor(settings)
+    model = RepositoryModel(settings)
     model.load()
     policy = ExposurePolicy(control_plane=settings.model_repository_api)
     run_server(

@@ -1,8 +1,11 @@
 """Adaptive batching: concurrent requests share one forward pass, whatever protocol they came by.
 
 kserve batches V1 only (and outside the process); this batcher sits behind V1, V2 REST and V2
-gRPC alike. Requests are validated before they are queued, so a bad request never joins a
-batch; each caller gets its own slice of the result.
+gRPC alike. A request is named tensors (`{name: array}`, batch dimension first, one batch size),
+validated against the model's contract before it is queued, so a bad request never joins a
+batch. A pass concatenates every named input of its requests and splits every named output by
+each request's rows (as PyTriton's `@batch` does); requests whose tensors differ in datatype or
+in any dimension past the batch never share a pass.
 
 Policy: the worker takes what is queued the moment it is free. It waits up to
 `max_delay_s` for more only when there is load (the previous batch held more than one request,
@@ -25,6 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from prometheus_client import Histogram
+
+from runtime.tensors import Tensors, rows_of, split_rows
 
 logger = logging.getLogger(__name__)
 
@@ -61,30 +66,33 @@ class BatchFailed(RuntimeError):
     """The batch this request was in failed outside the model (a wrong result, say)."""
 
 
+Kind = tuple[tuple[str, np.dtype, tuple[int, ...]], ...]
+
+
 @dataclass(eq=False)
 class _Pending:
-    array: np.ndarray
-    future: asyncio.Future[np.ndarray]
+    inputs: Tensors
+    rows: int
+    future: asyncio.Future[Tensors]
     deadline: float | None  # time.monotonic() seconds
     queued_at: float = field(default_factory=time.monotonic)
     queued: bool = True  # counted in the queue's images until taken or finished
     timer: asyncio.TimerHandle | None = None
 
     @property
-    def rows(self) -> int:
-        return int(self.array.shape[0])
-
-    @property
-    def kind(self) -> tuple[np.dtype, tuple[int, ...]]:
-        return self.array.dtype, self.array.shape[1:]
+    def kind(self) -> Kind:
+        """What must match for two requests to share a pass: names, datatypes, dims."""
+        return tuple(
+            (name, array.dtype, array.shape[1:]) for name, array in sorted(self.inputs.items())
+        )
 
 
 class AdaptiveBatcher:
-    """Gathers arrays [n, ...] into batches of at most `max_batch_size` rows for `run`."""
+    """Gathers named-tensor requests into batches of at most `max_batch_size` rows for `run`."""
 
     def __init__(
         self,
-        run: Callable[[np.ndarray], Awaitable[np.ndarray]],
+        run: Callable[[Tensors], Awaitable[Tensors]],
         max_batch_size: int,
         max_delay_s: float,
         max_queue_size: int | None = None,
@@ -113,13 +121,15 @@ class AdaptiveBatcher:
         """Images waiting for a forward pass now."""
         return self._queued_rows
 
-    async def submit(self, array: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        """Run `array` (at most max_batch_size rows) in some batch; returns its own rows.
+    async def submit(self, inputs: Tensors, deadline: float | None = None) -> Tensors:
+        """Run `inputs` (named tensors of one batch size, at most max_batch_size rows) in some
+        batch; returns its own rows of every output.
 
-        `deadline` is a time.monotonic() value. Raises ValueError (bad size), QueueFull,
-        DeadlineExpired, BatcherClosed, BatchFailed, or what `run` raised for its batch.
+        `deadline` is a time.monotonic() value. Raises ValueError (bad size, or tensors whose
+        batch sizes differ), QueueFull, DeadlineExpired, BatcherClosed, BatchFailed, or what
+        `run` raised for its batch.
         """
-        rows = int(array.shape[0])
+        rows = rows_of(inputs)
         if not 0 < rows <= self.max_batch_size:
             raise ValueError(f"batch of {rows} rows, limit {self.max_batch_size}")
         if self._closed:
@@ -131,7 +141,7 @@ class AdaptiveBatcher:
             )
         loop = asyncio.get_running_loop()
         self._ensure_worker(loop)
-        pending = _Pending(array, loop.create_future(), deadline)
+        pending = _Pending(dict(inputs), rows, loop.create_future(), deadline)
         if deadline is not None:
             pending.timer = loop.call_at(
                 loop.time() + (deadline - time.monotonic()), self._expire, pending
@@ -251,10 +261,11 @@ class AdaptiveBatcher:
         started = time.monotonic()
         for pending in live:
             QUEUE_SECONDS.observe(started - pending.queued_at)
-        inputs = live[0].array if len(live) == 1 else np.concatenate([p.array for p in live])
-        if not inputs.flags.writeable:
-            inputs = inputs.copy()  # torch.from_numpy wants memory it may write to
-        BATCH_SIZE.observe(inputs.shape[0])
+        inputs = live[0].inputs if len(live) == 1 else _concatenate([p.inputs for p in live])
+        # torch.from_numpy wants memory it may write to (a request's buffer may be read-only).
+        inputs = {n: a if a.flags.writeable else a.copy() for n, a in inputs.items()}
+        rows = sum(p.rows for p in live)
+        BATCH_SIZE.observe(rows)
         BATCH_REQUESTS.observe(len(live))
         self._last_requests = len(live)
         try:
@@ -265,25 +276,41 @@ class AdaptiveBatcher:
         except Exception as exc:  # a failed forward pass fails exactly the requests in it
             self._fail(live, exc)
             return
-        if not isinstance(outputs, np.ndarray) or outputs.shape[:1] != inputs.shape[:1]:
-            got = list(outputs.shape) if isinstance(outputs, np.ndarray) else type(outputs)
+        wrong = _wrong_rows(outputs, rows)
+        if wrong is not None:
             self._fail(
                 live,
                 BatchFailed(
-                    f"the model returned {got} for a batch of {inputs.shape[0]} rows: "
+                    f"the model returned {wrong} for a batch of {rows} rows: "
                     "expected one result row per input row"
                 ),
             )
             return
-        start = 0
-        for pending in live:
-            end = start + pending.rows
+        for pending, part in zip(live, split_rows(outputs, [p.rows for p in live]), strict=True):
             if not pending.future.done():
-                pending.future.set_result(outputs[start:end])
-            start = end
+                pending.future.set_result(part)
 
     @staticmethod
     def _fail(batch: list[_Pending], error: BaseException) -> None:
         for pending in batch:
             if not pending.future.done():
                 pending.future.set_exception(error)
+
+
+def _concatenate(requests: list[Tensors]) -> Tensors:
+    """One batch of every named input, the requests' rows in order."""
+    return {name: np.concatenate([r[name] for r in requests]) for name in requests[0]}
+
+
+def _wrong_rows(outputs: object, rows: int) -> str | None:
+    """What is wrong with a pass's outputs for `rows` input rows, or None when each output is
+    an array of `rows` rows."""
+    if not isinstance(outputs, dict) or not outputs:
+        return f"{type(outputs).__name__}, not named arrays"
+    shapes = {
+        name: list(array.shape) if isinstance(array, np.ndarray) else type(array).__name__
+        for name, array in outputs.items()
+    }
+    if all(isinstance(a, np.ndarray) and a.ndim and a.shape[0] == rows for a in outputs.values()):
+        return None
+    return str(shapes)

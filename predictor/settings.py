@@ -41,7 +41,10 @@ class PredictorSettings:
 
 def parser() -> argparse.ArgumentParser:
     """The predictor's command line (kserve's server flags are included)."""
-    p = base_parser("Serve a TorchScript image classifier from a Triton-style model repository.")
+    p = base_parser(
+        "Serve a model from a Triton-style model repository with the engine its config.pbtxt "
+        "platform names (onnxruntime_onnx: ONNX Runtime; pytorch_libtorch: TorchScript)."
+    )
     p.add_argument("--model_dir", default=DEFAULT_MODEL_DIR, help="Model repository root.")
     p.add_argument("--model_version", default=None, help="Version directory (default: newest).")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N.")

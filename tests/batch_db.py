@@ -15,8 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import needs
 import sqlalchemy as sa
+
+from harness import needs
 
 POSTGRES_ENV = "TEST_POSTGRES_URL"
 DATABASES = ("sqlite", "postgresql")

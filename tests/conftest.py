@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import needs
 import pytest
 
-from bench.servers import ServerProcess as Server
-from bench.servers import start
 from common.cli import DEFAULT_MODEL_NAME
+from harness import needs
+from harness.repositories import engine_repository
+from harness.servers import ServerProcess as Server
+from harness.servers import start
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -30,41 +30,6 @@ TEST_REQUEST_TIMEOUT_S = 60
 def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default model repository: the one `make model-repo` built, else exported now."""
     return engine_repository("torchscript", tmp_path_factory)
-
-
-# The engines every end-to-end test runs against: the config's platform picks the engine.
-ENGINES = ("torchscript", "onnx", "int8")
-ENGINE_REPOSITORIES = {
-    "torchscript": ("MODEL_REPOSITORY", "model_repository", "model.pt"),
-    "onnx": ("MODEL_REPOSITORY_ONNX", "model_repository-onnx", "model.onnx"),
-    "int8": ("MODEL_REPOSITORY_INT8", "model_repository-int8", "model.onnx"),
-}
-
-
-def engine_repository(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The repository `make model-repo` built for `engine`, else one exported now."""
-    variable, default, artifact = ENGINE_REPOSITORIES[engine]
-    configured = Path(os.environ.get(variable, ROOT / default))
-    if not configured.is_absolute():
-        configured = ROOT / configured
-    if (configured / MODEL_NAME / "1" / artifact).is_file():
-        return configured
-    target = tmp_path_factory.mktemp(default)
-    if engine == "torchscript":
-        from predictor.export import export
-
-        export(target, MODEL_NAME)
-        return target
-    from predictor import export_onnx
-
-    if engine == "onnx":
-        export_onnx.export(target, MODEL_NAME)
-        return target
-    fp32 = engine_repository("onnx", tmp_path_factory) / MODEL_NAME / "1" / artifact
-    assert (
-        export_onnx.main(["--repository", str(target), "--int8", "--fp32_model", str(fp32)]) == 0
-    ), "the INT8 export did not pass its fidelity gate"
-    return target
 
 
 def start_server(
@@ -167,7 +132,7 @@ def start_transformer(predictor: Server, model_repository: Path, log: Path, *ext
     )
 
 
-# Drift: a reference written by `python -m predictor.drift_reference` from real photos, and a
+# Drift: a reference written by `python -m modelbuild drift-reference` from real photos, and a
 # transformer whose window is exactly one test phase (tests/test_drift.py).
 DRIFT_WINDOW = 80
 DRIFT_REFERENCE_IMAGES = 120
@@ -176,11 +141,11 @@ DRIFT_REFERENCE_IMAGES = 120
 @pytest.fixture(scope="session")
 def drift_repository(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default model repository plus a drift_reference.json from 120 variants of real
-    photos (bench/drift_images.py), written by the reference command."""
+    photos (harness/drift_images.py), written by the reference command."""
     import subprocess
     import sys
 
-    from bench.drift_images import image_set, load_photos
+    from harness.drift_images import image_set, load_photos
 
     root = tmp_path_factory.mktemp("drift_repository")
     target = root / MODEL_NAME
@@ -194,7 +159,8 @@ def drift_repository(model_repository: Path, tmp_path_factory: pytest.TempPathFa
         [
             sys.executable,
             "-m",
-            "predictor.drift_reference",
+            "modelbuild",
+            "drift-reference",
             "--repository",
             str(root),
             "--model_name",

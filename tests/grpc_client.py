@@ -69,11 +69,36 @@ def infer_tensor(client: grpcclient.InferenceServerClient, call: dict[str, Any])
     return {"shape": list(logits.shape), "dtype": str(logits.dtype), "values": logits.tolist()}
 
 
+def infer_tensors(client: grpcclient.InferenceServerClient, call: dict[str, Any]) -> dict[str, Any]:
+    """Several named inputs, each {"name", "datatype", "npy"}; returns each output in
+    call["outputs"] by name as {"datatype", "shape", "values"} (None where the answer lacks it)."""
+    tensors = []
+    for entry in call["inputs"]:
+        array = np.load(entry["npy"])
+        tensor = grpcclient.InferInput(entry["name"], list(array.shape), entry["datatype"])
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    wanted = [grpcclient.InferRequestedOutput(name) for name in call["outputs"]]
+    result = client.infer(call["model"], tensors, outputs=wanted)
+    outputs: dict[str, dict[str, Any] | None] = {}
+    for name in call["outputs"]:
+        values = result.as_numpy(name)
+        outputs[name] = None
+        if values is not None:
+            outputs[name] = {
+                "datatype": result.get_output(name).datatype,
+                "shape": list(values.shape),
+                "values": values.tolist(),
+            }
+    return {"outputs": outputs}
+
+
 OPS = {
     "health": health,
     "metadata": metadata,
     "infer_images": infer_images,
     "infer_tensor": infer_tensor,
+    "infer_tensors": infer_tensors,
 }
 
 

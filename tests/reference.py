@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from predictor.export import build_backbone
+from modelbuild.export import build_backbone
 
 
 def reference_pixels(image: Image.Image) -> np.ndarray:

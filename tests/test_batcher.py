@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
@@ -17,7 +18,8 @@ from predictor.batcher import (
     DeadlineExpired,
     QueueFull,
 )
-from predictor.worker import ForwardWorker
+from runtime.tensors import Tensors
+from runtime.worker import ForwardWorker
 
 
 class RecordingModel:
@@ -36,7 +38,8 @@ class RecordingModel:
         self.fail_on = fail_on
         self.threads: set[str] = set()
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        batch = inputs["x"]
         self.threads.add(threading.current_thread().name)
         self.batches.append(batch.shape[0])
         if self.held:
@@ -44,7 +47,7 @@ class RecordingModel:
             assert self.release.wait(HOLD_LIMIT_S), "the test never released the pass"
         if self.fail_on is not None and (batch == self.fail_on).any():
             raise RuntimeError("forward pass failed")
-        return batch.astype(np.float32) * 2
+        return {"y": batch.astype(np.float32) * 2}
 
 
 HOLD_LIMIT_S = 10.0  # a held pass gives up after this (a test that forgot to release it)
@@ -55,8 +58,28 @@ async def held_pass(model: RecordingModel) -> None:
     assert await asyncio.to_thread(model.entered.wait, HOLD_LIMIT_S), "no pass started"
 
 
-def batcher_for(model: RecordingModel, max_batch_size: int, max_delay_s: float) -> AdaptiveBatcher:
-    return AdaptiveBatcher(ForwardWorker(lambda: model).run, max_batch_size, max_delay_s)
+class ArrayBatcher:
+    """An AdaptiveBatcher seen through one input "x" and one output "y", as most tests here
+    need (the named-tensor tests below use the batcher itself)."""
+
+    def __init__(self, batcher: AdaptiveBatcher) -> None:
+        self.batcher = batcher
+
+    async def submit(self, array: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        return (await self.batcher.submit({"x": array}, deadline))["y"]
+
+    @property
+    def queued_images(self) -> int:
+        return self.batcher.queued_images
+
+    def close(self) -> None:
+        self.batcher.close()
+
+
+def batcher_for(model: RecordingModel, max_batch_size: int, max_delay_s: float) -> ArrayBatcher:
+    return ArrayBatcher(
+        AdaptiveBatcher(ForwardWorker(lambda: model).run, max_batch_size, max_delay_s)
+    )
 
 
 def run(coroutine):
@@ -156,14 +179,14 @@ class WrongRows:
     def __init__(self) -> None:
         self.calls = 0
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
         self.calls += 1
-        rows = batch.shape[0] - 1 if self.calls == 1 else batch.shape[0]
-        return np.zeros((rows, 2), np.float32)
+        rows = inputs["x"].shape[0] - (1 if self.calls == 1 else 0)
+        return {"y": np.zeros((rows, 2), np.float32)}
 
 
 def test_a_result_with_the_wrong_rows_fails_its_batch_and_the_worker_carries_on() -> None:
-    batcher = AdaptiveBatcher(ForwardWorker(WrongRows).run, 4, 0.0)
+    batcher = ArrayBatcher(AdaptiveBatcher(ForwardWorker(WrongRows).run, 4, 0.0))
 
     async def scenario() -> tuple[BaseException | np.ndarray, np.ndarray]:
         first = await asyncio.gather(
@@ -178,12 +201,12 @@ def test_a_result_with_the_wrong_rows_fails_its_batch_and_the_worker_carries_on(
 
 
 def test_a_bug_outside_the_forward_pass_fails_only_that_batch() -> None:
-    async def not_an_array(batch: np.ndarray) -> np.ndarray:
-        if batch[0, 0] == 9:
+    async def not_an_array(inputs: Tensors) -> Tensors:
+        if inputs["x"][0, 0] == 9:
             raise KeyError("boom")  # as if the engine wrapper itself were broken
-        return batch * 2
+        return {"y": inputs["x"] * 2}
 
-    batcher = AdaptiveBatcher(not_an_array, 1, 0.0)
+    batcher = ArrayBatcher(AdaptiveBatcher(not_an_array, 1, 0.0))
 
     async def scenario() -> list[object]:
         arrays = [np.full((1, 1), v, np.uint8) for v in (9, 1)]
@@ -197,7 +220,9 @@ def test_a_bug_outside_the_forward_pass_fails_only_that_batch() -> None:
 
 def test_a_full_queue_refuses_at_once_and_accepts_again_when_drained() -> None:
     model = RecordingModel(held=True)
-    batcher = AdaptiveBatcher(ForwardWorker(lambda: model).run, 2, 0.0, max_queue_size=4)
+    batcher = ArrayBatcher(
+        AdaptiveBatcher(ForwardWorker(lambda: model).run, 2, 0.0, max_queue_size=4)
+    )
 
     async def scenario() -> tuple[list[object], float, np.ndarray]:
         first = asyncio.ensure_future(batcher.submit(np.zeros((2, 1), np.uint8)))
@@ -220,7 +245,9 @@ def test_a_full_queue_refuses_at_once_and_accepts_again_when_drained() -> None:
 
 def test_expired_and_abandoned_requests_leave_the_queue_without_running() -> None:
     model = RecordingModel(held=True)
-    batcher = AdaptiveBatcher(ForwardWorker(lambda: model).run, 1, 0.0, max_queue_size=8)
+    batcher = ArrayBatcher(
+        AdaptiveBatcher(ForwardWorker(lambda: model).run, 1, 0.0, max_queue_size=8)
+    )
 
     async def scenario() -> tuple[list[object], int]:
         busy = asyncio.ensure_future(batcher.submit(np.full((1, 1), 1, np.uint8)))
@@ -247,7 +274,7 @@ def test_expired_and_abandoned_requests_leave_the_queue_without_running() -> Non
 
 def test_close_fails_what_is_queued_and_refuses_what_comes_later() -> None:
     model = RecordingModel(held=True)
-    batcher = AdaptiveBatcher(ForwardWorker(lambda: model).run, 1, 0.0)
+    batcher = ArrayBatcher(AdaptiveBatcher(ForwardWorker(lambda: model).run, 1, 0.0))
 
     async def scenario() -> list[object]:
         jobs = [asyncio.ensure_future(batcher.submit(np.zeros((1, 1), np.uint8))) for _ in "abc"]
@@ -261,3 +288,65 @@ def test_close_fails_what_is_queued_and_refuses_what_comes_later() -> None:
 
     outcomes = run(scenario())
     assert all(isinstance(o, BatcherClosed) for o in outcomes)  # none left hanging
+
+
+class SumAndDifference:
+    """Two named inputs, two named outputs (Triton's `simple` model, in numpy)."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        a, b = inputs["INPUT0"], inputs["INPUT1"]
+        self.batches.append(len(a))
+        return {"OUTPUT0": a + b, "OUTPUT1": a - b}
+
+
+def test_every_named_input_is_concatenated_and_every_output_split_by_request() -> None:
+    model = SumAndDifference()
+    batcher = AdaptiveBatcher(ForwardWorker(lambda: model).run, 8, 0.05)
+    requests = [
+        {
+            "INPUT0": np.full((rows, 4), i, np.int32),
+            "INPUT1": np.full((rows, 4), 10 * i, np.int32),
+        }
+        for i, rows in enumerate((1, 3, 2), start=1)
+    ]
+
+    async def scenario() -> list[Tensors]:
+        return list(await asyncio.gather(*(batcher.submit(r) for r in requests)))
+
+    answers = run(scenario())
+    batcher.close()
+    for request, answer in zip(requests, answers, strict=True):
+        np.testing.assert_array_equal(answer["OUTPUT0"], request["INPUT0"] + request["INPUT1"])
+        np.testing.assert_array_equal(answer["OUTPUT1"], request["INPUT0"] - request["INPUT1"])
+    assert sum(model.batches) == 6 and len(model.batches) < 3  # passes were shared
+
+
+def test_requests_differing_in_any_named_input_never_share_a_pass() -> None:
+    model = SumAndDifference()
+    batcher = AdaptiveBatcher(ForwardWorker(lambda: model).run, 8, 0.05)
+    narrow = {"INPUT0": np.ones((1, 4), np.int32), "INPUT1": np.ones((1, 4), np.int32)}
+    wide = {"INPUT0": np.ones((1, 4), np.int32), "INPUT1": np.ones((1, 5), np.int32)}
+
+    async def scenario() -> list[object]:
+        return list(
+            await asyncio.gather(
+                batcher.submit(narrow), batcher.submit(wide), return_exceptions=True
+            )
+        )
+
+    good, bad = run(scenario())
+    batcher.close()
+    assert isinstance(good, dict) and good["OUTPUT0"].tolist() == [[2, 2, 2, 2]]
+    assert isinstance(bad, ValueError)  # numpy refused [1, 4] + [1, 5]: its own pass only
+    assert model.batches == [1, 1]
+
+
+def test_inputs_of_different_batch_sizes_are_refused() -> None:
+    batcher = AdaptiveBatcher(ForwardWorker(SumAndDifference).run, 8, 0.0)
+    mismatched = {"INPUT0": np.ones((2, 4), np.int32), "INPUT1": np.ones((3, 4), np.int32)}
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        run(batcher.submit(mismatched))
+    batcher.close()

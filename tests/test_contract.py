@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from conftest import DATA, MODEL_NAME, Server
 
-from bench.servers import ROOT, free_port
 from common.modelrepo import CONFIG_FILE, ModelConfig, ModelRepositoryError, resolve
+from harness.servers import ROOT, free_port
 from predictor.batcher import AdaptiveBatcher
 from predictor.model import forward_in_passes
+from runtime.tensors import Tensors
 from transformer.model import within_batch_limit
 
 
@@ -63,18 +64,25 @@ def test_transformer_never_accepts_more_images_than_the_config() -> None:
 def test_a_request_larger_than_a_forward_pass_is_split() -> None:
     passes: list[int] = []
 
-    async def run(batch: np.ndarray) -> np.ndarray:
-        passes.append(len(batch))
-        return batch * 10
+    async def run(batch: Tensors) -> Tensors:
+        passes.append(len(batch["x"]))
+        return {"y": batch["x"] * 10, "z": -batch["x"]}
 
-    async def main() -> np.ndarray:
+    async def main() -> Tensors:
         batcher = AdaptiveBatcher(run, max_batch_size=2, max_delay_s=0.0)
         try:
-            return await forward_in_passes(batcher, np.arange(5))
+            return await forward_in_passes(batcher, {"x": np.arange(5)})
         finally:
             batcher.close()
 
-    assert asyncio.run(main()).tolist() == [0, 10, 20, 30, 40]
+    answer = asyncio.run(main())
+    assert answer["y"].tolist() == [0, 10, 20, 30, 40] and answer["z"].tolist() == [
+        0,
+        -1,
+        -2,
+        -3,
+        -4,
+    ]
     assert sum(passes) == 5 and max(passes) <= 2
 
 

@@ -22,7 +22,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import needs
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
@@ -31,6 +30,7 @@ from playwright.sync_api import Browser, Page, Request, Route, expect, sync_play
 from test_serving import PHOTOS
 from tritonclient.utils import InferenceServerException
 
+from harness import needs
 from transformer import demo
 
 CHROMIUM = Path(os.environ.get("DEMO_CHROMIUM", "/usr/bin/chromium"))

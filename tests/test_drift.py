@@ -1,7 +1,7 @@
 """Drift signals: the scores' arithmetic, then the real thing on real photos.
 
-The reference is 120 random crops and flips of real photos (bench/drift_images.py), written
-by `python -m predictor.drift_reference` through the real preprocessing and model. Then, through
+The reference is 120 random crops and flips of real photos (harness/drift_images.py), written
+by `python -m modelbuild drift-reference` through the real preprocessing and model. Then, through
 a real transformer and predictor, windows of other crops of the same photos must stay under
 every threshold, and windows of shifted inputs (darker, blurred, noisy, greyscale, thumbnails)
 must cross the thresholds of the signals that shift measures.
@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 from conftest import DRIFT_WINDOW, MODEL_NAME, Server, start_transformer
 
-from bench.drift_images import SHIFTS, image_set, load_photos
-from transformer.drift import (
+from harness.drift_images import SHIFTS, image_set, load_photos
+from transformer.drift_metrics import DriftCollector
+from vision.drift import (
     CLASS_SIGNAL,
     CONTINUOUS_SIGNALS,
     PROFILE_FILENAME,
     SIGNALS,
     THRESHOLDS,
-    DriftCollector,
     DriftMonitor,
     DriftProfileError,
     ReferenceProfile,
@@ -108,10 +108,10 @@ def test_monitor_can_learn_its_reference_from_the_first_images() -> None:
 def test_collector_exports_scores_and_thresholds() -> None:
     rng = np.random.default_rng(3)
     profile = ReferenceProfile.build(rows(rng, 100), rng.integers(0, 5, 100), "test")
-    collector = DriftCollector()
-    assert list(collector.collect()) == []  # no monitor: nothing to export
-    collector.monitor = DriftMonitor(profile, window=20, min_count=10)
-    collector.monitor.record(rows(rng, 20), rng.integers(0, 5, 20))
+    assert list(DriftCollector(None).collect()) == []  # no monitor: nothing to export
+    monitor = DriftMonitor(profile, window=20, min_count=10)
+    monitor.record(rows(rng, 20), rng.integers(0, 5, 20))
+    collector = DriftCollector(monitor)
     families = {f.name: f for f in collector.collect()}
     scores = {s.labels["signal"]: s.value for s in families["transformer_drift_score"].samples}
     assert set(scores) == set(SIGNALS) and all(not math.isnan(v) for v in scores.values())

@@ -37,7 +37,7 @@ DOCS_ONLY = {("GET", "/docs"), ("GET", "/docs/oauth2-redirect")}
 TRANSFORMER_ONLY = {
     ("GET", "/demo/demo.css"),
     ("GET", "/demo/demo.js"),
-    ("GET", "/v2/models/{model_name}/drift"),  # drift report, transformer/drift.py
+    ("GET", "/v2/models/{model_name}/drift"),  # drift report, vision/drift.py
 }
 
 

@@ -36,11 +36,13 @@ from PIL import Image
 
 from common import codecs
 from common.lean_grpc import LeanInferenceServicer
-from common.modelrepo import Preprocessing, TensorSpec
-from predictor.model import check_pixels, v1_pixels
-from transformer.imaging import DecodeLimits, preprocess
+from common.modelrepo import TensorSpec
+from runtime.normalized import normalized_form
+from runtime.tensors import Contract, ContractError
 from transformer.model import ImageClassifierTransformer
 from transformer.settings import parse as transformer_settings
+from vision.imaging import DecodeLimits, ImageError, preprocess
+from vision.preprocessing import Preprocessing
 
 settings.register_profile(
     "ci",
@@ -60,6 +62,23 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 PARAMS = Preprocessing(resize=256, crop=224, mean=(127.0,) * 3, std=(128.0,) * 3)
 PIXELS = TensorSpec("pixels__0", "UINT8", (224, 224, 3))
 MAX_BATCH = 32
+# The predictor's check of the image classifier's tensors (with its normalised FP32 form).
+CONTRACT = Contract(
+    (PIXELS,),
+    (TensorSpec("logits__0", "FP32", (1000,)),),
+    MAX_BATCH,
+    {PIXELS.name: normalized_form(PIXELS)},
+)
+
+
+def check_at_predictor(inputs: dict[str, np.ndarray]) -> None:
+    """What the predictor does with request tensors before batching: a 400 or accepted."""
+    try:
+        CONTRACT.check(inputs)
+    except ContractError as exc:
+        assert str(exc), "an empty error message"
+
+
 DECODE_BUDGET_S = 5.0  # generous: the machine running the tests may be busy
 CLIENT_ERRORS = {400, 413}
 
@@ -213,11 +232,7 @@ def test_v2_rest_parser(
     except InvalidInput as exc:
         assert_client_error(exc)
         return
-    for array in arrays:
-        try:
-            check_pixels(array, PIXELS, MAX_BATCH)
-        except InvalidInput as exc:
-            assert_client_error(exc)
+    check_at_predictor({t.name: a for t, a in zip(request.inputs, arrays, strict=True)})
     handle_in_process(transformer_model, request)
 
 
@@ -226,9 +241,11 @@ def test_v2_rest_parser(
 def test_v1_bodies(transformer_model: ImageClassifierTransformer, payload: Any) -> None:
     handle_in_process(transformer_model, payload)
     try:
-        check_pixels(v1_pixels(payload), PIXELS, MAX_BATCH)
+        inputs = codecs.v1_tensors(payload, CONTRACT.inputs, CONTRACT.alternates)
     except InvalidInput as exc:
         assert_client_error(exc)
+        return
+    check_at_predictor(inputs)
 
 
 # --- gRPC: requests built from fuzzed tensors ------------------------------------------------
@@ -408,8 +425,8 @@ def test_mutated_images_decode_or_are_refused_within_budget(case: tuple[str, byt
     started = time.perf_counter()
     try:
         pixels = preprocess(data, PARAMS, limits)
-    except InvalidInput as exc:
-        assert_client_error(exc)
+    except ImageError as exc:
+        assert str(exc).strip(), name  # the domain's plain error, with its reason
     else:
         assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8, name
     assert time.perf_counter() - started < DECODE_BUDGET_S, name

@@ -78,12 +78,19 @@ def test_transformer_imports_without_torch() -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_the_torch_blocker_really_blocks() -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-c", "import runtime.torchscript"], "blocked: no torch here"),
+        (["--also", "kserve", "-c", "import common.server"], "blocked: no kserve here"),
+    ],
+)
+def test_the_blocker_really_blocks(args: list[str], message: str) -> None:
     done = subprocess.run(
-        [sys.executable, WITHOUT_TORCH, "-m", "predictor", "--help"],
+        [sys.executable, WITHOUT_TORCH, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert done.returncode != 0 and "blocked: no torch here" in done.stderr
+    assert done.returncode != 0 and message in done.stderr

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kserve.errors import InvalidInput
 from PIL import Image
 
-from common.modelrepo import Preprocessing
-from transformer.imaging import DecodeLimits, load_image, preprocess, resize_and_crop
+from vision.imaging import DecodeLimits, ImageError, load_image, preprocess, resize_and_crop
+from vision.preprocessing import Preprocessing
 
 DATA = Path(__file__).resolve().parent / "data"
 PARAMS = Preprocessing(resize=256, crop=224, mean=(127.0,) * 3, std=(128.0,) * 3)
@@ -115,18 +114,18 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped() -> None:
 
 
 def test_empty_bytes() -> None:
-    with pytest.raises(InvalidInput, match="empty image"):
+    with pytest.raises(ImageError, match="empty image"):
         preprocess(b"", PARAMS, LIMITS)
 
 
 def test_not_an_image() -> None:
-    with pytest.raises(InvalidInput, match="not a supported image"):
+    with pytest.raises(ImageError, match="not a supported image"):
         preprocess(b"definitely not a picture", PARAMS, LIMITS)
 
 
 def test_truncated_image() -> None:
     data = (DATA / "coffee.jpg").read_bytes()
-    with pytest.raises(InvalidInput, match="truncated or corrupt"):
+    with pytest.raises(ImageError, match="truncated or corrupt"):
         preprocess(data[: len(data) // 3], PARAMS, LIMITS)
 
 
@@ -150,11 +149,11 @@ def png_declaring(width: int, height: int) -> bytes:
 def test_decompression_bomb_is_refused_before_decoding() -> None:
     bomb = png_declaring(100_000, 100_000)
     assert len(bomb) < 200
-    with pytest.raises(InvalidInput, match="too large"):
+    with pytest.raises(ImageError, match="too large"):
         preprocess(bomb, PARAMS, LIMITS)
 
 
 def test_pixel_limit_is_configurable() -> None:
     data = (DATA / "coffee.jpg").read_bytes()  # 600 x 400
-    with pytest.raises(InvalidInput, match="600x400"):
+    with pytest.raises(ImageError, match="600x400"):
         preprocess(data, PARAMS, DecodeLimits(max_pixels=100_000))

@@ -32,9 +32,9 @@ from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.server import RESTServer
 
-from bench.servers import free_port, start
 from common import kserve_compat
 from common.server import base_parser
+from harness.servers import free_port, start
 
 ROOT = Path(__file__).resolve().parent.parent
 INFER_PATH = "/v2/models/{model_name}/infer"

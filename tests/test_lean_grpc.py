@@ -12,10 +12,11 @@ import pytest
 from conftest import MODEL_NAME
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import server as kserve_grpc_server
+from test_observability import scrape, total
 
-from bench.servers import ServerProcess, histogram_totals
-from common import kserve_compat
+from common import lean_grpc
 from common.lean_grpc import LeanInferenceServicer, QuietLoggingInterceptor
+from harness.servers import ServerProcess
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -35,10 +36,10 @@ def test_use_lean_grpc_rebinds_them(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         kserve_grpc_server, "LoggingInterceptor", kserve_grpc_server.LoggingInterceptor
     )
-    kserve_compat.use_lean_grpc(enable_latency_logging=True)
+    lean_grpc.use_lean_grpc(enable_latency_logging=True)
     assert kserve_grpc_server.InferenceServicer is LeanInferenceServicer
     assert kserve_grpc_server.LoggingInterceptor is not QuietLoggingInterceptor
-    kserve_compat.use_lean_grpc(enable_latency_logging=False)
+    lean_grpc.use_lean_grpc(enable_latency_logging=False)
     assert kserve_grpc_server.LoggingInterceptor is QuietLoggingInterceptor
 
 
@@ -66,9 +67,9 @@ def _pixels(
 
 
 def test_answers_and_records_the_request_metrics(predictor: ServerProcess) -> None:
-    before = histogram_totals(predictor.metrics(), "request_predict_seconds")[1]
+    before = total(scrape(predictor), "request_predict_seconds_count")
     answer = _infer(predictor.grpc_target, _pixels())
-    after = histogram_totals(predictor.metrics(), "request_predict_seconds")[1]
+    after = total(scrape(predictor), "request_predict_seconds_count")
     assert answer.id == "lean-1" and answer.model_name == MODEL_NAME
     assert [(o.name, o.datatype, list(o.shape)) for o in answer.outputs] == [
         ("logits__0", "FP32", [2, 1000])
@@ -76,7 +77,7 @@ def test_answers_and_records_the_request_metrics(predictor: ServerProcess) -> No
     assert len(answer.raw_output_contents[0]) == 2 * 1000 * 4
     assert after == before + 1
     for metric in ("request_preprocess_seconds", "request_postprocess_seconds"):
-        assert histogram_totals(predictor.metrics(), metric)[1] >= 1
+        assert total(scrape(predictor), f"{metric}_count") >= 1
 
 
 @pytest.mark.parametrize(

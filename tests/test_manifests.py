@@ -39,7 +39,7 @@ KUBECTL = shutil.which("kubectl")
 GPU = "nvidia.com/gpu"
 BASE_URI = "gs://YOUR-BUCKET/models/image-classifier/v1"
 CANARY_URI = "gs://YOUR-BUCKET/models/image-classifier/v2"
-# The ONNX repository (python -m predictor.export_onnx) the CPU overlay serves by default.
+# The ONNX repository (python -m modelbuild onnx) the CPU overlay serves by default.
 ONNX_URI = "gs://YOUR-BUCKET/models/image-classifier/v1-onnx"
 CANARY_PERCENT = 10
 IMAGE_PATTERNS = {

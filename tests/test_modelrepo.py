@@ -8,6 +8,7 @@ import pytest
 
 from common import pbtxt
 from common.modelrepo import ModelConfig, ModelRepositoryError, TensorSpec, resolve
+from vision.preprocessing import Preprocessing
 
 CONFIG = """
 name: "image-classifier"   # a comment
@@ -39,7 +40,7 @@ def test_config_declares_tensors_batching_and_labels() -> None:
 
 
 def test_writer_and_reader_round_trip() -> None:
-    from predictor.export import model_config
+    from modelbuild.export import model_config
 
     written = model_config("some-model")
     text = written.to_pbtxt()
@@ -52,7 +53,7 @@ def test_writer_and_reader_round_trip() -> None:
 
 
 def test_exported_config_is_what_the_writer_writes(model_repository: Path) -> None:
-    from predictor.export import model_config
+    from modelbuild.export import model_config
 
     assert resolve(model_repository, "image-classifier").config == model_config("image-classifier")
 
@@ -117,7 +118,7 @@ def test_exported_repository_is_complete(model_repository: Path) -> None:
     version = resolve(model_repository, "image-classifier")
     labels = version.labels()
     assert len(labels) == 1000 and labels[967] == "espresso"
-    params = version.preprocessing()
+    params = Preprocessing.read(version.model_dir)
     assert (params.resize, params.crop, params.mean, params.std) == (
         256,
         224,

@@ -51,6 +51,11 @@ def requests_by(samples: dict, name: str) -> Counter[tuple[str, str]]:
     return counts
 
 
+def total(samples: dict, name: str) -> float:
+    """The sum of every sample of metric `name` (all label sets)."""
+    return sum(value for (metric, _), value in samples.items() if metric == name)
+
+
 def b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
@@ -138,8 +143,9 @@ def test_counters_match_a_known_mix_of_good_and_bad_requests(
     samples = scrape(transformer)
     assert samples[("transformer_requests_in_flight", ())] == 0
     assert samples[("transformer_images_decoded_total", (("format", "JPEG"),))] >= 7
-    for stage in ("preprocess", "predictor", "postprocess"):
-        assert samples[("transformer_stage_duration_seconds_count", (("stage", stage),))] >= 7
+    model = (("model_name", MODEL_NAME),)
+    for stage in ("preprocess", "predict", "postprocess"):  # kserve's, around each hook
+        assert samples[(f"request_{stage}_seconds_count", model)] >= 7
     predictor_samples = scrape(predictor)
     assert predictor_samples[("predictor_forward_seconds_count", ())] >= 1
     assert predictor_samples[("predictor_batch_size_count", ())] >= 1

@@ -12,12 +12,14 @@ import reference
 from conftest import DATA, MODEL_NAME, engine_repository
 from PIL import Image
 
-from common.modelrepo import ONNX_PLATFORM, resolve
-from predictor import export_onnx, fidelity, imagesets
-from predictor.engines import plan_engine
-from predictor.export import PREPROCESSING
-from predictor.onnx_engine import OnnxEngine, OnnxEngineError
-from predictor.quantize import saturating_cpu
+from common.modelrepo import ONNX_PLATFORM, TensorSpec, resolve
+from modelbuild import cli, fidelity, imagesets
+from modelbuild.export import PREPROCESSING
+from modelbuild.quantize import saturating_cpu
+from runtime.engines import build_engine, plan_engine
+from runtime.onnx_engine import OnnxEngine, OnnxEngineError
+from runtime.tensors import Contract, run_one
+from vision.preprocessing import Preprocessing
 
 PHOTOS = sorted(p.name for p in DATA.iterdir())
 
@@ -43,7 +45,7 @@ def test_onnx_repository_keeps_the_tensor_contract(
     assert onnx_version.config.outputs == torch_version.config.outputs
     assert onnx_version.config.max_batch_size == torch_version.config.max_batch_size
     assert onnx_version.labels() == torch_version.labels()
-    assert onnx_version.preprocessing() == torch_version.preprocessing()
+    assert Preprocessing.read(onnx_version.model_dir) == Preprocessing.read(torch_version.model_dir)
     graph = onnx.load(str(onnx_version.artifact)).graph
     (pixels,) = graph.input
     assert pixels.name == "pixels__0"
@@ -53,25 +55,36 @@ def test_onnx_repository_keeps_the_tensor_contract(
     assert [o.name for o in graph.output] == ["logits__0"]
 
 
-def test_onnx_fp32_matches_the_eager_model(onnx_file: Path) -> None:
-    engine = OnnxEngine(onnx_file, 2, 8, "pixels__0", "logits__0")
+def test_onnx_fp32_matches_the_eager_model(onnx_repository: Path) -> None:
+    version = resolve(onnx_repository, MODEL_NAME)
+    plan = plan_engine(ONNX_PLATFORM, "cpu", "auto", "auto", 2, cuda_available=False)
+    engine = build_engine(version, plan, 8)
     pixels = np.stack([reference.decode((DATA / n).read_bytes()) for n in PHOTOS])
     expected = reference.logits(pixels)
-    served = engine.run(pixels)
+    served = run_one(engine, pixels)
     assert np.abs(served - expected).max() < 1e-3
     assert (np.argsort(-served)[:, :5] == np.argsort(-expected)[:, :5]).all()
-    # Normalised FP32 input runs the same graph after its normalisation.
-    np.testing.assert_allclose(engine.run(reference.normalise(pixels)), served, atol=1e-4)
-    assert engine.precision == "fp32"
+    # Normalised FP32 input takes the model's second entrance: the same graph after its
+    # normalisation (offered, not advertised: the contract's alternate form of the input).
+    assert engine.contract.alternates["pixels__0"].dims == (3, 224, 224)
+    np.testing.assert_allclose(run_one(engine, reference.normalise(pixels)), served, atol=1e-4)
+    assert getattr(engine, "precision", None) == "fp32"
 
 
 def test_engine_refuses_a_file_that_is_not_the_declared_model(onnx_file: Path) -> None:
-    with pytest.raises(OnnxEngineError, match="expected one input 'pixels'"):
-        OnnxEngine(onnx_file, 1, 1, "pixels", "logits__0")
-    with pytest.raises(ValueError, match="takes UINT8"):
-        OnnxEngine(onnx_file, 1, 1, "pixels__0", "logits__0", normalized_input=False).run(
-            np.zeros((1, 3, 224, 224), np.float32)
-        )
+    pixels, logits = (
+        TensorSpec("pixels__0", "UINT8", (224, 224, 3)),
+        TensorSpec("logits__0", "FP32", (1000,)),
+    )
+    renamed = Contract((TensorSpec("pixels", "UINT8", (224, 224, 3)),), (logits,), 1)
+    with pytest.raises(OnnxEngineError, match=r"config.pbtxt declares inputs \{'pixels'"):
+        OnnxEngine(onnx_file, renamed, 1)
+    retyped = Contract((TensorSpec("pixels__0", "FP32", (224, 224, 3)),), (logits,), 1)
+    with pytest.raises(OnnxEngineError, match="tensor\\(float\\)"):
+        OnnxEngine(onnx_file, retyped, 1)
+    # The engine alone takes the declared input only; the entrance is a separate wrapper.
+    plain = OnnxEngine(onnx_file, Contract((pixels,), (logits,), 1), 1)
+    assert plain.contract.alternates == {}
 
 
 @pytest.mark.parametrize(
@@ -199,20 +212,20 @@ def test_int8_export_is_gated_and_reports_accuracy(
     common += ["--calibration", str(calibration), "--labelled", str(labelled)]
 
     # An impossible gate: nothing is written, the report says why.
-    assert export_onnx.main([*common, "--min_agreement", "1.01"]) == 1
+    assert cli.main(["onnx", *common, "--min_agreement", "1.01"]) == 1
     out = capsys.readouterr().out
     assert "below the gate 101.0%: not written" in out
     assert "held-out images" in out and "top-1 agreement" in out
     assert not target.exists()
 
-    assert export_onnx.main([*common, "--min_agreement", "1.01", "--force_int8"]) == 0
+    assert cli.main(["onnx", *common, "--min_agreement", "1.01", "--force_int8"]) == 0
     out = capsys.readouterr().out
     assert "accuracy on 2 labelled images" in out
     assert "FP32  50.0%" in out  # espresso right, the mislabelled rocket wrong
     version = resolve(target, MODEL_NAME)
     assert version.config.platform == ONNX_PLATFORM
-    engine = OnnxEngine(version.artifact, 2, 4, "pixels__0", "logits__0")
+    engine = OnnxEngine(version.artifact, Contract.of(version.config), 2)
     assert engine.precision == "int8"
     assert version.artifact.stat().st_size < onnx_file.stat().st_size / 3
     coffee = reference.decode((DATA / "coffee.jpg").read_bytes())[None]
-    assert engine.run(coffee).argmax() == 967
+    assert run_one(engine, coffee).argmax() == 967

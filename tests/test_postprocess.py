@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from transformer.postprocess import softmax, top_k, v1_predictions
+from vision.postprocess import softmax, top_k, v1_predictions
 
 
 def test_softmax_is_stable_and_normalised() -> None:

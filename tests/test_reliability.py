@@ -23,13 +23,12 @@ import httpx
 import numpy as np
 import pytest
 from conftest import DATA, MODEL_NAME, grpc_calls, start_server
-from test_observability import requests_by, scrape
+from test_observability import requests_by, scrape, total
 
-from bench.servers import ServerProcess, start
-from bench.soak import Outcome, Recorder
-from bench.stats import percentile
-from bench.v1 import JSON_HEADERS as HEADERS
-from bench.v1 import v1_body
+from harness.recorder import Outcome, Recorder
+from harness.servers import ServerProcess, start
+from harness.v1 import JSON_HEADERS as HEADERS
+from harness.v1 import v1_body
 
 DRAIN_S = 2.0  # the transformer's --drain_seconds here (short: the test waits through it)
 INFLIGHT = 24  # the transformer's --max_inflight_requests here (above the load's 16)
@@ -165,6 +164,11 @@ async def until(check: Callable[[], bool], what: str, timeout_s: float = 60.0) -
 def answers(recorder: Recorder, status: int, since: float = 0.0) -> int:
     """How many of `recorder`'s requests started at `since` or later and answered `status`."""
     return sum(1 for o in recorder.outcomes if o.started >= since and o.status == status)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The `q`th percentile of `values` (numpy's linear interpolation)."""
+    return float(np.percentile(values, q))
 
 
 def statuses(outcomes: list[Outcome]) -> dict[str, int]:
@@ -423,11 +427,6 @@ def test_past_max_inflight_requests_a_grpc_call_is_refused_unavailable_at_once(
     assert "--max_inflight_requests" in refused["message"], refused
     assert refused["seconds"] < 2.0, refused
     assert served == [200] * INFLIGHT
-
-
-def total(samples: dict, name: str) -> float:
-    """The sum of every sample of metric `name` (all label sets)."""
-    return sum(value for (metric, _), value in samples.items() if metric == name)
 
 
 def test_predictor_sigterm_under_load_drains_then_exits_and_the_transformer_says_so(

@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import needs
 import pytest
 import yaml
 from fakes.kube_api import FakeKube, kubeconfig_text, rbac_request
 
+from harness import needs
 from rollout.cli import main
 from rollout.errors import ExitCode, RolloutError
 from rollout.plans import PREVIOUS_SPEC_ANNOTATION, Expectation, merge_diff

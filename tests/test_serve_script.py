@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from conftest import DATA, MODEL_NAME, ROOT, engine_repository
 
-from bench.servers import free_port
-from bench.v1 import JSON_HEADERS, v1_body
+from harness.servers import free_port
+from harness.v1 import JSON_HEADERS, v1_body
 
 STARTUP_S = 180.0  # model load and warm-up, both components, on a slow shared machine
 # The predictor's --request_timeout_seconds here: short, so the test waits little for its 504,

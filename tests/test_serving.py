@@ -19,8 +19,6 @@ import reference
 import tritonclient.http as httpclient
 from conftest import (
     DATA,
-    ENGINE_REPOSITORIES,
-    ENGINES,
     MODEL_NAME,
     TEST_MAX_REQUEST_BYTES,
     Server,
@@ -29,6 +27,8 @@ from conftest import (
     grpc_calls,
 )
 from test_imaging import png_declaring
+
+from harness.repositories import ENGINE_REPOSITORIES, ENGINES
 
 # Photo, and what a person would call it (a substring of the top-1 ImageNet label).
 PHOTOS = {

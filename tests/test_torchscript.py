@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from common.modelrepo import resolve
-from predictor.torchscript import ExecutionPlan, TorchScriptEngine, plan_execution
-from predictor.worker import ForwardWorker
+from runtime.engines import build_engine
+from runtime.plan import ExecutionPlan, plan_execution
+from runtime.tensors import Engine
+from runtime.worker import ForwardWorker
 
 
 def test_auto_picks_cuda_fp16_and_graphs_when_cuda_is_present() -> None:
@@ -53,16 +55,18 @@ def test_cpu_engine_gives_same_logits_for_pixels_and_normalised_input(
     plan = plan_execution("cpu", "auto", "auto", 2, False)
     built_on: list[threading.Thread] = []
 
-    def build() -> TorchScriptEngine:
+    def build() -> Engine:
         built_on.append(threading.current_thread())
-        return TorchScriptEngine.warmed(version.artifact, plan, 4, (224, 224, 3))
+        return build_engine(version, plan, 4)
 
     worker = ForwardWorker(build)
     pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
     normalised = ((pixels.astype(np.float32) - 127) / 128).transpose(0, 3, 1, 2).copy()
 
     async def both() -> tuple[np.ndarray, np.ndarray]:
-        return await worker.run(pixels), await worker.run(normalised)
+        first = await worker.run({"pixels__0": pixels})
+        second = await worker.run({"pixels__0": normalised})
+        return first["logits__0"], second["logits__0"]
 
     from_pixels, from_float = asyncio.run(both())
     worker.close()

@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 from common.cpus import available_cpus
-from predictor.tuning import SPIN_COUNT, keep_freed_memory
+from runtime.tuning import SPIN_COUNT, keep_freed_memory
 
 PRINT_ENV = (
-    "import os; from predictor.tuning import prepare_environment; prepare_environment(); "
+    "import os; from runtime.tuning import prepare_environment; prepare_environment(); "
     "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))"
 )
 

@@ -1,22 +1,18 @@
-"""The transformer's own Prometheus series: stages, decoded images, input sizes, decode queue.
+"""The transformer's own Prometheus series: decoded images, input sizes, decode queue.
 
 The request-level series (`transformer_requests_total`, ...) come from `common.metrics`; the
-drift scores from `transformer.drift`. README.md's "Metrics" table lists them all.
+drift scores from `transformer.drift_metrics`. Time per stage is kserve's, recorded around the
+hooks (by common.lean_grpc on its gRPC path): `request_preprocess_seconds` (decoding),
+`request_predict_seconds` (the call to the predictor), `request_postprocess_seconds` (top-k),
+each labelled `model_name`. README.md's "Metrics" table lists them all.
 """
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from common.metrics import BYTES_BUCKETS, LATENCY_BUCKETS, PIXELS_BUCKETS
+from common.metrics import BYTES_BUCKETS, PIXELS_BUCKETS
 
-STAGE_SECONDS = Histogram(
-    "transformer_stage_duration_seconds",
-    "Time per request in each transformer stage: preprocess (base64 and image decoding, "
-    "resize and crop), predictor (the gRPC call to the predictor), postprocess (softmax, top-k).",
-    ["stage"],
-    buckets=LATENCY_BUCKETS,
-)
 IMAGES_DECODED = Counter(
     "transformer_images_decoded",  # exported as transformer_images_decoded_total
     "Images decoded successfully, by file format (JPEG, PNG, WEBP, GIF, BMP, TIFF, MPO).",

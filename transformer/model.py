@@ -3,7 +3,8 @@
 The hooks hand each other explicit values: preprocess returns a PreparedBatch (the pixels plus
 what postprocess needs to know), predict forwards the pixels over gRPC through the coalescer
 (concurrent requests share one predictor call, `transformer.coalesce`) and returns a
-ForwardedBatch, postprocess shapes the answer for the protocol the client used.
+ForwardedBatch, postprocess shapes the answer for the protocol the client used. kserve times
+each hook (`request_preprocess_seconds`, `request_predict_seconds`, `request_postprocess_seconds`).
 """
 
 from __future__ import annotations
@@ -21,16 +22,24 @@ import numpy as np
 from kserve import Model
 from kserve.errors import InferenceError, InvalidInput, ModelNotFound
 from kserve.protocol.infer_type import InferRequest, InferResponse
+from prometheus_client import REGISTRY
 
 from common import codecs, tracing
 from common.modelrepo import CONFIG_FILE, ModelConfig, ModelRepositoryError, resolve
+from vision.drift import (
+    PROFILE_FILENAME,
+    DriftMonitor,
+    ReferenceProfile,
+    input_statistics,
+)
+from vision.imaging import DecodeLimits, ImageError, decode
+from vision.postprocess import top_k, v1_predictions
+from vision.preprocessing import Preprocessing
 
 from . import metrics
 from .auth import without_credentials
 from .coalesce import Coalescer
-from .drift import COLLECTOR, PROFILE_FILENAME, DriftMonitor, ReferenceProfile, input_statistics
-from .imaging import DecodeLimits, decode
-from .postprocess import top_k, v1_predictions
+from .drift_metrics import DriftCollector
 from .settings import TransformerSettings
 from .upstream import PredictorLink
 
@@ -74,6 +83,7 @@ class ImageClassifierTransformer(Model):
         self.settings = settings
         self.repository_version = ""  # the version directory, set by load()
         self._pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+        self._drift_metrics: DriftCollector | None = None  # registered by load()
         self.predictor = PredictorLink(
             settings.predictor.predictor_host,
             settings.model_name,
@@ -91,7 +101,7 @@ class ImageClassifierTransformer(Model):
         """Read labels, preprocessing and tensor names from the model repository."""
         version = resolve(self.settings.model_dir, self.settings.model_name)
         self.repository_version = version.version
-        self.params = version.preprocessing()
+        self.params = Preprocessing.read(version.model_dir)
         self.labels = np.array(version.labels(), dtype=np.object_)
         self.pixel_input = version.config.inputs[0]
         self.logits_output = version.config.outputs[0]
@@ -104,7 +114,8 @@ class ImageClassifierTransformer(Model):
             self.settings.coalesce_delay_ms / 1000,
         )
         self.drift = self._drift_monitor(version.model_dir / PROFILE_FILENAME)
-        COLLECTOR.monitor = self.drift
+        self._drift_metrics = DriftCollector(self.drift)
+        REGISTRY.register(self._drift_metrics)
         self.ready = True
         return self.ready
 
@@ -122,7 +133,7 @@ class ImageClassifierTransformer(Model):
             )
         else:
             logger.info(
-                "drift signals off: no %s (write one with python -m predictor.drift_reference, "
+                "drift signals off: no %s (write one with python -m modelbuild drift-reference, "
                 "or pass --drift_reference_images N)",
                 path,
             )
@@ -136,8 +147,11 @@ class ImageClassifierTransformer(Model):
         return {"model_name": self.name, "enabled": self.drift.enabled, **self.drift.report()}
 
     def stop(self) -> None:
-        """Release the decode threads."""
+        """Release the decode threads and the drift gauges."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._drift_metrics is not None:
+            REGISTRY.unregister(self._drift_metrics)
+            self._drift_metrics = None
         super().stop()
 
     def get_input_types(self) -> list[dict[str, Any]]:
@@ -156,10 +170,6 @@ class ImageClassifierTransformer(Model):
         self, payload: dict[str, Any] | InferRequest, headers: dict[str, str] | None = None
     ) -> PreparedBatch:
         """Decode every image of a V1 or V2 request (in the decode pool); raises InvalidInput."""
-        with metrics.STAGE_SECONDS.labels("preprocess").time():
-            return await self._preprocess(payload)
-
-    async def _preprocess(self, payload: dict[str, Any] | InferRequest) -> PreparedBatch:
         if isinstance(payload, InferRequest):
             images, parameters = self._v2_images(payload), payload.parameters
             request_id = tracing.adopt_v2_id(payload.id)
@@ -189,10 +199,9 @@ class ImageClassifierTransformer(Model):
     ) -> ForwardedBatch:
         """Forward the pixels to the predictor (through the coalescer); its errors become 400,
         503, 504 or 500 here."""
-        with metrics.STAGE_SECONDS.labels("predictor").time():
-            # kserve forwards an incoming Authorization header; the client's key stays here.
-            tag = (payload.request_id, without_credentials(headers))
-            logits = await self.coalescer.submit(payload.pixels, tag)
+        # kserve forwards an incoming Authorization header; the client's key stays here.
+        tag = (payload.request_id, without_credentials(headers))
+        logits = await self.coalescer.submit(payload.pixels, tag)
         return ForwardedBatch(logits, payload)
 
     async def postprocess(
@@ -202,10 +211,6 @@ class ImageClassifierTransformer(Model):
         response_headers: dict[str, str] | None = None,
     ) -> dict[str, Any] | InferResponse:
         """Top-k classes per image, shaped for the protocol the client used."""
-        with metrics.STAGE_SECONDS.labels("postprocess").time():
-            return self._postprocess(result)
-
-    def _postprocess(self, result: ForwardedBatch) -> dict[str, Any] | InferResponse:
         batch = result.batch
         class_ids, scores = top_k(result.logits, batch.top_k)
         if self.drift.enabled:
@@ -278,7 +283,9 @@ class ImageClassifierTransformer(Model):
             data = _b64decode(image) if isinstance(image, str) else image
             metrics.IMAGE_BYTES.observe(len(data))
             result = decode(data, self.params, self.limits)
-        except InvalidInput as exc:
+        except ImageError as exc:
+            raise InvalidInput(f"{where}: {exc}") from exc
+        except InvalidInput as exc:  # the base64 text
             raise InvalidInput(f"{where}: {exc.reason}") from exc
         finally:
             metrics.DECODE_QUEUE_DEPTH.dec()

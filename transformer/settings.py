@@ -12,8 +12,7 @@ from common import lifecycle
 from common.cli import DEFAULT_MODEL_DIR, non_negative_float, positive_int
 from common.cpus import available_cpus
 from common.server import base_parser
-
-from .drift import MIN_REFERENCE_IMAGES
+from vision.drift import MIN_REFERENCE_IMAGES
 
 FORWARD_PROTOCOL = "grpc-v2"
 # Requests a replica holds at once. Measured here (2 CPUs, shared with other work): the served

@@ -22,7 +22,8 @@ from kserve import Model, ModelServer, model_server
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
 from PIL import Image
 
-from common.modelrepo import Preprocessing, resolve
+from common.modelrepo import resolve
+from vision.preprocessing import Preprocessing
 
 from . import PREDICTOR_INPUT
 
@@ -57,7 +58,7 @@ class StockTransformer(Model):
     def __init__(self, name: str, model_dir: str) -> None:
         super().__init__(name)
         version = resolve(model_dir, name)
-        self.params = version.preprocessing()
+        self.params = Preprocessing.read(version.model_dir)
         self.labels = version.labels()
         self.ready = True
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-TARGET = "predictor.worker"
+TARGET = "runtime.worker"
 POLL_S = 0.01
 
 

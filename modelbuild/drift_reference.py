@@ -1,7 +1,7 @@
-"""`python -m predictor.drift_reference`: write a model's drift reference profile.
+"""`python -m modelbuild drift-reference`: write a model's drift reference profile.
 
 Runs a directory of reference images through the transformer's own decoding and preprocessing
-(`transformer.imaging`) and the served model (the predictor's runner, on CPU), and writes
+(`vision.imaging`) and the served model (the predictor's runner, on CPU), and writes
 `drift_reference.json` beside the model's `config.pbtxt`; the transformer reads it at start.
 Use images like the ones the service should see: the profile is what "no drift" means.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +18,13 @@ import numpy as np
 from common.cli import DEFAULT_MODEL_NAME
 from common.cpus import available_cpus
 from common.modelrepo import resolve
-from transformer.drift import PROFILE_FILENAME, ReferenceProfile, input_statistics
-from transformer.imaging import DecodeLimits, decode
-from transformer.postprocess import top_k
-
-from .torchscript import TorchScriptEngine, plan_execution
+from runtime.plan import plan_execution
+from runtime.tensors import Contract, run_one
+from runtime.torchscript import TorchScriptEngine
+from vision.drift import PROFILE_FILENAME, ReferenceProfile, input_statistics
+from vision.imaging import DecodeLimits, decode
+from vision.postprocess import top_k
+from vision.preprocessing import Preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +36,13 @@ def reference_rows(
     files: list[Path], model_dir: Path, model_name: str, max_pixels: int = 50_000_000
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per image, the drift signals (CONTINUOUS_SIGNALS columns) and the top-1 class; raises
-    kserve's InvalidInput for an image the transformer would refuse."""
+    vision.imaging.ImageError for an image the transformer would refuse."""
     version = resolve(model_dir, model_name)
-    params = version.preprocessing()
+    params = Preprocessing.read(version.model_dir)
     limits = DecodeLimits(max_pixels=max_pixels)
     plan = plan_execution("cpu", "fp32", "off", available_cpus(), cuda_available=False)
-    engine = TorchScriptEngine(version.artifact, plan, BATCH)  # one thread: this one
+    contract = replace(Contract.of(version.config), max_batch_size=BATCH)
+    engine = TorchScriptEngine(version.artifact, plan, contract)  # one thread: this one
     rows: list[np.ndarray] = []
     classes: list[np.ndarray] = []
     for start in range(0, len(files), BATCH):
@@ -49,7 +52,7 @@ def reference_rows(
             image = decode(data, params, limits)
             pixels.append(image.pixels)
             statistics.append(input_statistics(image.pixels, image.width, image.height, len(data)))
-        class_ids, scores = top_k(engine.run(np.stack(pixels)), 1)
+        class_ids, scores = top_k(run_one(engine, np.stack(pixels)), 1)
         rows.append(np.hstack([np.array(statistics), scores.astype(np.float64)]))
         classes.append(class_ids[:, 0])
     return np.concatenate(rows), np.concatenate(classes)
@@ -62,9 +65,9 @@ def image_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Write <repository>/<model_name>/drift_reference.json from --images."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repository", required=True, type=Path, help="Model repository root.")
     parser.add_argument("--model_name", default=DEFAULT_MODEL_NAME)
     parser.add_argument("--images", required=True, type=Path, help="Directory of reference images.")
@@ -86,7 +89,3 @@ def main(argv: list[str] | None = None) -> int:
         len(profile.classes.classes),
     )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

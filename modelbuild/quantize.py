@@ -34,10 +34,12 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from common.cpus import available_cpus
+from runtime.onnx_engine import OnnxEngine
+from runtime.tensors import Contract, run_one
 
 from . import fidelity, imagesets
 from .export import INPUT, OUTPUT, PREPROCESSING, imagenet_labels
-from .onnx_engine import OnnxEngine
+from .export_onnx import ONNX_FILE, export_fp32, write_onnx_model
 
 DEFAULT_GATE = 0.95  # top-1 agreement with FP32 where FP32's top-1 probability >= 0.5
 CALIBRATION_BATCH = 8
@@ -128,12 +130,11 @@ def quantize_int8(
 
 def logits(path: Path, pixels: np.ndarray) -> np.ndarray:
     """The model's logits for UINT8 pixels [N, H, W, 3], in batches."""
-    runner = OnnxEngine(
-        path, available_cpus(), EVALUATION_BATCH, INPUT.name, OUTPUT.name, normalized_input=False
-    )
+    contract = Contract((INPUT,), (OUTPUT,), EVALUATION_BATCH)
+    runner = OnnxEngine(path, contract, available_cpus())
     return np.concatenate(
         [
-            runner.run(pixels[i : i + EVALUATION_BATCH])
+            run_one(runner, pixels[i : i + EVALUATION_BATCH])
             for i in range(0, len(pixels), EVALUATION_BATCH)
         ]
     )
@@ -189,7 +190,7 @@ def quantize_checked(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The INT8 flags of `python -m predictor.export_onnx`."""
+    """The INT8 flags of `python -m modelbuild onnx`."""
     group = parser.add_argument_group("INT8 (opt-in)")
     group.add_argument("--int8", action="store_true", help="write the INT8 (QDQ) model")
     group.add_argument(
@@ -259,12 +260,10 @@ def image_sets(
 
 def run_cli(args: argparse.Namespace, model_dir: Path) -> int:
     """The --int8 path of the command line: 0 written, 1 below the gate, 2 bad input."""
-    from .export_onnx import ONNX_FILE, export_fp32, write_onnx_model
-
     try:
         calibration, holdout, labelled = image_sets(args)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"export_onnx: {exc}")
+        print(f"modelbuild onnx: {exc}")
         return 2
     for skipped in calibration.skipped + holdout.skipped:
         print(f"skipped {skipped}")

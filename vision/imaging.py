@@ -12,10 +12,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from kserve.errors import InvalidInput
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from common.modelrepo import Preprocessing
+from .preprocessing import Preprocessing
 
 # What we decode. Everything else (PSD, EPS, ...) is refused before any parser runs.
 # (Phones' multi-picture JPEGs open through the JPEG parser and report format "MPO".)
@@ -25,6 +24,11 @@ _QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _WHITE = (255, 255, 255, 255)
 DRAFT_OVERSAMPLING = 2
+
+
+class ImageError(ValueError):
+    """The bytes are not an image this service decodes (empty, not an image, a format it does
+    not accept, too large, corrupt). The message says what was wrong; servers answer 400."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ def load_image(data: bytes, limits: DecodeLimits, shorter_side: int) -> Image.Im
     """Decode image bytes to an upright RGB image, large JPEGs at a reduced DCT scale that
     keeps the shorter side >= 2 x `shorter_side`.
 
-    Raises InvalidInput for empty bytes, non-images, formats outside ACCEPTED_FORMATS,
+    Raises ImageError for empty bytes, non-images, formats outside ACCEPTED_FORMATS,
     decompression bombs (more than `limits.max_pixels` declared) and truncated or corrupt data.
     """
     return _load(data, limits, shorter_side)[0]
@@ -59,22 +63,22 @@ def _load(
 ) -> tuple[Image.Image, str, int, int]:
     """load_image, also returning the format and the upright source width and height."""
     if not data:
-        raise InvalidInput("empty image (0 bytes)")
+        raise ImageError("empty image (0 bytes)")
     try:
         image: Image.Image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError as exc:
-        raise InvalidInput(
+        raise ImageError(
             f"not a supported image ({len(data)} bytes starting {bytes(data[:8])!r}); "
             f"expected one of {', '.join(ACCEPTED_FORMATS)}"
         ) from exc
     except Image.DecompressionBombError as exc:
-        raise InvalidInput(f"image too large to decode safely: {exc}") from exc
+        raise ImageError(f"image too large to decode safely: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidInput(f"corrupt image header: {exc}") from exc
+        raise ImageError(f"corrupt image header: {exc}") from exc
     width, height = image.size
     source_format = str(image.format)
     if width <= 0 or height <= 0 or width * height > limits.max_pixels:
-        raise InvalidInput(
+        raise ImageError(
             f"image declares {width}x{height} = {width * height} pixels; the limit is "
             f"{limits.max_pixels} (a decompression bomb or an image too large to serve)"
         )
@@ -86,7 +90,7 @@ def _load(
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InvalidInput(f"truncated or corrupt {image.format} image: {exc}") from exc
+        raise ImageError(f"truncated or corrupt {image.format} image: {exc}") from exc
     orientation = image.getexif().get(_ORIENTATION_TAG, 1)
     if orientation != 1:
         image = ImageOps.exif_transpose(image)
@@ -136,12 +140,12 @@ def resize_and_crop(image: Image.Image, params: Preprocessing) -> np.ndarray:
 
 
 def preprocess(data: bytes, params: Preprocessing, limits: DecodeLimits) -> np.ndarray:
-    """Image file bytes to UINT8 [crop, crop, 3] RGB pixels; raises InvalidInput."""
+    """Image file bytes to UINT8 [crop, crop, 3] RGB pixels; raises ImageError."""
     return decode(data, params, limits).pixels
 
 
 def decode(data: bytes, params: Preprocessing, limits: DecodeLimits) -> DecodedImage:
     """Image file bytes to pixels as `preprocess`, with the source's format and size; raises
-    InvalidInput."""
+    ImageError."""
     image, source_format, width, height = _load(data, limits, params.resize)
     return DecodedImage(resize_and_crop(image, params), source_format, width, height)

@@ -1,7 +1,7 @@
 """Image sets for INT8 calibration and fidelity checks, decoded exactly as the service decodes.
 
 - A directory of image files (searched recursively), decoded and preprocessed by the
-  transformer's own functions (`transformer.imaging.preprocess`), so the calibration sees the
+  transformer's own functions (`vision.imaging.preprocess`), so the calibration sees the
   pixels the service will feed the model.
 - The built-in default, when no directory is given: deterministic variations of the photos the
   project ships in `tests/data` (random-resized crops, flips, small rotations, colour, blur and
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from common.modelrepo import Preprocessing
+from vision.preprocessing import Preprocessing
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # The photos the repository ships (a checkout, not an installed wheel, has them).
@@ -58,9 +58,7 @@ def image_files(directory: Path) -> list[Path]:
 
 def decode(blobs: Iterable[tuple[str, bytes]], params: Preprocessing) -> ImageSet:
     """Preprocess encoded images as the transformer does; undecodable ones are skipped."""
-    from kserve.errors import InvalidInput
-
-    from transformer.imaging import DecodeLimits, preprocess
+    from vision.imaging import DecodeLimits, ImageError, preprocess
 
     limits = DecodeLimits(max_pixels=MAX_PIXELS)
     rows, names, skipped = [], [], []
@@ -68,7 +66,7 @@ def decode(blobs: Iterable[tuple[str, bytes]], params: Preprocessing) -> ImageSe
         try:
             rows.append(preprocess(data, params, limits))
             names.append(name)
-        except InvalidInput as exc:
+        except ImageError as exc:
             skipped.append(f"{name}: {exc}")
     if not rows:
         raise ValueError(f"none of the {len(skipped)} images could be decoded: {skipped[:3]}")

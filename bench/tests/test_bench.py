@@ -29,8 +29,8 @@ from bench.images import (
     phone_size,
     write_image_set,
 )
+from bench.observe import cpu_shares, histogram_totals, mean_between
 from bench.report import Report
-from bench.servers import cpu_shares, histogram_totals, mean_between
 from bench.stats import (
     HOP_BYTES_MAX,
     PEER,
@@ -49,8 +49,9 @@ from bench.stats import (
     ratio,
     summarize,
 )
+from harness.servers import ROOT
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = ROOT / "tests" / "data"  # the photos the test suite shares
 
 
 # --- statistics ---------------------------------------------------------------------------

@@ -8,10 +8,8 @@ import json
 import shutil
 from pathlib import Path
 
-import needs
 import numpy as np
 import pytest
-from conftest import MODEL_NAME
 
 from bench import h2load
 from bench.ceiling import (
@@ -23,9 +21,11 @@ from bench.ceiling import (
     wait_grpc_ready,
 )
 from bench.ceiling_report import BARE, PREDICTOR, CeilingCell, CeilingReport, DecodeRate
-from bench.servers import ServerProcess, start
 from bench.zero_model import export_zero_cost
+from common.cli import DEFAULT_MODEL_NAME as MODEL_NAME
 from common.modelrepo import resolve
+from harness import needs
+from harness.servers import ServerProcess, start
 
 H2LOAD_OUTPUT = """starting benchmark...
 Application protocol: h2c
@@ -104,21 +104,23 @@ def test_report_ratios_targets_json_and_plot(tmp_path: Path) -> None:
 
 
 def test_zero_cost_model_keeps_the_contract(model_repository: Path, tmp_path: Path) -> None:
-    from predictor.torchscript import TorchScriptEngine, plan_execution
+    from runtime.engines import build_engine
+    from runtime.plan import plan_execution
+    from runtime.tensors import run_one
 
     model_dir = export_zero_cost(model_repository, tmp_path, MODEL_NAME)
     real, zero = resolve(model_repository, MODEL_NAME), resolve(tmp_path, MODEL_NAME)
     assert zero.config == real.config
     assert zero.labels() == real.labels()
     assert (model_dir / "1" / "model.pt").is_file()
-    runner = TorchScriptEngine(zero.artifact, plan_execution("cpu", "auto", "auto", 1, False), 8)
+    runner = build_engine(zero, plan_execution("cpu", "auto", "auto", 1, False), 8)
     pixels = np.zeros((3, *real.config.inputs[0].dims), dtype=np.uint8)
     pixels[1, 0, 0, 0] = 200
-    logits = runner.run(pixels)
+    logits = run_one(runner, pixels)
     assert logits.shape == (3, real.config.outputs[0].dims[-1])
     assert logits.dtype == np.float32
     assert int(np.argmax(logits[1])) == logits.shape[1] - 1 and not logits[0].any()
-    normalised = runner.run(np.ones((2, 3, 224, 224), dtype=np.float32))
+    normalised = run_one(runner, np.ones((2, 3, 224, 224), dtype=np.float32))
     assert normalised.shape == (2, 1000)
 
 

@@ -1,6 +1,6 @@
 """Export the default model, pretrained EfficientNet-Lite0, into a Triton-style model repository.
 
-    python -m predictor.export --repository model_repository [--model_name image-classifier]
+    python -m modelbuild torchscript --repository model_repository [--model_name image-classifier]
 
 The TorchScript module takes raw UINT8 pixels [N, 224, 224, 3] (RGB, NHWC) and normalises them
 itself, so the same artifact serves our predictor and Triton's PyTorch backend, and the wire
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -22,12 +21,11 @@ from common.cli import DEFAULT_MODEL_NAME, LOCAL_MODEL_REPOSITORY
 from common.modelrepo import (
     CONFIG_FILE,
     MODEL_FILE,
-    PREPROCESS_FILE,
     TORCHSCRIPT_PLATFORM,
     ModelConfig,
-    Preprocessing,
     TensorSpec,
 )
+from vision.preprocessing import PREPROCESS_FILE, Preprocessing
 
 LABELS_FILE = "labels.txt"
 # EfficientNet-Lite0's published preprocessing: (x - 127) / 128 after resize 256, crop 224.
@@ -119,9 +117,9 @@ def write_model_files(model_dir: Path, name: str, platform: str) -> None:
     (model_dir / CONFIG_FILE).write_text(model_config(name, platform).to_pbtxt(), encoding="utf-8")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Command line: export unless the model is already there (or --force)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repository", type=Path, default=Path(LOCAL_MODEL_REPOSITORY))
     parser.add_argument("--model_name", default=DEFAULT_MODEL_NAME)
     parser.add_argument("--version", default="1")
@@ -134,7 +132,3 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = export(args.repository, args.model_name, args.version)
     print(f"exported {args.model_name} version {args.version} to {model_dir}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

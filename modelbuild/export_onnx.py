@@ -1,7 +1,7 @@
 """Export the default model as ONNX into a Triton-layout repository (platform onnxruntime_onnx).
 
-    python -m predictor.export_onnx --repository model_repository-onnx        # FP32
-    python -m predictor.export_onnx --repository model_repository-int8 --int8 # INT8, gated
+    python -m modelbuild onnx --repository model_repository-onnx        # FP32
+    python -m modelbuild onnx --repository model_repository-int8 --int8 # INT8, gated
 
 The same tensor contract as the TorchScript model (`export.py`): UINT8 NHWC pixels `pixels__0`
 in, normalisation inside the graph, FP32 logits `logits__0` out, a dynamic batch dimension,
@@ -19,8 +19,6 @@ passes the fidelity gate, unless `--force_int8`.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 from pathlib import Path
 
@@ -30,10 +28,13 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from common.cli import DEFAULT_MODEL_NAME
-from common.modelrepo import ONNX_PLATFORM, PLATFORM_FILES, Preprocessing
+from common.modelrepo import ONNX_PLATFORM, PLATFORM_FILES
+from runtime.normalized import NORMALIZED_TENSOR
+from runtime.onnx_engine import OnnxEngine
+from runtime.tensors import Contract, run_one
+from vision.preprocessing import Preprocessing
 
 from .export import INPUT, OUTPUT, PREPROCESSING, PixelClassifier, build_backbone, write_model_files
-from .onnx_engine import NORMALIZED_TENSOR, OnnxEngine
 
 ONNX_FILE = PLATFORM_FILES[ONNX_PLATFORM]
 # The exporter's opset (ReduceMean with axes as an input needs 18+).
@@ -118,10 +119,10 @@ def check_against_eager(path: Path, eager: torch.nn.Module) -> float:
     Raises RuntimeError above MAX_LOGIT_DIFFERENCE.
     """
     pixels = np.random.default_rng(0).integers(0, 256, (3, *INPUT.dims), dtype=np.uint8)
-    runner = OnnxEngine(path, 1, 3, INPUT.name, OUTPUT.name, normalized_input=False)
+    runner = OnnxEngine(path, Contract((INPUT,), (OUTPUT,), 3), 1)
     with torch.inference_mode():
         expected = eager(torch.from_numpy(pixels)).numpy()
-    difference = float(np.abs(runner.run(pixels) - expected).max())
+    difference = float(np.abs(run_one(runner, pixels) - expected).max())
     if difference > MAX_LOGIT_DIFFERENCE:
         raise RuntimeError(
             f"{path}: logits differ from the eager model by {difference:.2g}, "
@@ -148,29 +149,3 @@ def export(repository: Path, name: str = DEFAULT_MODEL_NAME, version: str = "1")
         path = Path(tmp) / ONNX_FILE
         export_fp32(path)
         return write_onnx_model(repository, name, version, path)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line: export FP32 (or INT8 with --int8) unless already there (or --force)."""
-    from . import quantize
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repository", type=Path, default=Path("model_repository-onnx"))
-    parser.add_argument("--model_name", default=DEFAULT_MODEL_NAME)
-    parser.add_argument("--version", default="1")
-    parser.add_argument("--force", action="store_true", help="export even if present")
-    quantize.add_arguments(parser)
-    args = parser.parse_args(argv)
-    target = args.repository / args.model_name
-    if (target / args.version / ONNX_FILE).is_file() and not args.force:
-        print(f"ONNX model already at {target} (use --force to re-export)")
-        return 0
-    if not args.int8:
-        model_dir = export(args.repository, args.model_name, args.version)
-        print(f"exported {args.model_name} version {args.version} (ONNX FP32) to {model_dir}")
-        return 0
-    return quantize.run_cli(args, target)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,8 @@ Per image the transformer records eight values (`SIGNALS`): what came in (mean b
 contrast, colour saturation, area, aspect ratio, encoded size) and what the model made of it
 (top-1 confidence, top-1 class). Recording writes one row into ring buffers (microseconds);
 the scores are computed from the whole window at most once a second, when someone asks
-(a Prometheus scrape of `transformer_drift_score`, or `GET /v2/models/<name>/drift`).
+(a Prometheus scrape of `transformer_drift_score`, or `GET /v2/models/<name>/drift`; the
+transformer exports them, see `transformer/drift_metrics.py`).
 
 Scores, each against the reference profile (`drift_reference.json` beside `config.pbtxt`):
 - continuous signals: population stability index (PSI) over the reference's quintile bins,
@@ -22,14 +23,11 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client.core import REGISTRY, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
 
@@ -347,43 +345,3 @@ class DriftMonitor:
             "threshold": THRESHOLDS[name],
             "drifted": not math.isnan(score) and score > THRESHOLDS[name],
         }
-
-
-class DriftCollector(Collector):
-    """Exports a DriftMonitor's report as gauges on /metrics, computed at scrape time."""
-
-    def __init__(self) -> None:
-        self.monitor: DriftMonitor | None = None  # set by the transformer's load()
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        """transformer_drift_score, _threshold and the window's image count."""
-        if self.monitor is None or not self.monitor.enabled:
-            return
-        report = self.monitor.report()
-        score = GaugeMetricFamily(
-            "transformer_drift_score",
-            "Drift of the sliding window from the reference, per signal: PSI for continuous "
-            "signals, Jensen-Shannon distance for the predicted class; NaN until the window "
-            "holds --drift_min_count images.",
-            labels=["signal"],
-        )
-        threshold = GaugeMetricFamily(
-            "transformer_drift_threshold",
-            "The score above which a signal counts as drifted.",
-            labels=["signal"],
-        )
-        for name, signal in report["signals"].items():
-            value = signal["score"]
-            score.add_metric([name], math.nan if value is None else value)
-            threshold.add_metric([name], signal["threshold"])
-        yield score
-        yield threshold
-        yield GaugeMetricFamily(
-            "transformer_drift_window_images",
-            "Images in the drift window now (at most --drift_window).",
-            value=report["window"]["count"],
-        )
-
-
-COLLECTOR = DriftCollector()
-REGISTRY.register(COLLECTOR)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transformer.postprocess import softmax
+from vision.postprocess import softmax
 
 CONFIDENT_PROBABILITY = 0.5
 

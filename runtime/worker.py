@@ -12,22 +12,15 @@ it a builder (constructing and warming the engine, run on the forward thread) an
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 
+from .tensors import Runner, Tensors
 
-class Engine(Protocol):
-    """What a worker runs: one batch in, one batch of results out, rows in the same order."""
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """The model's outputs for `batch`."""
-        ...
-
-
-E = TypeVar("E", bound=Engine)
+E = TypeVar("E", bound=Runner)
 
 
 class ForwardWorker(Generic[E]):
@@ -42,8 +35,8 @@ class ForwardWorker(Generic[E]):
             self._executor.shutdown(wait=False)
             raise
 
-    async def run(self, batch: np.ndarray) -> np.ndarray:
-        """The engine's outputs for `batch`, computed on the forward thread.
+    async def run(self, batch: Mapping[str, np.ndarray]) -> Tensors:
+        """The engine's outputs for `batch` (named tensors), computed on the forward thread.
 
         Raises what the engine raises, or RuntimeError once the worker is closed.
         """

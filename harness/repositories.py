@@ -1,0 +1,47 @@
+"""The model repositories tests run against: the ones `make model-repo` built, else exported
+into a pytest temporary directory on first use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from common.cli import DEFAULT_MODEL_NAME as MODEL_NAME
+
+from .servers import ROOT
+
+# The engines every end-to-end test runs against: the config's platform picks the engine.
+ENGINES = ("torchscript", "onnx", "int8")
+ENGINE_REPOSITORIES = {
+    "torchscript": ("MODEL_REPOSITORY", "model_repository", "model.pt"),
+    "onnx": ("MODEL_REPOSITORY_ONNX", "model_repository-onnx", "model.onnx"),
+    "int8": ("MODEL_REPOSITORY_INT8", "model_repository-int8", "model.onnx"),
+}
+
+
+def engine_repository(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repository `make model-repo` built for `engine`, else one exported now."""
+    variable, default, artifact = ENGINE_REPOSITORIES[engine]
+    configured = Path(os.environ.get(variable, ROOT / default))
+    if not configured.is_absolute():
+        configured = ROOT / configured
+    if (configured / MODEL_NAME / "1" / artifact).is_file():
+        return configured
+    target = tmp_path_factory.mktemp(default)
+    if engine == "torchscript":
+        from modelbuild.export import export
+
+        export(target, MODEL_NAME)
+        return target
+    from modelbuild import cli, export_onnx
+
+    if engine == "onnx":
+        export_onnx.export(target, MODEL_NAME)
+        return target
+    fp32 = engine_repository("onnx", tmp_path_factory) / MODEL_NAME / "1" / artifact
+    assert (
+        cli.main(["onnx", "--repository", str(target), "--int8", "--fp32_model", str(fp32)]) == 0
+    ), "the INT8 export did not pass its fidelity gate"
+    return target

@@ -1,0 +1,7 @@
+"""`python -m modelbuild COMMAND`: see modelbuild/cli.py."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

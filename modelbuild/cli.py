@@ -1,0 +1,78 @@
+"""The one command line for building models: `python -m modelbuild COMMAND [flags]`.
+
+    torchscript      export the default model as TorchScript (`make model-repo`)
+    onnx             export it as ONNX: FP32, or INT8 behind a fidelity gate with --int8
+    drift-reference  write a model's drift reference profile from a directory of images
+
+`python -m modelbuild COMMAND --help` lists a command's flags. Each command imports what it
+needs when it runs, so `--help` is quick and needs no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from common.cli import DEFAULT_MODEL_NAME
+
+PROG = "python -m modelbuild"
+
+
+def torchscript(argv: list[str]) -> int:
+    """The `torchscript` command (modelbuild.export)."""
+    from . import export
+
+    return export.main(argv, prog=f"{PROG} torchscript")
+
+
+def onnx(argv: list[str]) -> int:
+    """The `onnx` command: FP32 (or INT8 with --int8) unless already there (or --force)."""
+    from . import export_onnx, quantize
+
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} onnx", description=(export_onnx.__doc__ or "").splitlines()[0]
+    )
+    parser.add_argument("--repository", type=Path, default=Path("model_repository-onnx"))
+    parser.add_argument("--model_name", default=DEFAULT_MODEL_NAME)
+    parser.add_argument("--version", default="1")
+    parser.add_argument("--force", action="store_true", help="export even if present")
+    quantize.add_arguments(parser)
+    args = parser.parse_args(argv)
+    target = args.repository / args.model_name
+    if (target / args.version / export_onnx.ONNX_FILE).is_file() and not args.force:
+        print(f"ONNX model already at {target} (use --force to re-export)")
+        return 0
+    if not args.int8:
+        model_dir = export_onnx.export(args.repository, args.model_name, args.version)
+        print(f"exported {args.model_name} version {args.version} (ONNX FP32) to {model_dir}")
+        return 0
+    return quantize.run_cli(args, target)
+
+
+def drift_reference(argv: list[str]) -> int:
+    """The `drift-reference` command (modelbuild.drift_reference)."""
+    from . import drift_reference
+
+    return drift_reference.main(argv, prog=f"{PROG} drift-reference")
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "torchscript": torchscript,
+    "onnx": onnx,
+    "drift-reference": drift_reference,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; 2 (with the usage) for a missing or unknown one."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    if not argv or argv[0] not in COMMANDS:
+        given = f"unknown command {argv[0]!r}" if argv else "no command"
+        print(f"{PROG}: {given}; expected one of {', '.join(COMMANDS)}\n{__doc__}", file=sys.stderr)
+        return 2
+    return COMMANDS[argv[0]](argv[1:])

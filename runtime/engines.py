@@ -1,0 +1,130 @@
+"""Which engine runs a model version: as in Triton, the config's `platform` decides.
+
+    pytorch_libtorch  -> TorchScriptEngine (CPU or CUDA; FP16 and CUDA graphs on a GPU)
+    onnxruntime_onnx  -> OnnxEngine (onnxruntime's CPU execution provider; FP32 or INT8 file)
+
+Each engine is one `EngineType` in `ENGINES`: its name, how it checks the device/precision
+flags (`plan`, loading nothing) and how it loads and warms a version (`build`, meant to run on
+the forward thread: `ForwardWorker(lambda: build_engine(...))`). Serving another kind of model
+file is one more entry. The predictor, the in-process batch job and the benchmark all get their
+engine here, so all serve a repository the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from common.modelrepo import ONNX_PLATFORM, TORCHSCRIPT_PLATFORM, ModelVersion
+
+from . import normalized
+from .plan import ExecutionPlan, plan_execution
+from .tensors import Contract, Engine
+
+# (device, precision, cuda_graphs, num_threads, cuda_available) -> the plan, or ValueError.
+Planner = Callable[[str, str, str, int, bool], ExecutionPlan]
+# (version, plan, contract with the forward pass's batch size) -> a warmed engine.
+Builder = Callable[[ModelVersion, ExecutionPlan, Contract], Engine]
+
+
+@dataclass(frozen=True)
+class EngineType:
+    """One engine: what it is called, how it plans, how it is built."""
+
+    name: str
+    plan: Planner
+    build: Builder
+
+
+def _plan_cpu_only(
+    device: str, precision: str, cuda_graphs: str, num_threads: int, cuda_available: bool
+) -> ExecutionPlan:
+    """The plan of an engine that runs on the CPU at its file's precision."""
+    refused = {
+        "--device": device not in ("auto", "cpu"),
+        "--precision": precision not in ("auto", "fp32"),
+        "--cuda_graphs": cuda_graphs == "on",
+    }
+    wrong = [
+        f"{flag} {value}"
+        for (flag, bad), value in zip(
+            refused.items(), (device, precision, cuda_graphs), strict=True
+        )
+        if bad
+    ]
+    if wrong:
+        raise ValueError(
+            f"{', '.join(wrong)}: the onnxruntime engine ({ONNX_PLATFORM}) runs on the CPU at "
+            "the precision of its file; serve a TorchScript repository (pytorch_libtorch) "
+            "for CUDA and FP16"
+        )
+    return ExecutionPlan("cpu", "fp32", cuda_graphs=False, num_threads=num_threads)
+
+
+def _build_onnx(version: ModelVersion, plan: ExecutionPlan, contract: Contract) -> Engine:
+    from .onnx_engine import OnnxEngine
+
+    engine = OnnxEngine.warmed(version.artifact, contract, plan.num_threads)
+    return normalized.entrance_for(engine)
+
+
+def _build_torchscript(version: ModelVersion, plan: ExecutionPlan, contract: Contract) -> Engine:
+    from .torchscript import TorchScriptEngine
+
+    methods = (normalized.NORMALIZED_METHOD,)
+    engine = TorchScriptEngine.warmed(version.artifact, plan, contract, methods)
+    return normalized.entrance_for(engine)
+
+
+ENGINES: dict[str, EngineType] = {
+    TORCHSCRIPT_PLATFORM: EngineType("TorchScript", plan_execution, _build_torchscript),
+    ONNX_PLATFORM: EngineType("onnxruntime", _plan_cpu_only, _build_onnx),
+}
+
+
+def engine_type(platform: str) -> EngineType:
+    """The engine for `platform`; raises ValueError naming the platforms served."""
+    try:
+        return ENGINES[platform]
+    except KeyError:
+        raise ValueError(f"platform {platform!r}: expected one of {sorted(ENGINES)}") from None
+
+
+def plan_engine(
+    platform: str,
+    device: str,
+    precision: str,
+    cuda_graphs: str,
+    num_threads: int,
+    cuda_available: bool,
+) -> ExecutionPlan:
+    """Resolve the flags for the platform's engine; raises ValueError for impossible choices."""
+    return engine_type(platform).plan(device, precision, cuda_graphs, num_threads, cuda_available)
+
+
+def build_engine(version: ModelVersion, plan: ExecutionPlan, max_batch_size: int) -> Engine:
+    """Load and warm up the engine for `version`, forward passes of up to `max_batch_size`
+    rows (call it on the forward thread)."""
+    contract = replace(Contract.of(version.config), max_batch_size=max_batch_size)
+    return engine_type(version.config.platform).build(version, plan, contract)
+
+
+def cuda_available() -> bool:
+    """Whether torch is installed and sees a CUDA device (False without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def describe(version: ModelVersion, plan: ExecutionPlan, engine: Engine) -> str:
+    """One line for the start-up log: engine, file, device, precision, threads."""
+    name = ENGINES[version.config.platform].name
+    precision = getattr(engine, "precision", plan.dtype)
+    graphs = ", CUDA graphs" if plan.cuda_graphs else ""
+    entrance = ", normalised FP32 entrance" if engine.contract.alternates else ""
+    return (
+        f"engine {name} ({version.config.platform}, {version.artifact.name}) on {plan.device}, "
+        f"{precision}, {plan.num_threads} threads{graphs}{entrance}"
+    )
