@@ -20,9 +20,9 @@ from pathlib import Path
 from common.modelrepo import ModelRepositoryError
 
 from .outcomes import (
-    Engine,
-    EngineConfigError,
-    EngineUnavailable,
+    Classifier,
+    ClassifierConfigError,
+    ClassifierUnavailable,
     Failure,
     Outcome,
     Prediction,
@@ -111,35 +111,35 @@ class Summary:
         return json.dumps({**asdict(self), "images_per_s": self.images_per_s})
 
 
-def open_engine(settings: BatchSettings) -> Engine:
-    """Build the chosen engine; imports only what that engine needs."""
+def open_classifier(settings: BatchSettings) -> Classifier:
+    """Build the chosen classifier (--engine url or model_dir); imports only what it needs."""
     if settings.engine == "url":
-        from .remote import RemoteEngine
+        from .remote import RemoteClassifier
 
-        return RemoteEngine(settings)
+        return RemoteClassifier(settings)
     from runtime.tuning import keep_freed_memory, prepare_environment
 
     prepare_environment()  # as the predictor does, before torch loads
     keep_freed_memory()
-    from .local import LocalEngine
+    from .local import LocalClassifier
 
-    return LocalEngine(settings)
+    return LocalClassifier(settings)
 
 
 def work_items(
-    store: Store, engine: Engine, keys: dict[str, Path], chunk_size: int
+    store: Store, classifier: Classifier, keys: dict[str, Path], chunk_size: int
 ) -> Iterator[Work]:
     """Work for every key, with the sha256 already stored for it (one query per chunk)."""
     names = list(keys)
     for start in range(0, len(names), chunk_size):
         chunk = names[start : start + chunk_size]
-        stored = store.stored_hashes(engine.model_name, engine.model_version, chunk)
+        stored = store.stored_hashes(classifier.model_name, classifier.model_version, chunk)
         for key in chunk:
             yield Work(key, keys[key], stored.get(key))
 
 
-def run(settings: BatchSettings, store: Store, engine: Engine) -> Summary:
-    """Classify this shard's images and store the outcomes; raises EngineUnavailable,
+def run(settings: BatchSettings, store: Store, classifier: Classifier) -> Summary:
+    """Classify this shard's images and store the outcomes; raises ClassifierUnavailable,
     StoreError or SourceError (the run is then recorded as stopped)."""
     started = time.perf_counter()
     listing = list_source(settings.source).shard(settings.shard)
@@ -147,9 +147,9 @@ def run(settings: BatchSettings, store: Store, engine: Engine) -> Summary:
     images = len(keys) + len(listing.left_out)
     run_id = store.start_run(
         str(settings.source),
-        engine.model_name,
-        engine.model_version,
-        engine.kind,
+        classifier.model_name,
+        classifier.model_version,
+        classifier.kind,
         str(settings.shard),
     )
     counts = {"predicted": 0, "skipped": 0, "failed": 0}
@@ -160,7 +160,7 @@ def run(settings: BatchSettings, store: Store, engine: Engine) -> Summary:
     progress = Progress(images, settings.progress)
 
     def flush() -> None:
-        store.write(run_id, engine.model_name, engine.model_version, done, failed)
+        store.write(run_id, classifier.model_name, classifier.model_version, done, failed)
         done.clear()
         failed.clear()
 
@@ -182,7 +182,8 @@ def run(settings: BatchSettings, store: Store, engine: Engine) -> Summary:
         # Asked for (under SOURCE) but not classified: recorded as failures, never opened.
         for entry in listing.left_out.values():
             record(Failure(entry.key, None, entry.reason))
-        for outcome in engine.classify(work_items(store, engine, keys, settings.chunk_size)):
+        work = work_items(store, classifier, keys, settings.chunk_size)
+        for outcome in classifier.classify(work):
             record(outcome)
         flush()
         status = "finished"
@@ -201,9 +202,9 @@ def run(settings: BatchSettings, store: Store, engine: Engine) -> Summary:
     return Summary(
         run_id=run_id,
         status=status,
-        model_name=engine.model_name,
-        model_version=engine.model_version,
-        engine=engine.kind,
+        model_name=classifier.model_name,
+        model_version=classifier.model_version,
+        engine=classifier.kind,
         shard=str(settings.shard),
         images=images,
         seconds=time.perf_counter() - started,
@@ -226,20 +227,20 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse(argv)
     signal.signal(signal.SIGTERM, _stop)
     store: Store | None = None
-    engine: Engine | None = None
+    classifier: Classifier | None = None
     try:
         store = Store(settings.db_url)
-        engine = open_engine(settings)
-        summary = run(settings, store, engine)
-    except (EngineUnavailable, StoreError, SourceError) as exc:
+        classifier = open_classifier(settings)
+        summary = run(settings, store, classifier)
+    except (ClassifierUnavailable, StoreError, SourceError) as exc:
         print(f"batch: stopped: {exc}", file=sys.stderr)
         return EXIT_STOPPED
-    except (ModelRepositoryError, EngineConfigError) as exc:
+    except (ModelRepositoryError, ClassifierConfigError) as exc:
         print(f"batch: {exc}", file=sys.stderr)
         return EXIT_USAGE
     finally:
-        if engine is not None:
-            engine.close()
+        if classifier is not None:
+            classifier.close()
         if store is not None:
             store.close()
     print(summary.to_json() if settings.json_summary else summary.table())

@@ -1,4 +1,4 @@
-"""The in-process engine (`--model_dir`): the servers' decoding and model runner, no serving.
+"""The in-process classifier (`--model_dir`): the servers' decoding and model runner, no serving.
 
 Reading, hashing and decoding (vision.imaging.preprocess, Pillow releases the GIL) run in
 a thread pool while the forward threads (`batch.runner`: on the CPU one engine instance per
@@ -44,7 +44,7 @@ class Decoded:
     pixels: np.ndarray
 
 
-class LocalEngine:
+class LocalClassifier:
     """Runs the model in this process, batches of decoded images on its forward threads."""
 
     kind = "model_dir"

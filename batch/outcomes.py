@@ -1,6 +1,6 @@
-"""What an engine answers per image (predicted, skipped or failed), and the engine contract.
+"""What a classifier answers per image (predicted, skipped or failed), and the classifier contract.
 
-Engines take an iterator of `Work` and yield one outcome per item, in any order; they pull
+Classifiers take an iterator of `Work` and yield one outcome per item, in any order; they pull
 work only as fast as they can use it, so the job's database look-ups stay a bounded step ahead.
 """
 
@@ -47,15 +47,15 @@ class Failure:
 Outcome = Prediction | Skipped | Failure
 
 
-class EngineUnavailable(RuntimeError):
-    """The engine cannot go on (service unreachable after retries): the job stops."""
+class ClassifierUnavailable(RuntimeError):
+    """The classifier cannot go on (service unreachable after retries): the job stops."""
 
 
-class EngineConfigError(ValueError):
-    """The engine cannot run with these settings (e.g. no version known): a usage error."""
+class ClassifierConfigError(ValueError):
+    """The classifier cannot run with these settings (e.g. no version known): a usage error."""
 
 
-class Engine(Protocol):
+class Classifier(Protocol):
     """Classifies images; one instance per run."""
 
     model_name: str
@@ -63,7 +63,7 @@ class Engine(Protocol):
     kind: str  # "url" or "model_dir", recorded in batch_runs
 
     def classify(self, work: Iterable[Work]) -> Iterator[Outcome]:
-        """One outcome per work item, in any order; raises EngineUnavailable."""
+        """One outcome per work item, in any order; raises ClassifierUnavailable."""
         ...
 
     def close(self) -> None:

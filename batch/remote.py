@@ -1,4 +1,4 @@
-"""The `--url` engine: each image file goes to a running transformer over V2 gRPC.
+"""The `--url` classifier: each image file goes to a running transformer over V2 gRPC.
 
 Built on tritonclient.grpc only; it must never import kserve (both register the protobuf
 package `inference`, so they cannot share a process) nor torch. Bounded concurrency (a sliding
@@ -21,8 +21,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from .outcomes import (
-    EngineConfigError,
-    EngineUnavailable,
+    ClassifierConfigError,
+    ClassifierUnavailable,
     Failure,
     Finished,
     Outcome,
@@ -41,7 +41,7 @@ FATAL = ("NOT_FOUND", "UNAUTHENTICATED", "PERMISSION_DENIED", "UNIMPLEMENTED")
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 5.0
 # The transformer names the image in its errors ("image 0: ..."); one image per request here,
-# so the prefix says nothing and is dropped to match the in-process engine's reasons.
+# so the prefix says nothing and is dropped to match the in-process classifier's reasons.
 SINGLE_IMAGE_PREFIX = "image 0: "
 
 T = TypeVar("T")
@@ -57,13 +57,13 @@ def backoff_s(attempt: int, rng: random.Random) -> float:
     return rng.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
 
 
-class RemoteEngine:
+class RemoteClassifier:
     """Classifies images through a transformer's V2 gRPC endpoint, one image per request."""
 
     kind = "url"
 
     def __init__(self, settings: BatchSettings) -> None:
-        """Check the service answers and find the model version; raises EngineUnavailable."""
+        """Check the service answers and find the model version; raises ClassifierUnavailable."""
         assert settings.url is not None
         self.url = settings.url
         self.model_name = settings.model_name
@@ -86,17 +86,17 @@ class RemoteEngine:
             )
         except InferenceServerException as exc:
             self.close()
-            raise EngineConfigError(
+            raise ClassifierConfigError(
                 f"{self.url}: model {self.model_name!r}: {status_name(exc)}: {exc.message()}"
             ) from exc
-        except EngineUnavailable:
+        except ClassifierUnavailable:
             self.close()
             raise
         versions = list(metadata.versions)
         version = settings.model_version or (versions[-1] if versions else None)
         if version is None:
             # KServe's V2 metadata carries no version (Triton's does): the caller must say.
-            raise EngineConfigError(
+            raise ClassifierConfigError(
                 f"{self.url}: model {self.model_name!r} reports no version in its V2 metadata; "
                 "pass --model_version (the version the service runs)"
             )
@@ -111,7 +111,8 @@ class RemoteEngine:
             self._clients.clear()
 
     def classify(self, work: Iterable[Work]) -> Iterator[Outcome]:
-        """One outcome per work item, `concurrency` requests in flight; raises EngineUnavailable."""
+        """One outcome per work item, `concurrency` requests in flight; raises
+        ClassifierUnavailable."""
         items = iter(work)
         finished = Finished()
         in_flight: set[Future[Outcome]] = set()
@@ -140,7 +141,7 @@ class RemoteEngine:
         return client
 
     def _call(self, request: Callable[[grpcclient.InferenceServerClient], T]) -> T:
-        """Send with retries on UNAVAILABLE / DEADLINE_EXCEEDED; raises EngineUnavailable, or
+        """Send with retries on UNAVAILABLE / DEADLINE_EXCEEDED; raises ClassifierUnavailable, or
         InferenceServerException for any other status."""
         for attempt in range(self.retries + 1):
             try:
@@ -150,7 +151,7 @@ class RemoteEngine:
                 if status not in RETRYABLE:
                     raise
                 if attempt == self.retries:
-                    raise EngineUnavailable(
+                    raise ClassifierUnavailable(
                         f"{self.url}: {status} after {self.retries + 1} attempts: {exc.message()}"
                     ) from exc
                 with self._lock:
@@ -180,7 +181,7 @@ class RemoteEngine:
         except InferenceServerException as exc:
             status, message = status_name(exc), str(exc.message() or "")
             if status in FATAL:
-                raise EngineConfigError(f"{self.url}: {status}: {message}") from exc
+                raise ClassifierConfigError(f"{self.url}: {status}: {message}") from exc
             if status == "INVALID_ARGUMENT":
                 return Failure(item.key, image.sha256, message.removeprefix(SINGLE_IMAGE_PREFIX))
             return Failure(item.key, image.sha256, f"{status}: {message}")

@@ -26,6 +26,8 @@ TORCHSCRIPT_PLATFORM = "pytorch_libtorch"
 ONNX_PLATFORM = "onnxruntime_onnx"
 # Triton's default model file name per platform (its `default_model_filename`).
 PLATFORM_FILES = {TORCHSCRIPT_PLATFORM: MODEL_FILE, ONNX_PLATFORM: "model.onnx"}
+# Triton configs may name the backend instead of the platform; these say the same thing.
+BACKEND_PLATFORMS = {"pytorch": TORCHSCRIPT_PLATFORM, "onnxruntime": ONNX_PLATFORM}
 
 # Triton's TYPE_* names to the V2 protocol's datatype names.
 TRITON_TO_V2 = {
@@ -168,10 +170,19 @@ class ModelConfig:
                 raise fail(key, f"{key} names repeat: {names}")
             return tuple(specs)
 
+        platform = message.platform
+        if not platform and message.backend:
+            if message.backend not in BACKEND_PLATFORMS:
+                raise fail(
+                    "backend",
+                    f"backend {message.backend!r}, expected a platform, or one of the backends "
+                    f"{sorted(BACKEND_PLATFORMS)}",
+                )
+            platform = BACKEND_PLATFORMS[message.backend]
         labels = [o.label_filename for o in message.output if o.label_filename]
         return cls(
             name=message.name,
-            platform=message.platform,
+            platform=platform,
             max_batch_size=message.max_batch_size,
             inputs=tensors("input", message.input),
             outputs=tensors("output", message.output),

@@ -482,7 +482,7 @@ def test_model_dir_engine_reads_a_bounded_way_ahead(model_repository: Path, tmp_
     """One single-thread TorchScript instance is several times slower than decoding small
     photos, yet the engine never holds more than `decode_ahead` images read ahead of the
     batches it runs: a job over a million images keeps the memory of a few batches."""
-    from batch.local import LocalEngine  # imports kserve and torch: only this test needs them
+    from batch.local import LocalClassifier  # imports torch: only this test needs it
 
     photo = DATA / "chelsea.jpg"
     items = []
@@ -491,7 +491,7 @@ def test_model_dir_engine_reads_a_bounded_way_ahead(model_repository: Path, tmp_
         items.append(Work(f"{i:02d}.jpg", tmp_path / f"{i:02d}.jpg", None))
     flags = ["--instances", "1", "--num_threads", "1", "--batch_size", "2", "--decode_workers", "2"]
     settings = parse(local_args(tmp_path, "sqlite://", model_repository, *flags))
-    engine = LocalEngine(settings)
+    engine = LocalClassifier(settings)
     pulled = 0
 
     def work() -> Iterator[Work]:

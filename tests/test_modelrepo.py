@@ -39,6 +39,16 @@ def test_config_declares_tensors_batching_and_labels() -> None:
     assert config.label_filename == "labels.txt"
 
 
+def test_a_backend_says_what_a_platform_would() -> None:
+    onnx = CONFIG.replace('platform: "pytorch_libtorch"', 'backend: "onnxruntime"')
+    assert ModelConfig.parse(onnx).platform == "onnxruntime_onnx"
+    torch = CONFIG.replace('platform: "pytorch_libtorch"', 'backend: "pytorch"')
+    assert ModelConfig.parse(torch).platform == "pytorch_libtorch"
+    python = CONFIG.replace('platform: "pytorch_libtorch"', 'backend: "python"')
+    with pytest.raises(ModelRepositoryError, match="backend 'python', expected a platform"):
+        ModelConfig.parse(python)
+
+
 def test_writer_and_reader_round_trip() -> None:
     from modelbuild.export import model_config
 
