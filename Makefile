@@ -16,17 +16,24 @@ ONNX_REPO ?= $(MODEL_REPO)-onnx
 INT8_REPO ?= $(MODEL_REPO)-int8
 ONNX_MODEL := $(ONNX_REPO)/$(MODEL_NAME)/1/model.onnx
 INT8_MODEL := $(INT8_REPO)/$(MODEL_NAME)/1/model.onnx
-# What `make serve` runs: onnx (ONNX Runtime FP32, the fastest on a CPU), int8 or torchscript.
+# The same FP32 and INT8 files converted for OpenVINO (Triton's `backend: "openvino"`).
+OPENVINO_REPO ?= $(MODEL_REPO)-openvino
+OPENVINO_INT8_REPO ?= $(MODEL_REPO)-openvino-int8
+OPENVINO_MODEL := $(OPENVINO_REPO)/$(MODEL_NAME)/1/model.xml
+OPENVINO_INT8_MODEL := $(OPENVINO_INT8_REPO)/$(MODEL_NAME)/1/model.xml
+# What `make serve` runs: onnx (ONNX Runtime FP32), int8, openvino or torchscript.
 ENGINE ?= onnx
 SERVE_REPO_onnx := $(ONNX_REPO)
 SERVE_REPO_int8 := $(INT8_REPO)
 SERVE_REPO_torchscript := $(MODEL_REPO)
+SERVE_REPO_openvino := $(OPENVINO_REPO)
 SERVE_REPO ?= $(SERVE_REPO_$(ENGINE))
 SERVE_MODEL_onnx := $(ONNX_MODEL)
 SERVE_MODEL_int8 := $(INT8_MODEL)
 SERVE_MODEL_torchscript := $(MODEL)
+SERVE_MODEL_openvino := $(OPENVINO_MODEL)
 
-.PHONY: help venv model-repo model-repo-int8 serve test fuzz lint unit bench bench-ceiling soak images clean
+.PHONY: help venv model-repo model-repo-int8 model-repo-openvino serve test fuzz lint unit bench bench-ceiling soak images clean
 
 help:
 	@echo "make serve       create the venv, build the model repository, run predictor + transformer"
@@ -38,6 +45,7 @@ help:
 	@echo "make soak        $(SOAK_MINUTES) min at concurrency 16: errors, latency, memory (not in CI)"
 	@echo "make model-repo  export the default model to $(MODEL_REPO)/ (TorchScript), $(ONNX_REPO)/"
 	@echo "make model-repo-int8  the INT8 ONNX model to $(INT8_REPO)/, with its fidelity report"
+	@echo "make model-repo-openvino  the FP32 and INT8 ONNX models as OpenVINO IR"
 	@echo "make images      build the container images (needs a container engine)"
 
 # The venv is rebuilt when the project's dependencies change. constraints-cpu.txt pins the
@@ -60,7 +68,17 @@ $(INT8_MODEL): $(ONNX_MODEL)
 	$(BIN)/python -m modelbuild onnx --repository $(INT8_REPO) --model_name $(MODEL_NAME) \
 		--int8 --fp32_model $(ONNX_MODEL)
 
+$(OPENVINO_MODEL): $(ONNX_MODEL)
+	$(BIN)/python -m modelbuild openvino --source $(ONNX_REPO) --repository $(OPENVINO_REPO) \
+		--model_name $(MODEL_NAME)
+
+$(OPENVINO_INT8_MODEL): $(INT8_MODEL)
+	$(BIN)/python -m modelbuild openvino --source $(INT8_REPO) --repository $(OPENVINO_INT8_REPO) \
+		--model_name $(MODEL_NAME)
+
 model-repo: $(MODEL) $(ONNX_MODEL)
+
+model-repo-openvino: $(OPENVINO_MODEL) $(OPENVINO_INT8_MODEL)
 
 model-repo-int8: $(INT8_MODEL)
 
@@ -74,18 +92,20 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy common runtime vision modelbuild predictor transformer rollout scripts harness tests bench batch edge
 
-test: lint $(MODEL) $(ONNX_MODEL) $(INT8_MODEL)
+test: lint $(MODEL) $(ONNX_MODEL) $(INT8_MODEL) $(OPENVINO_MODEL)
 	MODEL_REPOSITORY=$(MODEL_REPO) MODEL_REPOSITORY_ONNX=$(ONNX_REPO) \
-		MODEL_REPOSITORY_INT8=$(INT8_REPO) $(BIN)/python -m pytest
+		MODEL_REPOSITORY_INT8=$(INT8_REPO) MODEL_REPOSITORY_OPENVINO=$(OPENVINO_REPO) \
+		$(BIN)/python -m pytest
 
 # The long fuzzing run (make test runs the same properties briefly). Failures are kept in
 # .hypothesis/ and replayed first on the next run.
 fuzz: $(STAMP) $(MODEL)
 	HYPOTHESIS_PROFILE=fuzz MODEL_REPOSITORY=$(MODEL_REPO) $(BIN)/python -m pytest tests/test_fuzz.py
 
-bench: $(STAMP) $(MODEL) $(ONNX_MODEL) $(INT8_MODEL)
+bench: $(STAMP) $(MODEL) $(ONNX_MODEL) $(INT8_MODEL) $(OPENVINO_MODEL) $(OPENVINO_INT8_MODEL)
 	$(BIN)/python -m bench --model_dir $(MODEL_REPO) --onnx_model_dir $(ONNX_REPO) \
-		--int8_model_dir $(INT8_REPO) --out bench-results
+		--int8_model_dir $(INT8_REPO) --openvino_model_dir $(OPENVINO_REPO) \
+		--openvino_int8_model_dir $(OPENVINO_INT8_REPO) --out bench-results
 
 # The request path alone: a zero-cost model, h2load (Debian's nghttp2-client), a bare grpc.aio
 # server for comparison. DURATION is the seconds of each measurement window.
@@ -104,4 +124,4 @@ images:
 	else echo "make images: no container engine reachable (docker info failed)"; exit 1; fi
 
 clean:
-	rm -rf $(VENV) $(MODEL_REPO) $(ONNX_REPO) $(INT8_REPO) bench-results soak-results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MODEL_REPO) $(ONNX_REPO) $(INT8_REPO) $(OPENVINO_REPO) $(OPENVINO_INT8_REPO) bench-results soak-results .pytest_cache .mypy_cache .ruff_cache

@@ -74,6 +74,8 @@ class BenchSettings:
     skip_peer: bool
     onnx_model_dir: Path | None = None  # ONNX FP32 repository: measured as a second engine
     int8_model_dir: Path | None = None  # ONNX INT8 repository: a third
+    openvino_model_dir: Path | None = None  # the FP32 file as OpenVINO IR: a fourth
+    openvino_int8_model_dir: Path | None = None  # the INT8 file as OpenVINO IR: a fifth
 
 
 def parse(argv: list[str] | None = None) -> BenchSettings:
@@ -133,6 +135,18 @@ def parse(argv: list[str] | None = None) -> BenchSettings:
         default=None,
         help="ONNX INT8 repository: likewise, with its agreement with FP32.",
     )
+    p.add_argument(
+        "--openvino_model_dir",
+        type=Path,
+        default=None,
+        help="OpenVINO repository of the FP32 file (python -m modelbuild openvino): likewise.",
+    )
+    p.add_argument(
+        "--openvino_int8_model_dir",
+        type=Path,
+        default=None,
+        help="OpenVINO repository of the INT8 file: likewise.",
+    )
     args = p.parse_args(argv)
     model_dir = args.model_dir if args.model_dir.is_absolute() else Path.cwd() / args.model_dir
 
@@ -155,6 +169,10 @@ def parse(argv: list[str] | None = None) -> BenchSettings:
         skip_peer=args.skip_peer,
         onnx_model_dir=absolute(args.onnx_model_dir) or args.onnx_model_dir,
         int8_model_dir=absolute(args.int8_model_dir) or args.int8_model_dir,
+        openvino_model_dir=absolute(args.openvino_model_dir) or args.openvino_model_dir,
+        openvino_int8_model_dir=(
+            absolute(args.openvino_int8_model_dir) or args.openvino_int8_model_dir
+        ),
     )
 
 
@@ -517,6 +535,8 @@ def measure_engines(
         for name, directory in (
             (engines.ONNX_FP32, settings.onnx_model_dir),
             (engines.ONNX_INT8, settings.int8_model_dir),
+            (engines.OPENVINO_FP32, settings.openvino_model_dir),
+            (engines.OPENVINO_INT8, settings.openvino_int8_model_dir),
         )
         if directory is not None
     ]

@@ -17,6 +17,7 @@ from typing import Any
 from .stats import CellResult, LimitResult, Target
 
 TORCHSCRIPT, ONNX_FP32, ONNX_INT8 = "TorchScript", "ONNX FP32", "ONNX INT8"
+OPENVINO_FP32, OPENVINO_INT8 = "OpenVINO FP32", "OpenVINO INT8"
 TARGET_PROTOCOL, TARGET_CONCURRENCY = "v2-grpc", 16
 FORWARD_BATCHES = (1, 8)
 
@@ -70,6 +71,13 @@ def engine_ratios(runs: list[EngineRun]) -> dict[str, float | None]:
             ratios[f"forward_b{size}_onnx_fp32_over_int8"] = _ratio(
                 by[ONNX_FP32].forward_ms(size), by[ONNX_INT8].forward_ms(size)
             )
+    # OpenVINO against the default (ONNX Runtime FP32), the same files: forward speed-ups.
+    for other, slug in ((OPENVINO_FP32, "openvino_fp32"), (OPENVINO_INT8, "openvino_int8")):
+        if ONNX_FP32 in by and other in by:
+            for size in FORWARD_BATCHES:
+                ratios[f"forward_b{size}_onnx_fp32_over_{slug}"] = _ratio(
+                    by[ONNX_FP32].forward_ms(size), by[other].forward_ms(size)
+                )
     return ratios
 
 

@@ -12,7 +12,8 @@ derived from what this module reads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,20 @@ CONFIG_FILE = "config.pbtxt"
 MODEL_FILE = "model.pt"
 TORCHSCRIPT_PLATFORM = "pytorch_libtorch"
 ONNX_PLATFORM = "onnxruntime_onnx"
-# Triton's default model file name per platform (its `default_model_filename`).
-PLATFORM_FILES = {TORCHSCRIPT_PLATFORM: MODEL_FILE, ONNX_PLATFORM: "model.onnx"}
+# Triton's OpenVINO backend has no platform name: configs say `backend: "openvino"`.
+OPENVINO = "openvino"
+# Triton's default model file name per platform (`default_model_filename` overrides it).
+PLATFORM_FILES = {
+    TORCHSCRIPT_PLATFORM: MODEL_FILE,
+    ONNX_PLATFORM: "model.onnx",
+    OPENVINO: "model.xml",  # OpenVINO IR (model.bin beside it)
+}
 # Triton configs may name the backend instead of the platform; these say the same thing.
-BACKEND_PLATFORMS = {"pytorch": TORCHSCRIPT_PLATFORM, "onnxruntime": ONNX_PLATFORM}
+BACKEND_PLATFORMS = {
+    "pytorch": TORCHSCRIPT_PLATFORM,
+    "onnxruntime": ONNX_PLATFORM,
+    OPENVINO: OPENVINO,
+}
 
 # Triton's TYPE_* names to the V2 protocol's datatype names.
 TRITON_TO_V2 = {
@@ -118,6 +129,9 @@ class ModelConfig:
     outputs: tuple[TensorSpec, ...]
     max_queue_delay_us: int
     label_filename: str | None
+    backend: str = ""  # as config.pbtxt names it, when it names a backend, not a platform
+    default_model_filename: str = ""
+    parameters: Mapping[str, str] = field(default_factory=dict)  # Triton's string parameters
 
     @classmethod
     def parse(cls, text: str, source: str = CONFIG_FILE) -> ModelConfig:
@@ -188,6 +202,9 @@ class ModelConfig:
             outputs=tensors("output", message.output),
             max_queue_delay_us=message.dynamic_batching.max_queue_delay_microseconds,
             label_filename=labels[0] if labels else None,
+            backend=message.backend if not message.platform else "",
+            default_model_filename=message.default_model_filename,
+            parameters={key: value.string_value for key, value in message.parameters.items()},
         )
 
     def to_pbtxt(self) -> str:
@@ -196,9 +213,15 @@ class ModelConfig:
         One instance (KIND_AUTO): the predictor runs one model copy on one forward thread.
         """
         pb = pbtxt.model_config_pb2
-        message = pb.ModelConfig(
-            name=self.name, platform=self.platform, max_batch_size=self.max_batch_size
-        )
+        message = pb.ModelConfig(name=self.name, max_batch_size=self.max_batch_size)
+        if self.backend:
+            message.backend = self.backend
+        else:
+            message.platform = self.platform
+        if self.default_model_filename:
+            message.default_model_filename = self.default_model_filename
+        for key, value in sorted(self.parameters.items()):
+            message.parameters[key].string_value = value
         for spec in self.inputs:
             message.input.add(
                 name=spec.name,
@@ -228,8 +251,10 @@ class ModelVersion:
 
     @property
     def artifact(self) -> Path:
-        """The model file of the chosen version (model.pt or model.onnx, by platform)."""
-        return self.model_dir / self.version / PLATFORM_FILES[self.config.platform]
+        """The model file of the chosen version: config.pbtxt's default_model_filename, else
+        Triton's default for the platform (model.pt, model.onnx, model.xml)."""
+        name = self.config.default_model_filename or PLATFORM_FILES[self.config.platform]
+        return self.model_dir / self.version / name
 
     def labels(self) -> list[str]:
         """Class names in class-id order; raises ModelRepositoryError when the file is absent."""

@@ -2,6 +2,7 @@
 
     torchscript      export the default model as TorchScript (`make model-repo`)
     onnx             export it as ONNX: FP32, or INT8 behind a fidelity gate with --int8
+    openvino         convert an ONNX repository (FP32 or INT8) to OpenVINO IR (backend openvino)
     drift-reference  write a model's drift reference profile from a directory of images
 
 `python -m modelbuild COMMAND --help` lists a command's flags. Each command imports what it
@@ -51,6 +52,31 @@ def onnx(argv: list[str]) -> int:
     return quantize.run_cli(args, target)
 
 
+def openvino(argv: list[str]) -> int:
+    """The `openvino` command (modelbuild.export_openvino): 0 written, 1 a mismatch."""
+    from . import export_openvino
+
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} openvino", description=(export_openvino.__doc__ or "").splitlines()[0]
+    )
+    parser.add_argument("--source", type=Path, default=Path("model_repository-onnx"))
+    parser.add_argument("--repository", type=Path, default=Path("model_repository-openvino"))
+    parser.add_argument("--model_name", default=DEFAULT_MODEL_NAME)
+    parser.add_argument("--force", action="store_true", help="convert even if present")
+    args = parser.parse_args(argv)
+    target = args.repository / args.model_name
+    if any(target.glob(f"*/{export_openvino.IR_FILE}")) and not args.force:
+        print(f"OpenVINO model already at {target} (use --force to convert again)")
+        return 0
+    try:
+        model_dir = export_openvino.convert(args.source, args.repository, args.model_name)
+    except export_openvino.ConversionError as exc:
+        print(f"{PROG} openvino: {exc}")
+        return 1
+    print(f"converted {args.source / args.model_name} to OpenVINO IR in {model_dir}")
+    return 0
+
+
 def drift_reference(argv: list[str]) -> int:
     """The `drift-reference` command (modelbuild.drift_reference)."""
     from . import drift_reference
@@ -61,6 +87,7 @@ def drift_reference(argv: list[str]) -> int:
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "torchscript": torchscript,
     "onnx": onnx,
+    "openvino": openvino,
     "drift-reference": drift_reference,
 }
 

@@ -43,7 +43,8 @@ def parser() -> argparse.ArgumentParser:
     """The predictor's command line (kserve's server flags are included)."""
     p = base_parser(
         "Serve a model from a Triton-style model repository with the engine its config.pbtxt "
-        "platform names (onnxruntime_onnx: ONNX Runtime; pytorch_libtorch: TorchScript)."
+        "platform or backend names (onnxruntime_onnx: ONNX Runtime; backend openvino: "
+        "OpenVINO; pytorch_libtorch: TorchScript)."
     )
     p.add_argument("--model_dir", default=DEFAULT_MODEL_DIR, help="Model repository root.")
     p.add_argument("--model_version", default=None, help="Version directory (default: newest).")
@@ -51,8 +52,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precision",
         default="auto",
-        choices=["auto", "fp32", "fp16"],
-        help="auto: fp16 on CUDA, fp32 on CPU.",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="auto: fp16 on CUDA (TorchScript); bf16 with OpenVINO on a CPU that computes it "
+        "natively; else fp32. ONNX Runtime runs its file's precision (fp32, or int8).",
     )
     p.add_argument(
         "--cuda_graphs",

@@ -2,6 +2,8 @@
 
     pytorch_libtorch  -> TorchScriptEngine (CPU or CUDA; FP16 and CUDA graphs on a GPU)
     onnxruntime_onnx  -> OnnxEngine (onnxruntime's CPU execution provider; FP32 or INT8 file)
+    openvino          -> OpenVinoEngine (`backend: "openvino"`; CPU; FP32, BF16 where native,
+                         INT8 file; OpenVINO IR or ONNX)
 
 Each engine is one `EngineType` in `ENGINES`: its name, how it checks the device/precision
 flags (`plan`, loading nothing) and how it loads and warms a version (`build`, meant to run on
@@ -15,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from common.modelrepo import ONNX_PLATFORM, TORCHSCRIPT_PLATFORM, ModelVersion
+from common.modelrepo import ONNX_PLATFORM, OPENVINO, TORCHSCRIPT_PLATFORM, ModelVersion
 
 from . import normalized
 from .plan import ExecutionPlan, plan_execution
@@ -61,6 +63,44 @@ def _plan_cpu_only(
     return ExecutionPlan("cpu", "fp32", cuda_graphs=False, num_threads=num_threads)
 
 
+def _plan_openvino(
+    device: str, precision: str, cuda_graphs: str, num_threads: int, cuda_available: bool
+) -> ExecutionPlan:
+    """OpenVINO's plan: the CPU, FP32 or (where the CPU computes it natively) BF16."""
+    wrong = [
+        f"{flag} {value}"
+        for flag, value, bad in (
+            ("--device", device, device not in ("auto", "cpu")),
+            ("--cuda_graphs", cuda_graphs, cuda_graphs == "on"),
+            ("--precision", precision, precision == "fp16"),
+        )
+        if bad
+    ]
+    if wrong:
+        raise ValueError(
+            f"{', '.join(wrong)}: the OpenVINO engine ({OPENVINO}) runs on the CPU in FP32, BF16 "
+            "or its file's INT8; serve a TorchScript repository for CUDA and FP16"
+        )
+    from .openvino_engine import cpu_capabilities
+
+    native = cpu_capabilities()
+    if precision == "bf16" and "BF16" not in native:
+        raise ValueError(
+            f"--precision bf16: this CPU has no native BF16 (OpenVINO reports {list(native)}); "
+            "use fp32 or auto"
+        )
+    chosen = "bf16" if precision == "bf16" or (precision == "auto" and "BF16" in native) else "fp32"
+    return ExecutionPlan("cpu", chosen, cuda_graphs=False, num_threads=num_threads)
+
+
+def _build_openvino(version: ModelVersion, plan: ExecutionPlan, contract: Contract) -> Engine:
+    from .openvino_engine import OpenVinoEngine
+
+    return OpenVinoEngine.warmed(
+        version.artifact, contract, plan.num_threads, plan.dtype, version.config.parameters
+    )
+
+
 def _build_onnx(version: ModelVersion, plan: ExecutionPlan, contract: Contract) -> Engine:
     from .onnx_engine import OnnxEngine
 
@@ -79,6 +119,7 @@ def _build_torchscript(version: ModelVersion, plan: ExecutionPlan, contract: Con
 ENGINES: dict[str, EngineType] = {
     TORCHSCRIPT_PLATFORM: EngineType("TorchScript", plan_execution, _build_torchscript),
     ONNX_PLATFORM: EngineType("onnxruntime", _plan_cpu_only, _build_onnx),
+    OPENVINO: EngineType("OpenVINO", _plan_openvino, _build_openvino),
 }
 
 

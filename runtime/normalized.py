@@ -77,7 +77,7 @@ def entrance_for(engine: Engine) -> Engine:
     from .onnx_engine import OnnxEngine
 
     entrance = _onnx_entrance(engine) if isinstance(engine, OnnxEngine) else None
-    if entrance is None and type(engine).__name__ == "TorchScriptEngine":
+    if entrance is None and callable(getattr(engine, "call", None)):  # TorchScriptEngine
         entrance = _torchscript_entrance(engine)
     if entrance is None:
         return engine

@@ -73,6 +73,7 @@ def test_the_tests_import_nothing_from_bench() -> None:
         ("vision", ("kserve", "torch", "prometheus_client")),
         ("edge", ("kserve", "torch", "prometheus_client")),
         ("runtime.onnx_engine", ("kserve", "torch")),
+        ("runtime.openvino_engine", ("kserve", "torch")),
         ("transformer.__main__", ("torch",)),
     ],
 )
