@@ -1,16 +1,17 @@
-"""The one place the batch job reaches the predictor's model runner (import, never copy).
+"""The one place the batch job reaches the model runtime (import, never copy).
 
-`ForwardRunner` builds the very engine the predictor serves with, on the predictor's own
-`ForwardWorker` thread, and offers the batch job's synchronous code `submit(batch) ->
-concurrent Future[logits]` and `close()`. The worker's `run` is a coroutine (the predictor
-awaits it on its event loop), so the adapter keeps a small event loop on a thread of its own
-to await it. When the predictor's runner API changes, this is the only batch code that follows.
+`ForwardRunner` builds the very engine the predictor serves with (`runtime.engines`), on the
+same `runtime.worker.ForwardWorker` thread, and offers the batch job's synchronous code
+`submit(batch) -> concurrent Future[logits]` and `close()`. The worker's `run` is a coroutine
+(the predictor awaits it on its event loop), so the adapter keeps a small event loop on a thread
+of its own to await it. When the runtime's API changes, this is the only batch code that
+follows.
 
 On the CPU it runs several instances of the engine (Triton's `instance_group { count }`), each
 on its own forward thread with its own few intra-op threads, and gives each batch to the
-instance with the least work. A job has no latency to keep, only throughput: instances with
-one thread each never wait at an intra-op barrier for a thread the decode threads took the CPU
-from, which one engine with every CPU's thread does all the time. Measured here (2 CPUs,
+instance with the least work. A job has no latency to keep, only throughput: instances with one
+thread each never wait at an intra-op barrier for a thread the decode threads took the CPU from,
+which one engine with every CPU's thread does all the time. Measured here (2 CPUs,
 EfficientNet-Lite0, phone-sized JPEGs, batches of 4, decoding overlapped): onnxruntime took
 27-32 CPU-ms per image with 2 instances x 1 thread, 33-36 with 1 x 2 threads.
 """

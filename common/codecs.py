@@ -26,7 +26,7 @@ from kserve.protocol.infer_type import (
 )
 
 from . import kserve_compat
-from .modelrepo import NUMPY_DTYPES, TensorSpec
+from .modelrepo import NUMPY_DTYPES, TensorSpec, datatype_name
 
 # The header that tells where the JSON part of a binary-extension body ends.
 JSON_LENGTH_HEADER = "inference-header-content-length"
@@ -192,12 +192,10 @@ def numpy_output(name: str, array: np.ndarray) -> InferOutput:
 
 def datatype_of(array: np.ndarray) -> str:
     """The V2 datatype name of a numpy array."""
-    for name, dtype in NUMPY_DTYPES.items():
-        if array.dtype == dtype:
-            return name
-    if array.dtype.kind in "SU":
-        return "BYTES"
-    raise InvalidInput(f"no V2 datatype for numpy dtype {array.dtype}")
+    name = datatype_name(array.dtype)
+    if name is None:
+        raise InvalidInput(f"no V2 datatype for numpy dtype {array.dtype}")
+    return name
 
 
 def v1_instances(payload: Any, example: str) -> list[Any]:
@@ -280,14 +278,14 @@ def _v1_array(spec: TensorSpec, alternate: TensorSpec | None, values: list[Any])
     return array.astype(form.dtype)
 
 
-def v1_predictions(outputs: Mapping[str, np.ndarray]) -> list[Any]:
-    """A V1 "predictions" list: the rows of the one output, or with several outputs one object
-    per row with each output's row (TensorFlow Serving's row format)."""
+def v1_predictions(outputs: Mapping[str, np.ndarray]) -> np.ndarray | list[dict[str, Any]]:
+    """A V1 "predictions" value: the one output's array (its rows), or with several outputs one
+    object per row with each output's row (TensorFlow Serving's row format). Arrays stay numpy:
+    kserve's orjson writes them (float32 as float32: short) without a Python list between."""
     if len(outputs) == 1:
-        return next(iter(outputs.values())).tolist()
-    columns = {name: array.tolist() for name, array in outputs.items()}
-    rows = len(next(iter(columns.values())))
-    return [{name: column[i] for name, column in columns.items()} for i in range(rows)]
+        return next(iter(outputs.values()))
+    rows = len(next(iter(outputs.values())))
+    return [{name: array[i] for name, array in outputs.items()} for i in range(rows)]
 
 
 def parameter(parameters: Any, key: str) -> Any:

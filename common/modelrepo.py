@@ -4,7 +4,8 @@
     <repository>/<model>/labels.txt          one class name per line (Triton's label_filename)
     <repository>/<model>/preprocess.json     resize, crop, mean and std for the transformer
     <repository>/<model>/<version>/model.pt  TorchScript (platform pytorch_libtorch), or
-    <repository>/<model>/<version>/model.onnx  ONNX (platform onnxruntime_onnx), as Triton has them
+    <repository>/<model>/<version>/model.onnx  ONNX (platform onnxruntime_onnx), or
+    <repository>/<model>/<version>/model.xml   OpenVINO IR (backend openvino), as Triton has them
 
 Everything else (the predictor's input checks, the transformer's output names, metadata) is
 derived from what this module reads.
@@ -74,6 +75,14 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(np.object_),
 }
+
+
+def datatype_name(dtype: np.dtype[Any]) -> str | None:
+    """The V2 datatype name of a numpy dtype (strings are BYTES), or None when V2 has none."""
+    for name, candidate in NUMPY_DTYPES.items():
+        if dtype == candidate:
+            return name
+    return "BYTES" if dtype.kind in "SU" else None
 
 
 class ModelRepositoryError(ValueError):
@@ -152,8 +161,8 @@ class ModelConfig:
             raise fail(
                 "max_batch_size",
                 f"max_batch_size is {message.max_batch_size}, expected an integer >= 1 (the most "
-                "images per request; these servers always batch, so inputs have a batch "
-                "dimension that dims leave out)",
+                "rows, e.g. images, per request; these servers always batch, so inputs have a "
+                "batch dimension that dims leave out)",
             )
 
         def tensors(key: str, entries: Any) -> tuple[TensorSpec, ...]:

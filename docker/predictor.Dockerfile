@@ -32,7 +32,7 @@ COPY predictor /tmp/src/predictor
 # asks for torch fails the build instead of silently swapping in a CPU wheel.
 RUN python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" \
         > /tmp/keep-base-torch.txt \
- && pip install --no-cache-dir -c /tmp/keep-base-torch.txt "/tmp/src[serve,onnx]" \
+ && pip install --no-cache-dir -c /tmp/keep-base-torch.txt "/tmp/src[serve,onnx,openvino]" \
  && rm -rf /tmp/src /tmp/keep-base-torch.txt \
  && python -c "import torch, kserve, onnxruntime, predictor; assert torch.version.cuda, 'torch without CUDA'"
 

@@ -6,9 +6,10 @@
     # [Prediction(class_id=967, label='espresso', score=0.95), ...]
 
 It reads the same model repository the servers serve (an ONNX model, FP32 or INT8, with its
-labels.txt and preprocess.json) and runs the same code on the way: the transformer's decoding
-and preprocessing, the predictor's onnxruntime engine, the transformer's top-k. Install with
-`pip install .[edge]`; bad images raise ValueError with the reason the servers give.
+labels.txt and preprocess.json) and runs the same code on the way: the domain's decoding,
+preprocessing and top-k (`vision`, as the transformer runs them) and the runtime's onnxruntime
+engine (as the predictor serves it). Install with `pip install .[edge]`; bad images raise
+ValueError with the reason the servers give.
 """
 
 from __future__ import annotations

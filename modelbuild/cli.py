@@ -73,6 +73,9 @@ def openvino(argv: list[str]) -> int:
     except export_openvino.ConversionError as exc:
         print(f"{PROG} openvino: {exc}")
         return 1
+    except ValueError as exc:  # not an ONNX repository, or not a repository at all
+        print(f"{PROG} openvino: {exc}")
+        return 2
     print(f"converted {args.source / args.model_name} to OpenVINO IR in {model_dir}")
     return 0
 

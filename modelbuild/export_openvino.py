@@ -77,6 +77,6 @@ def convert(source: Path, repository: Path, name: str, version: str | None = Non
     for side in found.model_dir.iterdir():
         if side.is_file() and side.name != CONFIG_FILE:
             shutil.copyfile(side, model_dir / side.name)
-    config = replace(found.config, platform=OPENVINO, backend=OPENVINO)
+    config = replace(found.config, platform=OPENVINO, backend=OPENVINO, default_model_filename="")
     (model_dir / CONFIG_FILE).write_text(config.to_pbtxt(), encoding="utf-8")
     return model_dir

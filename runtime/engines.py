@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from common.modelrepo import ONNX_PLATFORM, OPENVINO, TORCHSCRIPT_PLATFORM, ModelVersion
 
@@ -81,9 +82,7 @@ def _plan_openvino(
             f"{', '.join(wrong)}: the OpenVINO engine ({OPENVINO}) runs on the CPU in FP32, BF16 "
             "or its file's INT8; serve a TorchScript repository for CUDA and FP16"
         )
-    from .openvino_engine import cpu_capabilities
-
-    native = cpu_capabilities()
+    native = _openvino().cpu_capabilities()
     if precision == "bf16" and "BF16" not in native:
         raise ValueError(
             f"--precision bf16: this CPU has no native BF16 (OpenVINO reports {list(native)}); "
@@ -93,8 +92,21 @@ def _plan_openvino(
     return ExecutionPlan("cpu", chosen, cuda_graphs=False, num_threads=num_threads)
 
 
+def _openvino() -> Any:
+    """The openvino_engine module; raises ValueError naming the extra when OpenVINO is not
+    installed."""
+    try:
+        from . import openvino_engine
+    except ImportError as exc:
+        raise ValueError(
+            f"backend openvino: OpenVINO is not installed ({exc}); pip install "
+            "'kserve-image-classifier[openvino]'"
+        ) from exc
+    return openvino_engine
+
+
 def _build_openvino(version: ModelVersion, plan: ExecutionPlan, contract: Contract) -> Engine:
-    from .openvino_engine import OpenVinoEngine
+    OpenVinoEngine = _openvino().OpenVinoEngine
 
     return OpenVinoEngine.warmed(
         version.artifact, contract, plan.num_threads, plan.dtype, version.config.parameters
@@ -105,7 +117,7 @@ def _build_onnx(version: ModelVersion, plan: ExecutionPlan, contract: Contract) 
     from .onnx_engine import OnnxEngine
 
     engine = OnnxEngine.warmed(version.artifact, contract, plan.num_threads)
-    return normalized.entrance_for(engine)
+    return normalized.with_entrance(engine, normalized.onnx_entrance)
 
 
 def _build_torchscript(version: ModelVersion, plan: ExecutionPlan, contract: Contract) -> Engine:
@@ -113,7 +125,7 @@ def _build_torchscript(version: ModelVersion, plan: ExecutionPlan, contract: Con
 
     methods = (normalized.NORMALIZED_METHOD,)
     engine = TorchScriptEngine.warmed(version.artifact, plan, contract, methods)
-    return normalized.entrance_for(engine)
+    return normalized.with_entrance(engine, normalized.torchscript_entrance)
 
 
 ENGINES: dict[str, EngineType] = {
@@ -163,7 +175,7 @@ def describe(version: ModelVersion, plan: ExecutionPlan, engine: Engine) -> str:
     """One line for the start-up log: engine, file, device, precision, threads."""
     name = ENGINES[version.config.platform].name
     precision = getattr(engine, "precision", plan.dtype)
-    graphs = ", CUDA graphs" if plan.cuda_graphs else ""
+    graphs = ", CUDA graphs" if getattr(engine, "cuda_graphs", False) else ""
     entrance = ", normalised FP32 entrance" if engine.contract.alternates else ""
     return (
         f"engine {name} ({version.config.platform}, {version.artifact.name}) on {plan.device}, "

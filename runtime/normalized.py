@@ -4,7 +4,7 @@ The exported image models (modelbuild/export.py, export_onnx.py) take UINT8 [H, 
 and normalise them inside. Clients that normalise themselves (torchvision-style pipelines) may
 send FP32 [C, H, W] instead: TorchScript models offer that entrance as the method
 `forward_normalized`, ONNX models as the tensor `normalized` inside the graph (a second session
-is cut from there). `entrance_for` recognises a model that offers it and wraps its engine so
+is cut from there). `with_entrance` wraps the engine of a model that offers it so
 FP32 requests take it. The serving core only sees one more accepted form of that input
 (`Contract.alternates`, never advertised in metadata); other models are served unwrapped.
 """
@@ -70,23 +70,23 @@ class NormalizedEntrance:
         return {self._output.name: result.astype(self._output.dtype, copy=False)}
 
 
-def entrance_for(engine: Engine) -> Engine:
-    """`engine`, wrapped with the normalised entrance when its model offers one (warmed up)."""
+def with_entrance(
+    engine: Engine, entrance: Callable[[Any], Callable[[np.ndarray], np.ndarray] | None]
+) -> Engine:
+    """`engine`, wrapped (and warmed) with the normalised entrance `entrance(engine)` finds in
+    its model (`onnx_entrance` or `torchscript_entrance`, by engine); unwrapped when the model
+    has no pixel input or offers no entrance."""
     if pixel_input(engine.contract) is None:
         return engine
-    from .onnx_engine import OnnxEngine
-
-    entrance = _onnx_entrance(engine) if isinstance(engine, OnnxEngine) else None
-    if entrance is None and callable(getattr(engine, "call", None)):  # TorchScriptEngine
-        entrance = _torchscript_entrance(engine)
-    if entrance is None:
+    found = entrance(engine)
+    if found is None:
         return engine
-    wrapped = NormalizedEntrance(engine, entrance)
+    wrapped = NormalizedEntrance(engine, found)
     wrapped.warm_up()
     return wrapped
 
 
-def _onnx_entrance(engine: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+def onnx_entrance(engine: Any) -> Callable[[np.ndarray], np.ndarray] | None:
     """A session cut from the graph at NORMALIZED_TENSOR, or None when the graph has none."""
     import onnx  # the predictor extra has it
     from onnx.utils import Extractor
@@ -108,7 +108,7 @@ def _onnx_entrance(engine: Any) -> Callable[[np.ndarray], np.ndarray] | None:
     return run
 
 
-def _torchscript_entrance(engine: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+def torchscript_entrance(engine: Any) -> Callable[[np.ndarray], np.ndarray] | None:
     """The module's NORMALIZED_METHOD, or None when it has none."""
     import torch
 

@@ -11,7 +11,7 @@ class ExecutionPlan:
     """Where and how the model runs."""
 
     device: str
-    dtype: str  # "fp32" or "fp16"
+    dtype: str  # "fp32", "fp16" (TorchScript on CUDA) or "bf16" (OpenVINO where native)
     cuda_graphs: bool
     num_threads: int
 
@@ -19,7 +19,8 @@ class ExecutionPlan:
 def plan_execution(
     device: str, precision: str, cuda_graphs: str, num_threads: int, cuda_available: bool
 ) -> ExecutionPlan:
-    """Resolve the device/precision/graph flags; raises ValueError for impossible choices."""
+    """Resolve the device/precision/graph flags for the TorchScript engine; raises ValueError
+    for impossible choices."""
     if device == "auto":
         device = "cuda" if cuda_available else "cpu"
     on_cuda = device.startswith("cuda")
@@ -27,6 +28,11 @@ def plan_execution(
         raise ValueError(f"--device {device}: CUDA is not available on this machine")
     if not on_cuda and device != "cpu":
         raise ValueError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    if precision == "bf16":
+        raise ValueError(
+            "--precision bf16: the TorchScript engine runs fp32 or (on CUDA) fp16; bf16 is the "
+            "OpenVINO engine's (backend openvino)"
+        )
     if precision == "auto":
         precision = "fp16" if on_cuda else "fp32"
     if precision == "fp16" and not on_cuda:

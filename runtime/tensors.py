@@ -16,21 +16,13 @@ from typing import Protocol
 
 import numpy as np
 
-from common.modelrepo import NUMPY_DTYPES, ModelConfig, TensorSpec
+from common.modelrepo import ModelConfig, TensorSpec, datatype_name
 
 Tensors = dict[str, np.ndarray]
 
 
 class ContractError(ValueError):
     """A request's tensors are not what the model declares; the message says what differs."""
-
-
-def datatype_name(dtype: np.dtype) -> str:
-    """The V2 datatype name of a numpy dtype (numpy's own name when V2 has none)."""
-    for name, candidate in NUMPY_DTYPES.items():
-        if dtype == candidate:
-            return name
-    return str(dtype)
 
 
 def rows_of(tensors: Mapping[str, np.ndarray]) -> int:
@@ -99,7 +91,7 @@ class Contract:
             return
         expected = " or ".join(form.describe() for form in forms)
         if all(array.dtype != form.dtype for form in forms):
-            received = f"datatype {array.dtype} ({datatype_name(array.dtype)})"
+            received = f"datatype {array.dtype} ({datatype_name(array.dtype) or 'not V2'})"
         else:
             received = f"shape {list(array.shape)}"
         raise ContractError(f"input {spec.name!r}: {received}, expected {expected}")
@@ -107,7 +99,11 @@ class Contract:
     def zeros(self, rows: int) -> Tensors:
         """All-zero inputs of `rows` rows (a variable dimension taken as 1): for warm-up."""
         return {
-            spec.name: np.zeros((rows, *(max(d, 1) for d in spec.dims)), dtype=spec.dtype)
+            spec.name: np.full(
+                (rows, *(max(d, 1) for d in spec.dims)),
+                b"" if spec.datatype == "BYTES" else 0,
+                dtype=spec.dtype,
+            )
             for spec in self.inputs
         }
 

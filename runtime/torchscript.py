@@ -51,6 +51,7 @@ class TorchScriptEngine:
         self.module = torch.jit.freeze(module, preserved_attrs=kept)
         self._graphs: dict[int, tuple[Any, list[torch.Tensor], list[torch.Tensor]]] = {}
         self._staging: dict[str, torch.Tensor] = {}
+        self.cuda_graphs = False  # whether batches replay captured graphs (set by warm_up)
 
     @classmethod
     def warmed(
@@ -69,8 +70,14 @@ class TorchScriptEngine:
         if self.plan.cuda_graphs:
             if any(-1 in spec.dims for spec in self.contract.inputs):
                 logger.info("no CUDA graphs: an input has a variable dimension")
-            else:
+                return
+            try:
                 self._capture_graphs()
+            except RuntimeError as exc:  # a model that cannot be captured still serves
+                self._graphs.clear()
+                logger.warning("no CUDA graphs: capture failed (%s); running eagerly", exc)
+                return
+            self.cuda_graphs = True
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
         """Every declared output for `inputs` (the declared inputs, batch first)."""
@@ -88,8 +95,10 @@ class TorchScriptEngine:
         return getattr(self.module, method)(*args)
 
     def _forward(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        # Floating inputs run at the plan's precision; integer ones go in as they are.
-        cast = [x.to(self.dtype) if x.is_floating_point() else x for x in inputs]
+        # On the FP16 plan the module was made half: FP32 inputs follow it. Every other input
+        # goes in as declared (as Triton's libtorch backend passes them).
+        half = self.dtype == torch.float16
+        cast = [x.half() if half and x.dtype == torch.float32 else x for x in inputs]
         result = self.module(*cast)
         return list(result) if isinstance(result, tuple | list) else [result]
 

@@ -46,9 +46,8 @@ CLIENT_TIMEOUT_S = REQUEST_TIMEOUT_S + 10  # past the servers' timeout: a hang s
 # or the server closed the kept-alive connection unanswered), a 503, or a 200 where it went out
 # on a connection the server was still finishing. Never a 500, never a hang.
 AFTER_DRAIN = {200, 503, "ConnectError", "ReadError", "RemoteProtocolError"}
-# A new connection opened this close to the drain's end may meet the port closing: refused,
-# before anything was accepted (the client's to retry), not a request lost.
-CONNECT_RACE_S = 1.0
+# The port must close at the drain's end, not before it: polled from SIGTERM on, within this.
+PORT_CLOSE_SLACK_S = 0.05
 
 
 @dataclass
@@ -534,8 +533,7 @@ def test_sigterm_under_load_drains_and_loses_no_request_started_before_the_drain
             await asyncio.gather(*jobs)
 
     async def port_closed() -> None:
-        """From the drain's end, try new connections until one is refused; mark when."""
-        await asyncio.sleep(max(0.0, marks["sigterm"] + DRAIN_S - time.monotonic()))
+        """From SIGTERM on, open new connections until one is refused; mark when."""
         while time.monotonic() < marks["sigterm"] + DRAIN_S + 10:
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", transformer.http_port)
@@ -565,9 +563,9 @@ def test_sigterm_under_load_drains_and_loses_no_request_started_before_the_drain
     drain_end = marks["sigterm"] + DRAIN_S
     before = [o for o in recorder.outcomes + late.outcomes if o.started < drain_end]
     during = [o for o in before if o.started >= marks["sigterm"]]
-    raced = [
-        o for o in before if o.status == "ConnectError" and o.started >= drain_end - CONNECT_RACE_S
-    ]
+    # A connection attempt started just before the end may meet the port closing: refused
+    # after the end, before anything was accepted (the client's to retry), not a request lost.
+    raced = [o for o in before if o.status == "ConnectError" and o.ended >= drain_end]
     after = [o for o in recorder.outcomes if o.started >= drain_end]
     closed_after = marks.get("port_closed", float("inf")) - drain_end
     print(
@@ -582,9 +580,9 @@ def test_sigterm_under_load_drains_and_loses_no_request_started_before_the_drain
     # Every request that reached the server before the drain ended was served.
     served = [o for o in before if o not in raced]
     assert during and all(o.status == 200 for o in served), statuses(before)
-    # After the drain the transformer stops accepting: the port refuses new connections
-    # within a second, and nothing started after it is a 500 or a hang.
-    assert 0 <= closed_after < 1.0, marks
+    # The port stays open through the drain, then refuses new connections within a second;
+    # nothing started after the drain is a 500 or a hang.
+    assert -PORT_CLOSE_SLACK_S <= closed_after < 1.0, marks
     assert after and all(o.status in AFTER_DRAIN for o in after), statuses(after)
     # Exit comes after the drain and inside the grace period (drain + timeout + 1 s).
     assert DRAIN_S <= marks["exited"] - marks["sigterm"] < DRAIN_S + REQUEST_TIMEOUT_S + 1

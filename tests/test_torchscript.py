@@ -39,6 +39,7 @@ def test_explicit_choices_are_honoured() -> None:
         ("cpu", "fp16", "auto", "fp16 needs a CUDA device"),
         ("cpu", "auto", "on", "needs a CUDA device"),
         ("tpu", "auto", "auto", "expected auto, cpu"),
+        ("cpu", "bf16", "auto", "bf16 is the OpenVINO engine's"),
     ],
 )
 def test_impossible_choices_are_refused(

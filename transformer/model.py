@@ -114,6 +114,8 @@ class ImageClassifierTransformer(Model):
             self.settings.coalesce_delay_ms / 1000,
         )
         self.drift = self._drift_monitor(version.model_dir / PROFILE_FILENAME)
+        if self._drift_metrics is not None:  # loaded again in this process
+            REGISTRY.unregister(self._drift_metrics)
         self._drift_metrics = DriftCollector(self.drift)
         REGISTRY.register(self._drift_metrics)
         self.ready = True
