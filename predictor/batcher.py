@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from prometheus_client import Histogram
@@ -79,7 +80,7 @@ class _Pending:
     queued: bool = True  # counted in the queue's images until taken or finished
     timer: asyncio.TimerHandle | None = None
 
-    @property
+    @cached_property
     def kind(self) -> Kind:
         """What must match for two requests to share a pass: names, datatypes, dims."""
         return tuple(

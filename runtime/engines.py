@@ -39,22 +39,20 @@ class EngineType:
     build: Builder
 
 
+def _refused(*checks: tuple[str, str, bool]) -> list[str]:
+    """ "--flag value" for each (flag, value, refused) check that refuses."""
+    return [f"{flag} {value}" for flag, value, refused in checks if refused]
+
+
 def _plan_cpu_only(
     device: str, precision: str, cuda_graphs: str, num_threads: int, cuda_available: bool
 ) -> ExecutionPlan:
     """The plan of an engine that runs on the CPU at its file's precision."""
-    refused = {
-        "--device": device not in ("auto", "cpu"),
-        "--precision": precision not in ("auto", "fp32"),
-        "--cuda_graphs": cuda_graphs == "on",
-    }
-    wrong = [
-        f"{flag} {value}"
-        for (flag, bad), value in zip(
-            refused.items(), (device, precision, cuda_graphs), strict=True
-        )
-        if bad
-    ]
+    wrong = _refused(
+        ("--device", device, device not in ("auto", "cpu")),
+        ("--precision", precision, precision not in ("auto", "fp32")),
+        ("--cuda_graphs", cuda_graphs, cuda_graphs == "on"),
+    )
     if wrong:
         raise ValueError(
             f"{', '.join(wrong)}: the onnxruntime engine ({ONNX_PLATFORM}) runs on the CPU at "
@@ -68,15 +66,11 @@ def _plan_openvino(
     device: str, precision: str, cuda_graphs: str, num_threads: int, cuda_available: bool
 ) -> ExecutionPlan:
     """OpenVINO's plan: the CPU, FP32 or (where the CPU computes it natively) BF16."""
-    wrong = [
-        f"{flag} {value}"
-        for flag, value, bad in (
-            ("--device", device, device not in ("auto", "cpu")),
-            ("--cuda_graphs", cuda_graphs, cuda_graphs == "on"),
-            ("--precision", precision, precision == "fp16"),
-        )
-        if bad
-    ]
+    wrong = _refused(
+        ("--device", device, device not in ("auto", "cpu")),
+        ("--cuda_graphs", cuda_graphs, cuda_graphs == "on"),
+        ("--precision", precision, precision == "fp16"),
+    )
     if wrong:
         raise ValueError(
             f"{', '.join(wrong)}: the OpenVINO engine ({OPENVINO}) runs on the CPU in FP32, BF16 "

@@ -25,7 +25,7 @@ import pytest
 import tritonclient.http as httpclient
 from conftest import grpc_calls, start_server
 from onnx import TensorProto, helper
-from prometheus_client.parser import text_string_to_metric_families
+from test_observability import scrape, total
 
 from harness.servers import ServerProcess as Server
 
@@ -196,32 +196,22 @@ def says(message: str, *alternatives: str) -> bool:
     )
 
 
-def samples(server: Server) -> dict[str, float]:
-    """The server's /metrics: each sample name's value, summed over its label sets."""
-    totals: dict[str, float] = {}
-    for family in text_string_to_metric_families(server.metrics()):
-        for sample in family.samples:
-            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
-    return totals
-
-
 def forward_passes(server: Server) -> tuple[float, float]:
     """(forward passes, requests they served) so far, from `predictor_batch_requests`."""
-    now = samples(server)
-    passes = now.get("predictor_batch_requests_count", 0.0)
-    return passes, now.get("predictor_batch_requests_sum", 0.0)
+    now = scrape(server)
+    return total(now, "predictor_batch_requests_count"), total(now, "predictor_batch_requests_sum")
 
 
 def wait_until_queued(server: Server, rows: int, timeout_s: float = QUEUE_TIMEOUT_S) -> None:
     """Return once `rows` rows wait in the predictor's queue (`predictor_queue_depth`); raises
     TimeoutError after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
-    depth = samples(server).get("predictor_queue_depth", 0.0)
+    depth = total(scrape(server), "predictor_queue_depth")
     while depth < rows:
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{depth:.0f} of {rows} rows queued after {timeout_s:.0f} s")
         time.sleep(POLL_S)
-        depth = samples(server).get("predictor_queue_depth", 0.0)
+        depth = total(scrape(server), "predictor_queue_depth")
 
 
 # --- the model as declared ----------------------------------------------------------------------
