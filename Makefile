@@ -21,26 +21,44 @@ OPENVINO_REPO ?= $(MODEL_REPO)-openvino
 OPENVINO_INT8_REPO ?= $(MODEL_REPO)-openvino-int8
 OPENVINO_MODEL := $(OPENVINO_REPO)/$(MODEL_NAME)/1/model.xml
 OPENVINO_INT8_MODEL := $(OPENVINO_INT8_REPO)/$(MODEL_NAME)/1/model.xml
-# What `make serve` runs: onnx (ONNX Runtime FP32), int8, openvino or torchscript.
-ENGINE ?= onnx
+# NVIDIA Triton beside our predictor in `make bench` (not `make test`): PyPI's nvidia-pytriton
+# wheel bundles a real tritonserver (2.51) with the python backend only. It gets a venv of its
+# own, made with Debian's python3.11: the backend's stub links that interpreter's libpython3.11.
+# onnxruntime there is the version pyproject.toml pins, so both servers run the same engine.
+TRITON_VENV ?= .venv-triton
+TRITON_PYTHON ?= /usr/bin/python3.11
+PYTRITON_VERSION := 0.7.0
+ONNXRUNTIME_VERSION := $(shell sed -n 's/.*"onnxruntime==\([^"]*\)".*/\1/p' pyproject.toml | head -n 1)
+# Named by both versions: changing either rebuilds the venv from scratch.
+TRITON_STAMP := $(TRITON_VENV)/.installed-pytriton$(PYTRITON_VERSION)-onnxruntime$(ONNXRUNTIME_VERSION)
+# What `make serve` runs: openvino-int8, openvino (FP32), onnx (ONNX Runtime FP32), int8 (ONNX
+# Runtime INT8) or torchscript. By default the fastest faithful engine measured for this kind
+# of CPU (common/cpus.py, README "Engines"): OpenVINO INT8 on AVX2, AVX-512 VNNI and AMX CPUs.
+ifndef ENGINE
+ENGINE := $(shell $(PYTHON) -m common.cpus 2>/dev/null || echo onnx)
+endif
 SERVE_REPO_onnx := $(ONNX_REPO)
 SERVE_REPO_int8 := $(INT8_REPO)
 SERVE_REPO_torchscript := $(MODEL_REPO)
 SERVE_REPO_openvino := $(OPENVINO_REPO)
+SERVE_REPO_openvino-int8 := $(OPENVINO_INT8_REPO)
 SERVE_REPO ?= $(SERVE_REPO_$(ENGINE))
 SERVE_MODEL_onnx := $(ONNX_MODEL)
 SERVE_MODEL_int8 := $(INT8_MODEL)
 SERVE_MODEL_torchscript := $(MODEL)
 SERVE_MODEL_openvino := $(OPENVINO_MODEL)
+SERVE_MODEL_openvino-int8 := $(OPENVINO_INT8_MODEL)
 
-.PHONY: help venv model-repo model-repo-int8 model-repo-openvino serve test fuzz lint unit bench bench-ceiling soak images clean
+.PHONY: help venv model-repo model-repo-int8 model-repo-openvino serve test fuzz lint unit bench bench-ceiling soak images clean triton
 
 help:
 	@echo "make serve       create the venv, build the model repository, run predictor + transformer"
-	@echo "                 (ENGINE=onnx by default; ENGINE=int8 or ENGINE=torchscript)"
+	@echo "                 (ENGINE=$(ENGINE) here, the fastest measured for this CPU; or openvino,"
+	@echo "                 onnx, int8, torchscript)"
 	@echo "make test        lint (ruff, mypy) and the whole test suite"
 	@echo "make fuzz        the long fuzzing run of every input path (minutes)"
 	@echo "make bench       benchmark: in-process limit vs served pipeline vs stock pattern"
+	@echo "make triton      NVIDIA Triton (nvidia-pytriton $(PYTRITON_VERSION)) in $(TRITON_VENV)/ for make bench"
 	@echo "make bench-ceiling  request-path ceiling with a zero-cost model (DURATION=5 s per cell)"
 	@echo "make soak        $(SOAK_MINUTES) min at concurrency 16: errors, latency, memory (not in CI)"
 	@echo "make model-repo  export the default model to $(MODEL_REPO)/ (TorchScript), $(ONNX_REPO)/"
@@ -72,11 +90,22 @@ $(OPENVINO_MODEL): $(ONNX_MODEL)
 	$(BIN)/python -m modelbuild openvino --source $(ONNX_REPO) --repository $(OPENVINO_REPO) \
 		--model_name $(MODEL_NAME)
 
-$(OPENVINO_INT8_MODEL): $(INT8_MODEL)
+# INT8 is gated against the FP32 model on the held-out set (the report is printed).
+$(OPENVINO_INT8_MODEL): $(INT8_MODEL) $(ONNX_MODEL)
 	$(BIN)/python -m modelbuild openvino --source $(INT8_REPO) --repository $(OPENVINO_INT8_REPO) \
-		--model_name $(MODEL_NAME)
+		--reference $(ONNX_REPO) --model_name $(MODEL_NAME)
 
 model-repo: $(MODEL) $(ONNX_MODEL)
+
+$(TRITON_STAMP):
+	@test -n "$(ONNXRUNTIME_VERSION)" || { echo "make triton: no onnxruntime==X pin in pyproject.toml"; exit 1; }
+	rm -rf $(TRITON_VENV)
+	$(TRITON_PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet \
+		nvidia-pytriton==$(PYTRITON_VERSION) onnxruntime==$(ONNXRUNTIME_VERSION)
+	touch $@
+
+triton: $(TRITON_STAMP)
 
 model-repo-openvino: $(OPENVINO_MODEL) $(OPENVINO_INT8_MODEL)
 
@@ -92,9 +121,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy common runtime vision modelbuild predictor transformer rollout scripts harness tests bench batch edge
 
-test: lint $(MODEL) $(ONNX_MODEL) $(INT8_MODEL) $(OPENVINO_MODEL)
+test: lint $(MODEL) $(ONNX_MODEL) $(INT8_MODEL) $(OPENVINO_MODEL) $(OPENVINO_INT8_MODEL)
 	MODEL_REPOSITORY=$(MODEL_REPO) MODEL_REPOSITORY_ONNX=$(ONNX_REPO) \
 		MODEL_REPOSITORY_INT8=$(INT8_REPO) MODEL_REPOSITORY_OPENVINO=$(OPENVINO_REPO) \
+		MODEL_REPOSITORY_OPENVINO_INT8=$(OPENVINO_INT8_REPO) \
 		$(BIN)/python -m pytest
 
 # The long fuzzing run (make test runs the same properties briefly). Failures are kept in
@@ -102,10 +132,10 @@ test: lint $(MODEL) $(ONNX_MODEL) $(INT8_MODEL) $(OPENVINO_MODEL)
 fuzz: $(STAMP) $(MODEL)
 	HYPOTHESIS_PROFILE=fuzz MODEL_REPOSITORY=$(MODEL_REPO) $(BIN)/python -m pytest tests/test_fuzz.py
 
-bench: $(STAMP) $(MODEL) $(ONNX_MODEL) $(INT8_MODEL) $(OPENVINO_MODEL) $(OPENVINO_INT8_MODEL)
+bench: $(STAMP) $(MODEL) $(ONNX_MODEL) $(INT8_MODEL) $(OPENVINO_MODEL) $(OPENVINO_INT8_MODEL) $(TRITON_STAMP)
 	$(BIN)/python -m bench --model_dir $(MODEL_REPO) --onnx_model_dir $(ONNX_REPO) \
 		--int8_model_dir $(INT8_REPO) --openvino_model_dir $(OPENVINO_REPO) \
-		--openvino_int8_model_dir $(OPENVINO_INT8_REPO) --out bench-results
+		--openvino_int8_model_dir $(OPENVINO_INT8_REPO) --triton_dir $(TRITON_VENV) --out bench-results
 
 # The request path alone: a zero-cost model, h2load (Debian's nghttp2-client), a bare grpc.aio
 # server for comparison. DURATION is the seconds of each measurement window.
@@ -124,4 +154,4 @@ images:
 	else echo "make images: no container engine reachable (docker info failed)"; exit 1; fi
 
 clean:
-	rm -rf $(VENV) $(MODEL_REPO) $(ONNX_REPO) $(INT8_REPO) $(OPENVINO_REPO) $(OPENVINO_INT8_REPO) bench-results soak-results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TRITON_VENV) $(MODEL_REPO) $(ONNX_REPO) $(INT8_REPO) $(OPENVINO_REPO) $(OPENVINO_INT8_REPO) bench-results soak-results .pytest_cache .mypy_cache .ruff_cache

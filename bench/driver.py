@@ -1,5 +1,8 @@
 """The benchmark run: image set, limit, hop size, served pipeline, stock peer, report.
 
+With --triton_dir, last: NVIDIA Triton beside our predictor on the ONNX FP32 file
+(`bench/triton/`, its own section of the report).
+
 Order matters on a small machine: nothing else runs while the limit is measured, and the two
 pipelines run one after the other, never side by side (they would share the same cores).
 """
@@ -19,9 +22,10 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from common.cli import DEFAULT_MODEL_NAME, LOCAL_MODEL_REPOSITORY, positive_ints
+from common.cpus import default_engine
 from harness.servers import ROOT, Pipeline, PipelineSpec, running
 
-from . import engines
+from . import engines, overload
 from .batch import BatchPlan, repeated_source
 from .images import build_image_set, describe, write_image_set
 from .load import Client, LoadRun, client_for, closed_loop
@@ -42,6 +46,8 @@ from .stats import (
     summarize,
 )
 from .support import environment, run_json_module
+from .triton import compare as triton_compare
+from .triton.install import TritonInstall
 
 DEFAULT_CONCURRENCY = "1,4,16"
 MAX_REQUESTS_PER_CELL = 20_000  # a bound, far above what 2 CPUs serve in one cell
@@ -76,6 +82,8 @@ class BenchSettings:
     int8_model_dir: Path | None = None  # ONNX INT8 repository: a third
     openvino_model_dir: Path | None = None  # the FP32 file as OpenVINO IR: a fourth
     openvino_int8_model_dir: Path | None = None  # the INT8 file as OpenVINO IR: a fifth
+    triton_dir: Path | None = None  # the Triton venv (make triton): Triton beside ONNX FP32
+    triton_rounds: int = triton_compare.DEFAULT_ROUNDS
 
 
 def parse(argv: list[str] | None = None) -> BenchSettings:
@@ -147,7 +155,23 @@ def parse(argv: list[str] | None = None) -> BenchSettings:
         default=None,
         help="OpenVINO repository of the INT8 file: likewise.",
     )
+    p.add_argument(
+        "--triton_dir",
+        type=Path,
+        default=None,
+        help="The Triton venv `make triton` builds (.venv-triton): measure NVIDIA Triton "
+        "beside our predictor on the --onnx_model_dir file (needs --onnx_model_dir).",
+    )
+    p.add_argument(
+        "--triton_rounds",
+        type=int,
+        default=None,
+        help=f"Alternating rounds of the Triton comparison (default "
+        f"{triton_compare.DEFAULT_ROUNDS}, quick 1).",
+    )
     args = p.parse_args(argv)
+    if args.triton_dir is not None and args.onnx_model_dir is None:
+        p.error("--triton_dir needs --onnx_model_dir (Triton runs the ONNX FP32 file)")
     model_dir = args.model_dir if args.model_dir.is_absolute() else Path.cwd() / args.model_dir
 
     def absolute(path: Path | None) -> Path | None:
@@ -173,6 +197,8 @@ def parse(argv: list[str] | None = None) -> BenchSettings:
         openvino_int8_model_dir=(
             absolute(args.openvino_int8_model_dir) or args.openvino_int8_model_dir
         ),
+        triton_dir=absolute(args.triton_dir) or args.triton_dir,
+        triton_rounds=args.triton_rounds or (1 if args.quick else triton_compare.DEFAULT_ROUNDS),
     )
 
 
@@ -261,10 +287,7 @@ def cell_result(
     """Throughput, latency, CPU per image and stage means of one cell."""
     window = run.in_window()
     ok = [s for s in window if s.ok]
-    window_end = run.window_end
-    if run.hit_request_cap and run.samples:
-        window_end = min(window_end, run.samples[-1].finished)
-    window_s = max(window_end - run.window_start, 1e-9)
+    window_s = run.window_seconds()
     images = len(ok)
     before, after = run.before, run.after
 
@@ -406,6 +429,10 @@ def batch_through(batch: BatchPlan) -> Callable[[Pipeline, CellMeasure], None]:
 def run(settings: BenchSettings) -> Report:
     """The whole benchmark; writes images and logs under settings.out."""
     started = time.perf_counter()
+    # Checked first: a missing Triton install should not surface after the rest of the run.
+    triton_install = (
+        None if settings.triton_dir is None else TritonInstall.find(settings.triton_dir)
+    )
     out = settings.out
     image_dir, log_dir = out / "images", out / "logs"
     out.mkdir(parents=True, exist_ok=True)
@@ -469,6 +496,8 @@ def run(settings: BenchSettings) -> Report:
         agreements,
         batch,
     )
+    overloads = measure_overload(settings, ours, blobs[0], out, log_dir)
+    triton = None if triton_install is None else measure_triton(settings, triton_install, blobs)
     ratios = compute_ratios(cells, limit, hop)
     return Report(
         environment={
@@ -503,6 +532,10 @@ def run(settings: BenchSettings) -> Report:
             if engine_part is None
             else {"json": engine_part["json"], "table": engine_part["table"]}
         ),
+        triton=(
+            None if triton is None else {"json": triton.to_json(), "table": triton.format_table()}
+        ),
+        overload={"json": overload.to_json(overloads), "table": overload.format_table(overloads)},
     )
 
 
@@ -596,6 +629,59 @@ def measure_engines(
         "table": engines.format_engines(runs, ratios, targets, fidelity),
         "cells": [cell for run in runs[1:] for cell in run.cells],
     }
+
+
+# --- overload: 256 clients, the default engine and TorchScript (issue 21) ----------------------
+
+
+def measure_overload(
+    settings: BenchSettings, spec: PipelineSpec, image: bytes, out: Path, log_dir: Path
+) -> list[overload.OverloadRun]:
+    """bench.overload on the default engine for this CPU (when its repository was given) and on
+    TorchScript (the main run's repository)."""
+    engine = default_engine()
+    repositories = {
+        "openvino-int8": (engines.OPENVINO_INT8, settings.openvino_int8_model_dir),
+        "openvino": (engines.OPENVINO_FP32, settings.openvino_model_dir),
+        "onnx": (engines.ONNX_FP32, settings.onnx_model_dir),
+        "int8": (engines.ONNX_INT8, settings.int8_model_dir),
+    }
+    runs: list[tuple[str, Path]] = []
+    name, model_dir = repositories.get(engine, (engines.TORCHSCRIPT, None))
+    if model_dir is not None:
+        runs.append((f"{name} (default)", model_dir))
+    runs.append((engines.TORCHSCRIPT, settings.model_dir))
+    return overload.measure(
+        runs, spec, settings.model_name, image, out / "overload", log_dir / "overload"
+    )
+
+
+# --- Triton beside our predictor (issue 21): only with --triton_dir ---------------------------
+
+
+def measure_triton(
+    settings: BenchSettings, install: TritonInstall, blobs: list[bytes]
+) -> triton_compare.TritonComparison:
+    """NVIDIA Triton and our predictor on the ONNX FP32 file, one at a time (bench/triton/);
+    raises RuntimeError or TimeoutError when a server does not start."""
+    if settings.onnx_model_dir is None:
+        raise ValueError("--triton_dir needs --onnx_model_dir (Triton runs the ONNX FP32 file)")
+    print("[bench] measuring NVIDIA Triton beside our predictor", file=sys.stderr, flush=True)
+    stage = triton_compare.StageSettings(
+        install=install,
+        onnx_model_dir=settings.onnx_model_dir,
+        model_name=settings.model_name,
+        concurrency=settings.concurrency,
+        warmup_s=settings.warmup_s,
+        duration_s=settings.duration_s,
+        max_requests=settings.max_requests,
+        work_dir=settings.out / "triton",
+        log_dir=settings.out / "logs",
+        rounds=settings.triton_rounds,
+        predictor_args=settings.served_predictor_args,
+        transformer_args=settings.served_transformer_args,
+    )
+    return triton_compare.measure(stage, blobs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -154,6 +154,13 @@ class LoadRun(Generic[T]):
         """Requests that finished inside the window."""
         return [s for s in self.samples if self.window_start <= s.finished < self.window_end]
 
+    def window_seconds(self) -> float:
+        """The measurement window's length: to the last answer when the request cap ended it."""
+        end = self.window_end
+        if self.hit_request_cap and self.samples:
+            end = min(end, self.samples[-1].finished)
+        return max(end - self.window_start, 1e-9)
+
 
 def closed_loop(
     client: Client,

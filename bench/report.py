@@ -54,6 +54,10 @@ class Report:
     batch: BatchResult | None = None  # python -m batch's two ratios (bench/batch.py)
     # TorchScript, ONNX FP32 and INT8 side by side ({"json": ..., "table": ...}; bench.engines).
     engines: dict[str, Any] | None = None
+    # NVIDIA Triton beside our predictor ({"json": ..., "table": ...}; bench/triton/).
+    triton: dict[str, Any] | None = None
+    # 256 clients against the default bounds ({"json": ..., "table": ...}; bench/overload.py).
+    overload: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN becomes null)."""
@@ -74,6 +78,8 @@ class Report:
             "runtime_s": self.runtime_s,
             "batch": self.batch.to_json() if self.batch else None,
             "engines": None if self.engines is None else self.engines["json"],
+            "triton": None if self.triton is None else self.triton["json"],
+            "overload": None if self.overload is None else self.overload["json"],
         }
         return _without_nan(data)
 
@@ -208,6 +214,10 @@ class Report:
             )
         if self.engines is not None:
             lines.append(self.engines["table"])
+        if self.triton is not None:
+            lines.append(self.triton["table"])
+        if self.overload is not None:
+            lines.append(self.overload["table"])
         if self.runtime_s is not None:
             lines.append("")
             lines.append(f"Runtime: {self.runtime_s:.0f} s")

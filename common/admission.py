@@ -23,7 +23,11 @@ from fastapi.responses import JSONResponse
 from kserve.errors import ServerNotReady
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import pacing
+from .logs import Throttled
+
 logger = logging.getLogger(__name__)
+_unavailable = Throttled(logger)
 
 RETRY_AFTER_S = 1  # what a refused client is told to wait: about one queue's worth of work
 
@@ -82,24 +86,39 @@ def request_deadline(timeout_s: float, client_timeout_s: float | None = None) ->
 
 
 class InflightLimit:
-    """Counts the inference requests being served; refuses past `limit` (None: no limit)."""
+    """The inference requests being served: at most `limit` at once (None: no count bound), and,
+    with a `wait` target, none admitted whose expected wait (the requests in flight and itself,
+    at the rate they have completed recently; common.pacing) is past it."""
 
-    def __init__(self, limit: int | None) -> None:
+    def __init__(self, limit: int | None, wait: pacing.WaitTarget | None = None) -> None:
         self.limit = limit
-        self.current = 0
+        self.wait = wait
+        self.throughput = pacing.Throughput()
+        self._busy = pacing.BusyClock()
+
+    @property
+    def current(self) -> int:
+        """Requests in flight now."""
+        return self._busy.active
+
+    def overloaded(self) -> str | None:
+        """Why one more request would be refused now, or None if it would be let in."""
+        if self.limit is not None and self.current >= self.limit:
+            return (
+                f"{self.current} requests in flight already (--max_inflight_requests {self.limit})"
+            )
+        return None if self.wait is None else self.wait.refusal(self.current, 1, self.throughput)
 
     def acquire(self) -> None:
-        """Take one slot; raises Overloaded at once when all are taken."""
-        if self.limit is not None and self.current >= self.limit:
-            raise Overloaded(
-                f"{self.current} requests in flight already (--max_inflight_requests "
-                f"{self.limit}); retry in {RETRY_AFTER_S} s"
-            )
-        self.current += 1
+        """Take one slot; raises Overloaded at once when overloaded() says why not."""
+        why = self.overloaded()
+        if why is not None:
+            raise Overloaded(f"{why}; retry in {RETRY_AFTER_S} s")
+        self._busy.start()
 
     def release(self) -> None:
-        """Give back a slot taken by acquire()."""
-        self.current -= 1
+        """Give back a slot taken by acquire(): one request completed, and the busy time."""
+        self.throughput.record(1, self._busy.finish())
 
     @contextmanager
     def admit(self) -> Iterator[None]:
@@ -184,7 +203,7 @@ async def send_error(
 async def unavailable_handler(_: Request, exc: Exception) -> JSONResponse:
     """REST answer for Unavailable / Overloaded: 503 with Retry-After, no traceback logged."""
     retry_after = getattr(exc, "retry_after_s", RETRY_AFTER_S)
-    logger.warning("503: %s", exc)
+    _unavailable.warning("503: %s", exc)
     return JSONResponse(
         status_code=503, content={"error": str(exc)}, headers={"Retry-After": str(retry_after)}
     )

@@ -43,6 +43,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
 from . import budget
+from .admission import RETRY_AFTER_S
 from .budget import GRPC_COPIES, ProcessMemory
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -183,7 +184,11 @@ class GrpcIntakeInterceptor(grpc.aio.ServerInterceptor):
         memory: ProcessMemory,
         message_timeout_s: float,
         refused: Callable[[str, grpc.StatusCode], None] = lambda method, code: None,
+        overloaded: Callable[[], str | None] = lambda: None,
     ) -> None:
+        """`overloaded()` says why a ModelInfer call would be refused for overload now (None:
+        it would not be); such a call is answered UNAVAILABLE before its message is read."""
+        self.overloaded = overloaded
         self.memory = memory
         self.reservation = memory.largest_charge  # before a read, a message may be that large
         self.message_timeout_s = message_timeout_s
@@ -224,6 +229,10 @@ class GrpcIntakeInterceptor(grpc.aio.ServerInterceptor):
 
         async def admitted(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
             # A stream-unary handler: grpc.aio reads nothing until it is asked to, here.
+            if method == MODEL_INFER and (why := self.overloaded()) is not None:
+                await refuse(
+                    context, grpc.StatusCode.UNAVAILABLE, f"{why}; retry in {RETRY_AFTER_S} s"
+                )
             if not await memory.take_within(reservation, timeout_s):
                 why = str(memory.refusal(reservation))
                 await refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, why)

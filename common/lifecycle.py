@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import kserve
 from fastapi import FastAPI
 
-from . import admission, kserve_compat
+from . import admission, kserve_compat, pacing
 from .cli import non_negative_float, positive_float
 
 logger = logging.getLogger(__name__)
@@ -94,11 +94,25 @@ class Lifecycle:
         settings: LifecycleSettings,
         checks: tuple[ReadinessCheck, ...] = (),
         max_inflight_requests: int | None = None,
+        max_wait: pacing.WaitTarget | None = None,
+        refusals: tuple[Callable[[], str | None], ...] = (),
     ) -> None:
+        """`max_inflight_requests` and `max_wait` bound the inference requests in flight
+        (admission.InflightLimit); `refusals` say why one more would be refused by what lies
+        behind (the predictor's batch queue, say), checked before its body is read."""
         self.settings = settings
         self.checks = checks
-        self.inflight = admission.InflightLimit(max_inflight_requests)
+        self.inflight = admission.InflightLimit(max_inflight_requests, max_wait)
+        self.refusals = refusals
         self.draining = False
+
+    def overloaded(self) -> str | None:
+        """Why one more inference request would be refused for overload now, or None."""
+        for refusal in (self.inflight.overloaded, *self.refusals):
+            why = refusal()
+            if why is not None:
+                return why
+        return None
 
     def install(self, server: kserve.ModelServer, app: FastAPI) -> None:
         """Wire readiness, request bounds and the drain into `server` before its start()."""

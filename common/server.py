@@ -167,7 +167,7 @@ def run_server(
     # The repository extension is listed only where it is served (common.exposure).
     served = ["model_repository_extension"] if policy.control_plane else []
     kserve_compat.describe_truthfully(server.dataplane, served)
-    kserve_compat.quiet_timing_logs(args.enable_latency_logging)
+    kserve_compat.timing_only_when_logged(args.enable_latency_logging)
     lean_grpc.use_lean_grpc(args.enable_latency_logging)
     install_grpc_policy(policy)  # after: it guards whichever servicer is in place
     # REST middleware, innermost first (Starlette runs the last added first): the request
@@ -185,7 +185,14 @@ def run_server(
     metrics.memory_budget.set(requests_memory.budget_bytes)
     metrics.memory_held.set_function(lambda: requests_memory.held)
     app.add_middleware(tracing.RequestMiddleware, metrics=metrics)
-    kserve_compat.use_http_protocol(intake.protocol_class(intake_settings))
+    overloaded = life.overloaded if life is not None else lambda: None
+    kserve_compat.use_http_protocol(
+        intake.protocol_class(
+            intake_settings,
+            overloaded,
+            lambda protocol: metrics.requests.labels(protocol, "503").inc(),
+        )
+    )
 
     # gRPC interceptors, outermost first: the message intake (it reads each call's message, so
     # it comes before anything that looks at the request), then request ids and metrics.
@@ -198,6 +205,7 @@ def run_server(
             requests_memory,
             intake_settings.body_timeout_s,
             refused=grpc_refused,
+            overloaded=overloaded,
         )
     )
     kserve_compat.add_grpc_interceptor(tracing.GrpcRequestInterceptor(metrics))

@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# Batch image: `python -m batch` with the in-process engine (the predictor's torch runner and
-# the transformer's decoding) and both databases (SQLite, PostgreSQL via psycopg 3). Built from
+# Batch image: `python -m batch` with the in-process engines (TorchScript, ONNX Runtime and
+# OpenVINO, as the predictor's; the default CPU repository is OpenVINO INT8) and the
+# transformer's decoding and both databases (SQLite, PostgreSQL via psycopg 3). Built from
 # the repository root:
 #   docker build -f docker/batch.Dockerfile -t ghcr.io/example/image-classifier-batch:0.1.0 .
 # Same base and torch rule as docker/predictor.Dockerfile (torch comes from the base image).
@@ -23,9 +24,9 @@ COPY batch /tmp/src/batch
 
 RUN python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" \
         > /tmp/keep-base-torch.txt \
- && pip install --no-cache-dir -c /tmp/keep-base-torch.txt '/tmp/src[batch]' \
+ && pip install --no-cache-dir -c /tmp/keep-base-torch.txt '/tmp/src[batch,onnx,openvino]' \
  && rm -rf /tmp/src /tmp/keep-base-torch.txt \
- && python -c "import torch, sqlalchemy, psycopg, batch.local"
+ && python -c "import torch, onnxruntime, openvino, sqlalchemy, psycopg, batch.local"
 
 RUN getent passwd 1000 >/dev/null \
  || useradd --uid 1000 --user-group --no-create-home --home-dir /tmp --shell /usr/sbin/nologin app

@@ -13,12 +13,17 @@ from common.cli import DEFAULT_MODEL_NAME as MODEL_NAME
 from .servers import ROOT
 
 # The engines every end-to-end test runs against: the config's platform picks the engine.
-ENGINES = ("torchscript", "onnx", "int8", "openvino")
+ENGINES = ("torchscript", "onnx", "int8", "openvino", "openvino-int8")
 ENGINE_REPOSITORIES = {
     "torchscript": ("MODEL_REPOSITORY", "model_repository", "model.pt"),
     "onnx": ("MODEL_REPOSITORY_ONNX", "model_repository-onnx", "model.onnx"),
     "int8": ("MODEL_REPOSITORY_INT8", "model_repository-int8", "model.onnx"),
     "openvino": ("MODEL_REPOSITORY_OPENVINO", "model_repository-openvino", "model.xml"),
+    "openvino-int8": (
+        "MODEL_REPOSITORY_OPENVINO_INT8",
+        "model_repository-openvino-int8",
+        "model.xml",
+    ),
 }
 
 
@@ -41,9 +46,11 @@ def engine_repository(engine: str, tmp_path_factory: pytest.TempPathFactory) -> 
     if engine == "onnx":
         export_onnx.export(target, MODEL_NAME)
         return target
-    if engine == "openvino":
-        source = engine_repository("onnx", tmp_path_factory)
-        assert cli.main(["openvino", "--source", str(source), "--repository", str(target)]) == 0
+    if engine in ("openvino", "openvino-int8"):
+        fp32 = engine_repository("onnx", tmp_path_factory)
+        source = fp32 if engine == "openvino" else engine_repository("int8", tmp_path_factory)
+        command = ["openvino", "--source", str(source), "--repository", str(target)]
+        assert cli.main([*command, "--reference", str(fp32)]) == 0
         return target
     fp32 = engine_repository("onnx", tmp_path_factory) / MODEL_NAME / "1" / artifact
     assert (

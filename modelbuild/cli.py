@@ -63,13 +63,32 @@ def openvino(argv: list[str]) -> int:
     parser.add_argument("--repository", type=Path, default=Path("model_repository-openvino"))
     parser.add_argument("--model_name", default=DEFAULT_MODEL_NAME)
     parser.add_argument("--force", action="store_true", help="convert even if present")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="what OpenVINO serves the model in: bf16 (a CPU with native BF16 only) is gated "
+        "against --reference and written as HINT_BF16; an INT8 source runs in INT8 either way",
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=Path("model_repository-onnx"),
+        help="the FP32 ONNX repository a model served below FP32 (INT8, BF16) is gated against",
+    )
     args = parser.parse_args(argv)
     target = args.repository / args.model_name
     if any(target.glob(f"*/{export_openvino.IR_FILE}")) and not args.force:
         print(f"OpenVINO model already at {target} (use --force to convert again)")
         return 0
     try:
-        model_dir = export_openvino.convert(args.source, args.repository, args.model_name)
+        model_dir = export_openvino.convert(
+            args.source,
+            args.repository,
+            args.model_name,
+            precision=args.precision,
+            reference=args.reference,
+        )
     except export_openvino.ConversionError as exc:
         print(f"{PROG} openvino: {exc}")
         return 1

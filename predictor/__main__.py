@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.server_args,
         settings.max_request_bytes,
         policy=policy,
-        life=Lifecycle(settings.lifecycle),
+        life=Lifecycle(settings.lifecycle, refusals=(model.overloaded,)),
         component="predictor",
     )
     return 0

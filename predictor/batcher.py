@@ -11,10 +11,14 @@ Policy: the worker takes what is queued the moment it is free. It waits up to
 `max_delay_s` for more only when there is load (the previous batch held more than one request,
 or more are already queued), so a lone request at low load never pays the delay.
 
-Bounds: at most `max_queue_size` images wait (past it `submit` raises QueueFull at once, never
-queues without limit); a request whose caller has gone or whose deadline passed leaves the
-queue without running. A failure anywhere in a batch fails exactly that batch's requests and
-the worker carries on; `close()` fails whatever is still queued.
+Bounds, both checked before a request is queued (past either `submit` raises QueueFull at once,
+never queues without limit): the expected wait, the images ahead of a request (queued and in
+the pass running) over the images per second of forward-pass time measured recently
+(common.pacing), must be within `max_wait`, so the bound means the same time on every engine
+and CPU; and at most `max_queue_size` images wait (a memory bound). A request whose caller has
+gone or whose deadline passed leaves the queue without running. A failure anywhere in a batch
+fails exactly that batch's requests and the worker carries on; `close()` fails whatever is still
+queued.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from functools import cached_property
 import numpy as np
 from prometheus_client import Histogram
 
+from common.pacing import Throughput, WaitTarget
 from runtime.tensors import Tensors, rows_of, split_rows
 
 logger = logging.getLogger(__name__)
@@ -52,7 +57,8 @@ QUEUE_SECONDS = Histogram(
 
 
 class QueueFull(Exception):
-    """The queue holds `max_queue_size` images already: the request was refused, not queued."""
+    """The queue is full (by its expected wait or its images): the request was refused, not
+    queued."""
 
 
 class DeadlineExpired(Exception):
@@ -97,10 +103,12 @@ class AdaptiveBatcher:
         max_batch_size: int,
         max_delay_s: float,
         max_queue_size: int | None = None,
+        max_wait: WaitTarget | None = None,
     ) -> None:
         """`run` computes one batch (a ForwardWorker's `run`, say); the batcher awaits one call
         at a time. `max_queue_size` images may wait (None: no bound; it must hold at least one
-        full batch). Raises ValueError for impossible sizes."""
+        full batch); `max_wait` bounds the expected wait in seconds (None: no time bound).
+        Raises ValueError for impossible sizes."""
         if max_queue_size is not None and max_queue_size < max_batch_size:
             raise ValueError(
                 f"max_queue_size {max_queue_size} is below max_batch_size {max_batch_size}: "
@@ -110,6 +118,9 @@ class AdaptiveBatcher:
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue_size = max_queue_size
+        self.max_wait = max_wait
+        self.throughput = Throughput()  # images per second of forward-pass time
+        self._running_rows = 0
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._arrived = asyncio.Event()
@@ -122,24 +133,40 @@ class AdaptiveBatcher:
         """Images waiting for a forward pass now."""
         return self._queued_rows
 
-    async def submit(self, inputs: Tensors, deadline: float | None = None) -> Tensors:
+    def refusal(self, rows: int = 1) -> str | None:
+        """Why a request of `rows` images would be refused now (its expected wait, or the
+        queue's images), or None when it would be queued."""
+        if self.max_wait is not None:
+            queued = self._queued_rows + self._running_rows
+            reason = self.max_wait.refusal(queued, rows, self.throughput)
+            if reason is not None:
+                return reason
+        if self.max_queue_size is not None and self._queued_rows + rows > self.max_queue_size:
+            return (
+                f"{self._queued_rows} images already wait for a forward pass "
+                f"(--max_queue_size {self.max_queue_size})"
+            )
+        return None
+
+    async def submit(
+        self, inputs: Tensors, deadline: float | None = None, admitted: bool = False
+    ) -> Tensors:
         """Run `inputs` (named tensors of one batch size, at most max_batch_size rows) in some
         batch; returns its own rows of every output.
 
-        `deadline` is a time.monotonic() value. Raises ValueError (bad size, or tensors whose
-        batch sizes differ), QueueFull, DeadlineExpired, BatcherClosed, BatchFailed, or what
-        `run` raised for its batch.
+        `deadline` is a time.monotonic() value; `admitted` says the caller has checked
+        `refusal()` for a whole request of which this is a part (it is then not refused). Raises
+        ValueError (bad size, or tensors whose batch sizes differ), QueueFull, DeadlineExpired,
+        BatcherClosed, BatchFailed, or what `run` raised for its batch.
         """
         rows = rows_of(inputs)
         if not 0 < rows <= self.max_batch_size:
             raise ValueError(f"batch of {rows} rows, limit {self.max_batch_size}")
         if self._closed:
             raise BatcherClosed("the batcher is closed: the server is shutting down")
-        if self.max_queue_size is not None and self._queued_rows + rows > self.max_queue_size:
-            raise QueueFull(
-                f"{self._queued_rows} images already wait for a forward pass "
-                f"(--max_queue_size {self.max_queue_size})"
-            )
+        refused = None if admitted else self.refusal(rows)
+        if refused is not None:
+            raise QueueFull(refused)
         loop = asyncio.get_running_loop()
         self._ensure_worker(loop)
         pending = _Pending(dict(inputs), rows, loop.create_future(), deadline)
@@ -269,6 +296,7 @@ class AdaptiveBatcher:
         BATCH_SIZE.observe(rows)
         BATCH_REQUESTS.observe(len(live))
         self._last_requests = len(live)
+        self._running_rows = rows
         try:
             outputs = await self._run(inputs)
         except asyncio.CancelledError:
@@ -277,6 +305,9 @@ class AdaptiveBatcher:
         except Exception as exc:  # a failed forward pass fails exactly the requests in it
             self._fail(live, exc)
             return
+        finally:
+            self._running_rows = 0
+        self.throughput.record(rows, time.monotonic() - started)
         wrong = _wrong_rows(outputs, rows)
         if wrong is not None:
             self._fail(

@@ -14,7 +14,7 @@ from kserve import Model
 from kserve.errors import InvalidInput, ModelNotReady
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
-from common import admission, codecs, tracing
+from common import admission, codecs, pacing, tracing
 from common.modelrepo import ModelVersion, resolve
 from runtime.engines import build_engine, cuda_available, describe, plan_engine
 from runtime.tensors import Contract, ContractError, Engine, Tensors, rows_of
@@ -35,8 +35,13 @@ async def forward_in_passes(
     size, rows = batcher.max_batch_size, rows_of(inputs)
     if rows <= size:
         return await batcher.submit(inputs, deadline)
+    refused = batcher.refusal(rows)  # all of it or none: no pass run for a refused request
+    if refused is not None:
+        raise QueueFull(refused)
     parts = [
-        batcher.submit({name: array[i : i + size] for name, array in inputs.items()}, deadline)
+        batcher.submit(
+            {name: array[i : i + size] for name, array in inputs.items()}, deadline, admitted=True
+        )
         for i in range(0, rows, size)
     ]
     done = await asyncio.gather(*parts)
@@ -107,21 +112,33 @@ class RepositoryModel(Model):
         # Always room for one full request (it may be split into several passes).
         queue_size = max(s.max_queue_size, max_batch, config.max_batch_size)
         self.batcher = AdaptiveBatcher(
-            timed_forward(self.worker.run), max_batch, delay_ms / 1000, queue_size
+            timed_forward(self.worker.run),
+            max_batch,
+            delay_ms / 1000,
+            queue_size,
+            # Before any rate is known: two of the largest batches a request may bring.
+            pacing.target(s.max_expected_wait_s, "images", 2 * config.max_batch_size),
         )
         batcher = self.batcher
         metrics.QUEUE_DEPTH.set_function(lambda: batcher.queued_images)
         logger.info(
-            "loaded %s version %s: %s, max batch %d, delay %.1f ms, queue %d rows",
+            "loaded %s version %s: %s, max batch %d, delay %.1f ms, queue %d rows, "
+            "expected wait %g s at most",
             s.model_name,
             version.version,
             describe(version, plan, engine),
             max_batch,
             delay_ms,
             queue_size,
+            s.max_expected_wait_s,
         )
         self.ready = True
         return self.ready
+
+    def overloaded(self) -> str | None:
+        """Why a one-image request would be refused by the batch queue now, or None (also
+        before load)."""
+        return None if self.batcher is None else self.batcher.refusal(1)
 
     def stop(self) -> None:
         """Release the forward thread."""

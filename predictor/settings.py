@@ -6,17 +6,23 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import lifecycle
+from common import lifecycle, pacing
 from common.cli import DEFAULT_MODEL_DIR, non_negative_float, positive_int
 from common.cpus import available_cpus
 from common.server import base_parser
 
+# The longest expected wait for a forward pass a request is queued for (common.pacing): the
+# images ahead of it over the images/s of forward-pass time measured recently, the same time on
+# every engine and CPU. Above the transformer's own target (1 s of work end to end, most of it
+# spent waiting here): a predictor behind one transformer does not refuse what that transformer
+# admitted, and answers only what several transformers (or direct clients) pile up past 1.5 s.
+DEFAULT_MAX_EXPECTED_WAIT_S = 1.5
 # Images that may wait for a forward pass, as Triton's max_queue_size (which counts requests;
-# images bound the wait better when a request may hold a whole batch). Sized for about one
-# second of waiting at the measured throughput: ~55-60 images/s for the served pipeline on
-# this 2-CPU machine (README, Performance; a short shared-machine run), so 64. A GPU predictor
-# runs thousands of images/s: components/gpu raises it to match.
-DEFAULT_MAX_QUEUE_SIZE = 64
+# images bound memory better when a request may hold a whole batch). A memory bound now, not
+# the overload bound: the expected wait above refuses first on any CPU measured (1.5 s is
+# 60-300 images on 2 CPUs); 1024 UINT8 224x224 images are 147 MiB. A GPU runs thousands of
+# images/s: components/gpu raises it to match.
+DEFAULT_MAX_QUEUE_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,7 @@ class PredictorSettings:
     max_batch_size: int | None  # None: the model config's max_batch_size
     max_batch_delay_ms: float | None  # None: the model config's dynamic batching delay
     max_queue_size: int
+    max_expected_wait_s: float  # 0: no time bound
     max_request_bytes: int
     model_repository_api: bool
     lifecycle: lifecycle.LifecycleSettings
@@ -53,8 +60,9 @@ def parser() -> argparse.ArgumentParser:
         "--precision",
         default="auto",
         choices=["auto", "fp32", "fp16", "bf16"],
-        help="auto: fp16 on CUDA (TorchScript); bf16 with OpenVINO on a CPU that computes it "
-        "natively; else fp32. ONNX Runtime runs its file's precision (fp32, or int8).",
+        help="auto: fp16 on CUDA (TorchScript); else fp32, or what the repository's config says "
+        "(OpenVINO's HINT_BF16, written by a BF16 build that passed its fidelity gate). ONNX "
+        "Runtime runs its file's precision (fp32, or int8).",
     )
     p.add_argument(
         "--cuda_graphs",
@@ -94,8 +102,11 @@ def parser() -> argparse.ArgumentParser:
         "--max_queue_size",
         type=positive_int,
         default=DEFAULT_MAX_QUEUE_SIZE,
-        help="Most images waiting for a forward pass (about 1 s of work); past it requests are "
-        "refused at once with 503 (Retry-After) / UNAVAILABLE.",
+        help="Most images waiting for a forward pass (a memory bound; the expected wait bounds "
+        "time); past it requests are refused at once with 503 (Retry-After) / UNAVAILABLE.",
+    )
+    pacing.add_flag(
+        p, DEFAULT_MAX_EXPECTED_WAIT_S, "the images queued ahead of a request and its own"
     )
     lifecycle.add_flags(p)
     return p
@@ -115,6 +126,7 @@ def parse(argv: list[str] | None = None) -> PredictorSettings:
         max_batch_size=args.max_batch_size,
         max_batch_delay_ms=args.max_batch_delay_ms,
         max_queue_size=args.max_queue_size,
+        max_expected_wait_s=args.max_expected_wait_seconds,
         max_request_bytes=args.max_request_bytes,
         model_repository_api=args.enable_model_repository_api,
         lifecycle=lifecycle.LifecycleSettings.from_args(args),

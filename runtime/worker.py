@@ -6,7 +6,7 @@ team per calling thread, and a second team (say, on the event loop's thread) mad
 more threads than CPUs and throttle its spinning, which doubled the batch-1 forward time here.
 `ForwardWorker` owns that thread; nothing else in the predictor knows it exists. Callers hand
 it a builder (constructing and warming the engine, run on the forward thread) and then await
-`run(batch)`.
+`run(batch)`. The thread runs at a lower priority than the event loop (common.cpus).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
+from common.cpus import FORWARD_NICENESS, lower_thread_priority
+
 from .tensors import Runner, Tensors
 
 E = TypeVar("E", bound=Runner)
@@ -28,7 +30,12 @@ class ForwardWorker(Generic[E]):
 
     def __init__(self, build: Callable[[], E], name: str = "forward") -> None:
         """Start the thread and run `build` on it (blocking); re-raises what `build` raises."""
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix=name,
+            initializer=lower_thread_priority,
+            initargs=(FORWARD_NICENESS,),
+        )
         try:
             self.engine: E = self._executor.submit(build).result()
         except BaseException:

@@ -132,7 +132,16 @@ def simple_predictor(
     gate = logs / "forward.gate"
     server = start_server(
         "predictor",
-        ["--model_dir", str(simple_repository), "--model_name", MODEL_NAME],
+        # No time bound: the tests queue many requests behind a held pass, which the time
+        # bound (tests/test_pacing.py, test_overload.py) would rightly refuse.
+        [
+            "--model_dir",
+            str(simple_repository),
+            "--model_name",
+            MODEL_NAME,
+            "--max_expected_wait_seconds",
+            "0",
+        ],
         logs / "predictor.log",
         env=held_forward.env(gate),
     )

@@ -31,6 +31,7 @@ from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferRequest
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.server import RESTServer
+from timing_asgi import TimingMiddleware
 
 from common import kserve_compat
 from common.server import base_parser
@@ -220,23 +221,25 @@ def test_route_added_first_shadows_kserve_infer_route(fresh_app: FastAPI) -> Non
     assert kserve_infer_answer(fresh_app) == (200, '{"from":"ours","model":"m"}')
 
 
-def test_timing_lines_are_logged_whatever_the_flag_and_quieted(
-    fresh_app: FastAPI, caplog: pytest.LogCaptureFixture
+def test_timing_middleware_is_installed_whatever_the_flag_and_left_out_when_not_logging(
+    fresh_app: FastAPI, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    trace = logging.getLogger(KSERVE_TRACE_LOGGER_NAME)
-    level = trace.level
+    monkeypatch.setattr(RESTServer, "_add_middlewares", RESTServer._add_middlewares)
     kserve_rest_server(DataPlane(ModelRepository())).create_application()
-    try:
-        with caplog.at_level(logging.INFO):
-            trace.setLevel(logging.NOTSET)
-            call(fresh_app, "GET", "/")
-            assert any(r.name == KSERVE_TRACE_LOGGER_NAME for r in caplog.records)
-            caplog.clear()
-            kserve_compat.quiet_timing_logs(enable_latency_logging=False)
-            call(fresh_app, "GET", "/")
-            assert not any(r.name == KSERVE_TRACE_LOGGER_NAME for r in caplog.records)
-    finally:
-        trace.setLevel(level)
+    assert [m for m in fresh_app.user_middleware if m.cls is TimingMiddleware], (
+        "kserve no longer installs its timing middleware: timing_only_when_logged may go"
+    )
+
+    kserve_compat.timing_only_when_logged(enable_latency_logging=False)
+    other = FastAPI()
+    monkeypatch.setattr(kserve.model_server, "app", other)
+    kserve_rest_server(DataPlane(ModelRepository())).create_application()
+    assert not [m for m in other.user_middleware if m.cls is TimingMiddleware]
+    trace = logging.getLogger(KSERVE_TRACE_LOGGER_NAME)
+    monkeypatch.setattr(trace, "level", logging.NOTSET)
+    with caplog.at_level(logging.INFO):
+        assert call(other, "GET", "/").status_code == 200
+    assert not any(r.name == KSERVE_TRACE_LOGGER_NAME for r in caplog.records)
 
 
 # --- the data plane ----------------------------------------------------------------------

@@ -40,7 +40,7 @@ GPU = "nvidia.com/gpu"
 BASE_URI = "gs://YOUR-BUCKET/models/image-classifier/v1"
 CANARY_URI = "gs://YOUR-BUCKET/models/image-classifier/v2"
 # The ONNX repository (python -m modelbuild onnx) the CPU overlay serves by default.
-ONNX_URI = "gs://YOUR-BUCKET/models/image-classifier/v1-onnx"
+CPU_URI = "gs://YOUR-BUCKET/models/image-classifier/v1-openvino-int8"  # the default CPU engine
 CANARY_PERCENT = 10
 IMAGE_PATTERNS = {
     "predictor": re.compile(r"ghcr\.io/example/image-classifier-predictor:\d+\.\d+\.\d+"),
@@ -64,14 +64,14 @@ class Expect:
 
 OVERLAYS: dict[str, Expect] = {
     "gpu": Expect(mode=None, gpu=True),
-    "cpu": Expect(mode=None, gpu=False, storage=ONNX_URI),
+    "cpu": Expect(mode=None, gpu=False, storage=CPU_URI),
     "knative": Expect(mode="Knative", gpu=True),
     "knative-scale-to-zero": Expect(mode="Knative", gpu=True),
     "standard": Expect(mode="Standard", gpu=True),
     "canary/knative": Expect(mode="Knative", gpu=True, canary=True),
     "canary/standard": Expect(mode="Standard", gpu=True, canary=True),
     "triton": Expect(mode=None, gpu=True, triton=True),
-    "payload-logging": Expect(mode=None, gpu=False, storage=ONNX_URI),
+    "payload-logging": Expect(mode=None, gpu=False, storage=CPU_URI),
 }
 
 needs_kubectl = pytest.mark.usefixtures("kubectl")  # skips without kubectl, fails under CI
@@ -691,12 +691,13 @@ def test_memory_limits_hold_the_request_memory_budget_over_the_measured_baseline
     overlay: str, stacks: Stack
 ) -> None:
     """Every container of ours has a memory limit that holds what the server itself takes
-    (measured now: the running servers of this session, TorchScript or ONNX as the overlay's
-    repository says, plus the CUDA context on a GPU) and its request memory budget on top (the
-    one its flags set, or the default it derives from that limit), and the budget holds the two
-    largest gRPC messages the server must be able to read (one inference, one control call)."""
+    (measured now: the running servers of this session, TorchScript or OpenVINO INT8 as the
+    overlay's repository says, plus the CUDA context on a GPU) and its request memory budget on
+    top (the one its flags set, or the default it derives from that limit), and the budget
+    holds the two largest gRPC messages the server must be able to read (one inference, one
+    control call)."""
     expect, isvc = OVERLAYS[overlay], isvc_of(overlay)
-    engine = "onnx" if expect.storage == ONNX_URI else "torchscript"
+    engine = "openvino-int8" if expect.storage == CPU_URI else "torchscript"
     predictor, transformer = stacks(engine)
     measured = {
         name: memory.status_bytes("VmRSS", server.process.pid) or 0

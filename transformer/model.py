@@ -25,6 +25,7 @@ from kserve.protocol.infer_type import InferRequest, InferResponse
 from prometheus_client import REGISTRY
 
 from common import codecs, tracing
+from common.cpus import DECODE_NICENESS, lower_thread_priority
 from common.modelrepo import CONFIG_FILE, ModelConfig, ModelRepositoryError, resolve
 from vision.drift import (
     PROFILE_FILENAME,
@@ -82,7 +83,12 @@ class ImageClassifierTransformer(Model):
         super().__init__(settings.model_name)
         self.settings = settings
         self.repository_version = ""  # the version directory, set by load()
-        self._pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+        self._pool = ThreadPoolExecutor(
+            settings.decode_workers,
+            thread_name_prefix="decode",
+            initializer=lower_thread_priority,
+            initargs=(DECODE_NICENESS,),
+        )
         self._drift_metrics: DriftCollector | None = None  # registered by load()
         self.predictor = PredictorLink(
             settings.predictor.predictor_host,
