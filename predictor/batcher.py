@@ -27,14 +27,14 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 from prometheus_client import Histogram
 
-from common.pacing import Throughput, WaitTarget
+from common.pacing import BusyClock, Throughput, WaitTarget
 from runtime.tensors import Tensors, rows_of, split_rows
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class BatchFailed(RuntimeError):
     """The batch this request was in failed outside the model (a wrong result, say)."""
 
 
+Run = Callable[[Tensors], Awaitable[Tensors]]
 Kind = tuple[tuple[str, np.dtype, tuple[int, ...]], ...]
 
 
@@ -99,32 +100,37 @@ class AdaptiveBatcher:
 
     def __init__(
         self,
-        run: Callable[[Tensors], Awaitable[Tensors]],
+        run: Run | Sequence[Run],
         max_batch_size: int,
         max_delay_s: float,
         max_queue_size: int | None = None,
         max_wait: WaitTarget | None = None,
     ) -> None:
         """`run` computes one batch (a ForwardWorker's `run`, say); the batcher awaits one call
-        at a time. `max_queue_size` images may wait (None: no bound; it must hold at least one
-        full batch); `max_wait` bounds the expected wait in seconds (None: no time bound).
+        of it at a time. Several (model instances, Triton's `instance_group count`) run batches
+        at once: each takes the next batch when it is free, so a batch goes to a free instance,
+        the least loaded. `max_queue_size` images may wait (None: no bound; it must hold at
+        least one full batch); `max_wait` bounds the expected wait in seconds (None: no time bound).
         Raises ValueError for impossible sizes."""
         if max_queue_size is not None and max_queue_size < max_batch_size:
             raise ValueError(
                 f"max_queue_size {max_queue_size} is below max_batch_size {max_batch_size}: "
                 "a full request could never be queued"
             )
-        self._run = run
+        self._runs = list(run) if isinstance(run, Sequence) else [run]
+        if not self._runs:
+            raise ValueError("no model instance to run batches on")
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue_size = max_queue_size
         self.max_wait = max_wait
         self.throughput = Throughput()  # images per second of forward-pass time
+        self._busy = BusyClock()  # overlapping passes of several instances count once
         self._running_rows = 0
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._arrived = asyncio.Event()
-        self._worker: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
         self._closed = False
         self._last_requests = 1
 
@@ -189,16 +195,18 @@ class AdaptiveBatcher:
             pending = self._queue.popleft()
             if not pending.future.done():
                 pending.future.set_exception(error)
-        if self._worker is not None:
-            self._worker.cancel()
+        for worker in self._workers:
+            worker.cancel()
 
     def _ensure_worker(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._worker is not None and not self._worker.done():
+        if self._workers and not any(w.done() for w in self._workers):
             return
-        if self._worker is not None:  # it ended: never expected, so say so and start again
-            logger.error("batcher worker ended unexpectedly; restarting it")
+        if self._workers:  # one ended: never expected, so say so and start them again
+            logger.error("batcher worker ended unexpectedly; restarting the workers")
+            for worker in self._workers:
+                worker.cancel()
         self._arrived = asyncio.Event()  # bound to this loop on first use
-        self._worker = loop.create_task(self._serve())
+        self._workers = [loop.create_task(self._serve(run)) for run in self._runs]
 
     def _dequeue(self, pending: _Pending) -> None:
         """Stop counting `pending` in the queue (taken into a batch, finished or cancelled)."""
@@ -216,11 +224,11 @@ class AdaptiveBatcher:
                 DeadlineExpired(f"deadline passed after {waited:.3f} s waiting in the queue")
             )
 
-    async def _serve(self) -> None:
+    async def _serve(self, run: Run) -> None:
         while True:
             batch = await self._gather()
             try:
-                await self._execute(batch)
+                await self._execute(batch, run)
             except Exception as exc:  # a bug outside the forward pass: fail this batch only
                 logger.exception("batch of %d requests failed", len(batch))
                 self._fail(batch, BatchFailed(f"the batch failed: {type(exc).__name__}: {exc}"))
@@ -282,7 +290,7 @@ class AdaptiveBatcher:
         self._queued_rows += pending.rows
         self._queue.appendleft(pending)
 
-    async def _execute(self, batch: list[_Pending]) -> None:
+    async def _execute(self, batch: list[_Pending], run: Run) -> None:
         live = [p for p in batch if not p.future.done()]  # callers may have gone away
         if not live:
             return
@@ -296,9 +304,10 @@ class AdaptiveBatcher:
         BATCH_SIZE.observe(rows)
         BATCH_REQUESTS.observe(len(live))
         self._last_requests = len(live)
-        self._running_rows = rows
+        self._running_rows += rows
+        self._busy.start()
         try:
-            outputs = await self._run(inputs)
+            outputs = await run(inputs)
         except asyncio.CancelledError:
             self._fail(live, BatcherClosed("the server is shutting down"))
             raise
@@ -306,8 +315,9 @@ class AdaptiveBatcher:
             self._fail(live, exc)
             return
         finally:
-            self._running_rows = 0
-        self.throughput.record(rows, time.monotonic() - started)
+            self._running_rows -= rows
+            busy = self._busy.finish()
+        self.throughput.record(rows, busy)
         wrong = _wrong_rows(outputs, rows)
         if wrong is not None:
             self._fail(

@@ -73,7 +73,7 @@ class RepositoryModel(Model):
         self.settings = settings
         self.version: ModelVersion | None = None
         self.batcher: AdaptiveBatcher | None = None
-        self.worker: ForwardWorker[Engine] | None = None
+        self.workers: list[ForwardWorker[Engine]] = []
         self.contract: Contract | None = None
 
     @property
@@ -104,15 +104,20 @@ class RepositoryModel(Model):
             else config.max_queue_delay_us / 1000
         )
         version = self.version
-        self.worker = ForwardWorker(lambda: build_engine(version, plan, max_batch))
-        engine = self.worker.engine
+        for index in range(s.instances):
+            self.workers.append(
+                ForwardWorker(
+                    lambda: build_engine(version, plan, max_batch), name=f"forward{index}"
+                )
+            )
+        engine = self.workers[0].engine
         # What requests are checked against: the engine's contract (with any second entrance
         # its model offers), at the request size config.pbtxt allows.
         self.contract = replace(engine.contract, max_batch_size=config.max_batch_size)
         # Always room for one full request (it may be split into several passes).
         queue_size = max(s.max_queue_size, max_batch, config.max_batch_size)
         self.batcher = AdaptiveBatcher(
-            timed_forward(self.worker.run),
+            [timed_forward(worker.run) for worker in self.workers],
             max_batch,
             delay_ms / 1000,
             queue_size,
@@ -122,11 +127,12 @@ class RepositoryModel(Model):
         batcher = self.batcher
         metrics.QUEUE_DEPTH.set_function(lambda: batcher.queued_images)
         logger.info(
-            "loaded %s version %s: %s, max batch %d, delay %.1f ms, queue %d rows, "
-            "expected wait %g s at most",
+            "loaded %s version %s: %s, %d instance(s), max batch %d, delay %.1f ms, queue %d "
+            "rows, expected wait %g s at most",
             s.model_name,
             version.version,
             describe(version, plan, engine),
+            s.instances,
             max_batch,
             delay_ms,
             queue_size,
@@ -144,8 +150,8 @@ class RepositoryModel(Model):
         """Release the forward thread."""
         if self.batcher is not None:
             self.batcher.close()
-        if self.worker is not None:
-            self.worker.close()
+        for worker in self.workers:
+            worker.close()
         super().stop()
 
     def get_input_types(self) -> list[dict[str, Any]]:

@@ -11,6 +11,12 @@ from common.cli import DEFAULT_MODEL_DIR, non_negative_float, positive_int
 from common.cpus import available_cpus
 from common.server import base_parser
 
+# Model instances. Measured in process, batch 8, AMD EPYC AVX2, 2 CPUs: 2 x 1 thread against
+# 1 x 2 threads gave the same images/s with ONNX Runtime FP32 (143/135 vs 137/140) and 1.13x
+# with OpenVINO INT8 (197/210 vs 187/168); served, the event loops and the decoding share those
+# two CPUs, and each copy holds its own model (~100-200 MiB). One until a served run at c16
+# measures a gain (`python -m bench --served_predictor_args "--instances 2"`).
+DEFAULT_INSTANCES = 1
 # The longest expected wait for a forward pass a request is queued for (common.pacing): the
 # images ahead of it over the images/s of forward-pass time measured recently, the same time on
 # every engine and CPU. Above the transformer's own target (1 s of work end to end, most of it
@@ -35,7 +41,8 @@ class PredictorSettings:
     device: str
     precision: str
     cuda_graphs: str
-    num_threads: int
+    num_threads: int  # per instance
+    instances: int
     max_batch_size: int | None  # None: the model config's max_batch_size
     max_batch_delay_ms: float | None  # None: the model config's dynamic batching delay
     max_queue_size: int
@@ -71,10 +78,19 @@ def parser() -> argparse.ArgumentParser:
         help="Capture CUDA graphs for common batch sizes (auto: on with CUDA).",
     )
     p.add_argument(
+        "--instances",
+        type=positive_int,
+        default=DEFAULT_INSTANCES,
+        help="Model copies, each on its own forward thread with --num_threads threads (Triton's "
+        "instance_group count); a batch goes to a free one. Default 1: measured, see README "
+        "(Engines).",
+    )
+    p.add_argument(
         "--num_threads",
         type=positive_int,
         default=None,
-        help="Torch intra-op threads (default: the CPUs this container may use).",
+        help="Intra-op threads of each instance (default: the CPUs this container may use, "
+        "shared among the instances).",
     )
     p.add_argument(
         "--max_batch_size",
@@ -122,7 +138,8 @@ def parse(argv: list[str] | None = None) -> PredictorSettings:
         device=args.device,
         precision=args.precision,
         cuda_graphs=args.cuda_graphs,
-        num_threads=args.num_threads or available_cpus(),
+        num_threads=args.num_threads or max(1, available_cpus() // args.instances),
+        instances=args.instances,
         max_batch_size=args.max_batch_size,
         max_batch_delay_ms=args.max_batch_delay_ms,
         max_queue_size=args.max_queue_size,

@@ -350,3 +350,33 @@ def test_inputs_of_different_batch_sizes_are_refused() -> None:
     with pytest.raises(ValueError, match="batch sizes differ"):
         run(batcher.submit(mismatched))
     batcher.close()
+
+
+def test_several_instances_run_batches_at_once_each_taking_the_next_when_free() -> None:
+    """Two model instances (Triton's instance_group count): with both held, two passes are in
+    progress at once and a third batch waits for whichever is freed first."""
+    first, second = RecordingModel(held=True), RecordingModel(held=True)
+    batcher = ArrayBatcher(
+        AdaptiveBatcher(
+            [ForwardWorker(lambda: first).run, ForwardWorker(lambda: second).run], 1, 0.0
+        )
+    )
+
+    async def scenario() -> list[np.ndarray]:
+        jobs = [
+            asyncio.ensure_future(batcher.submit(np.full((1, 1), i, np.uint8))) for i in range(3)
+        ]
+        await held_pass(first)
+        await held_pass(second)  # both instances busy at once
+        assert batcher.queued_images == 1  # the third waits for a free instance
+        second.release.set()  # the second instance is freed: it runs the waiting batch too
+        while len(second.batches) < 2:
+            await asyncio.sleep(0.01)
+        assert first.batches == [1]  # the first instance still holds its one pass
+        first.release.set()
+        return list(await asyncio.gather(*jobs))
+
+    results = run(scenario())
+    batcher.close()
+    assert [int(r[0, 0]) for r in results] == [0, 2, 4]
+    assert (len(first.batches), len(second.batches)) == (1, 2)
