@@ -180,7 +180,7 @@ def parse(argv: list[str] | None = None) -> BenchSettings:
     return BenchSettings(
         model_dir=model_dir,
         model_name=args.model_name,
-        out=args.out,
+        out=args.out.resolve(),  # absolute: tritonserver runs with another cwd
         images_from=args.images_from,
         concurrency=args.concurrency,
         warmup_s=args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0),
