@@ -88,10 +88,15 @@ class ServerProcess:
         """User + system CPU time of the process so far, or None where /proc is unavailable."""
         return process_cpu_seconds(self.process.pid)
 
+    @property
+    def metrics_url(self) -> str:
+        """Where the server's Prometheus metrics are served."""
+        return f"{self.url}/metrics"
+
     def metrics(self) -> str:
-        """The Prometheus exposition text of GET /metrics ('' when it cannot be read)."""
+        """The Prometheus exposition text of `metrics_url` ('' when it cannot be read)."""
         try:
-            response = httpx.get(f"{self.url}/metrics", timeout=5.0)
+            response = httpx.get(self.metrics_url, timeout=5.0)
         except httpx.TransportError:
             return ""
         return response.text if response.status_code == 200 else ""

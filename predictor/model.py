@@ -147,7 +147,7 @@ class RepositoryModel(Model):
         return None if self.batcher is None else self.batcher.refusal(1)
 
     def stop(self) -> None:
-        """Release the forward thread."""
+        """Release the forward threads."""
         if self.batcher is not None:
             self.batcher.close()
         for worker in self.workers:

@@ -18,14 +18,15 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import held_forward
 import pytest
 from conftest import DATA, MODEL_NAME, start_server
+from test_observability import scrape, total
 from test_reliability import pixels_body
+from test_serve_script import wait_until
 
 from common.cpus import default_engine
 from harness.overload import in_another_process
@@ -38,7 +39,8 @@ LOAD_SECONDS = 8.0
 GRACE_SECONDS = 20.0  # the load process gives requests still out this long, then counts them
 ACCEPTED_P99_BOUND_MS = 2500.0
 REFUSED_P99_BOUND_MS = 250.0
-HEAD_ONLY_TIMEOUT_S = 5.0  # a refusal before the body must come long before the body would
+HEAD_ONLY_TIMEOUT_S = 5.0
+QUEUE_FILL_TIMEOUT_S = 30.0  # a refusal before the body must come long before the body would
 
 
 def start_pipeline(
@@ -149,6 +151,8 @@ def test_refusals_come_before_the_body_is_read(
     )
     try:
         pixels, pixel_headers = pixels_body(8)
+        pixels_file = log_dir / "pixels.bin"
+        pixels_file.write_bytes(pixels)
         v2_headers = "".join(f"{k}: {v}\r\n" for k, v in pixel_headers.items())
         with held_forward.holding(gate):
             held = subprocess.Popen(
@@ -174,13 +178,17 @@ def test_refusals_come_before_the_body_is_read(
                         " 'rb').read(), headers=dict(a.split('=', 1) for a in sys.argv[3:]),"
                         " timeout=60)",
                         f"{predictor.url}/v2/models/{MODEL_NAME}/infer",
-                        str(write(log_dir / "pixels.bin", pixels)),
+                        str(pixels_file),
                         *(f"{k}={v}" for k, v in pixel_headers.items()),
                     ]
                 )
                 for _ in range(4)  # 32 images: the predictor's queue is full
             ]
-            wait_until(lambda: queued_images(predictor) >= 32, "the predictor's queue to fill")
+            wait_until(
+                lambda: total(scrape(predictor), "predictor_queue_depth") >= 32,
+                QUEUE_FILL_TIMEOUT_S,
+                "the predictor's queue did not fill",
+            )
             front = head_then_part_of_body(
                 transformer.url, f"/v1/models/{MODEL_NAME}:predict", 1_000_000
             )
@@ -198,26 +206,3 @@ def test_refusals_come_before_the_body_is_read(
     finally:
         transformer.stop()
         predictor.stop()
-
-
-def write(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
-
-
-def queued_images(server: ServerProcess) -> float:
-    """The predictor's predictor_queue_depth gauge (images waiting)."""
-    for line in server.metrics().splitlines():
-        if line.startswith("predictor_queue_depth "):
-            return float(line.split()[1])
-    return 0.0
-
-
-def wait_until(check: object, what: str, timeout_s: float = 30.0) -> None:
-    """Poll `check()` until it holds; raises TimeoutError naming `what`."""
-    assert callable(check)
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what} did not happen within {timeout_s:.0f} s")
-        time.sleep(0.02)

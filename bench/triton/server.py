@@ -35,13 +35,10 @@ class TritonProcess(ServerProcess):
 
     metrics_port: int = 0
 
-    def metrics(self) -> str:
-        """Triton's Prometheus text (its own metrics port; '' when it cannot be read)."""
-        try:
-            response = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5.0)
-        except httpx.TransportError:
-            return ""
-        return response.text if response.status_code == 200 else ""
+    @property
+    def metrics_url(self) -> str:
+        """Triton serves its Prometheus metrics on a port of their own."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time so far of tritonserver and its python-backend stubs (which
