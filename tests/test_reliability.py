@@ -22,7 +22,7 @@ import held_forward
 import httpx
 import numpy as np
 import pytest
-from conftest import DATA, MODEL_NAME, grpc_calls, start_server
+from conftest import DATA, MODEL_NAME, NO_TIME_BOUND, grpc_calls, start_server
 from test_observability import requests_by, scrape, total
 
 from harness.recorder import Outcome, Recorder
@@ -92,7 +92,17 @@ def pipeline(
         "--request_timeout_seconds",
         str(REQUEST_TIMEOUT_S),
     ]
-    predictor_args = [*common, "--drain_seconds", "1", "--max_queue_size", str(QUEUE)]
+    # The predictor's queue is bounded by its count alone (QUEUE): these tests hold its forward
+    # pass, which its time bound would measure as a slow model and refuse behind, whichever
+    # bound of the transformer's a test is about (shedding by time: test_overload.py).
+    predictor_args = [
+        *common,
+        "--drain_seconds",
+        "1",
+        "--max_queue_size",
+        str(QUEUE),
+        *NO_TIME_BOUND,
+    ]
     gate = log_dir / "forward.gate"
     predictor = start_server(
         "predictor", predictor_args, log_dir / "predictor.log", env=held_forward.env(gate)
@@ -246,9 +256,7 @@ def test_an_overload_burst_is_shed_fast_while_accepted_requests_stay_bounded(
     assert max(served) < REQUEST_TIMEOUT_S  # accepted requests finish inside their timeout
     back_statuses = [s for _, s in back]
     assert set(back_statuses) <= {200, 503} and back_statuses.count(503) >= 5
-    # Served: what the queue admitted, by its count (32 images) or its expected wait (1.5 s at
-    # the rate measured), whichever this machine's speed meets first; at least one request.
-    assert back_statuses.count(200) >= 1
+    assert back_statuses.count(200) >= QUEUE // 8  # at least the queue's worth was served
 
 
 def test_predictor_killed_twice_under_load_gives_only_200_or_503_and_recovers(
@@ -541,7 +549,9 @@ def test_sigterm_under_load_drains_and_loses_no_request_started_before_the_drain
         while time.monotonic() < marks["sigterm"] + DRAIN_S + 10:
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", transformer.http_port)
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError):
+                # Reset: the connect raced the listening socket closing with it still queued;
+                # the port closed at that moment all the same.
                 marks["port_closed"] = time.monotonic()
                 return
             writer.close()
