@@ -119,7 +119,7 @@ serve: $(STAMP) $(SERVE_MODEL_$(ENGINE))
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy common runtime vision modelbuild predictor transformer rollout scripts harness tests bench batch edge
+	$(BIN)/mypy common runtime vision modelbuild predictor transformer rollout scripts harness tests bench batch edge groundtruth
 
 test: lint $(MODEL) $(ONNX_MODEL) $(INT8_MODEL) $(OPENVINO_MODEL) $(OPENVINO_INT8_MODEL)
 	MODEL_REPOSITORY=$(MODEL_REPO) MODEL_REPOSITORY_ONNX=$(ONNX_REPO) \

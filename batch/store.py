@@ -1,6 +1,7 @@
 """The database side: schema, look-ups and idempotent chunked upserts (SQLAlchemy 2 Core).
 
-Three tables, created when missing:
+Three tables, created when missing (predictions is defined in groundtruth.schema: online
+and batch predictions share its columns and the labels):
 
     predictions   one row per (image_key, model_name, model_version): sha256, top-1 class_id,
                   label and score, the top-k as JSON, created_at
@@ -14,42 +15,18 @@ a re-run rewrites nothing twice. A prediction clears the same image's error row.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.engine import Connection
+
+from common.database import Database, DatabaseError
+from groundtruth.schema import metadata, predictions
 
 from .outcomes import Failure, Prediction
-
-metadata = sa.MetaData()
-
-
-def _image_and_model() -> list[sa.Column[str]]:
-    """The primary key of predictions and batch_errors: one row per image and model version."""
-    return [
-        sa.Column("image_key", sa.String(1024), primary_key=True),
-        sa.Column("model_name", sa.String(255), primary_key=True),
-        sa.Column("model_version", sa.String(64), primary_key=True),
-    ]
-
-
-predictions = sa.Table(
-    "predictions",
-    metadata,
-    *_image_and_model(),
-    sa.Column("sha256", sa.String(64), nullable=False),
-    sa.Column("class_id", sa.Integer, nullable=False),
-    sa.Column("label", sa.Text, nullable=False),
-    sa.Column("score", sa.Float, nullable=False),
-    sa.Column("top_k", sa.JSON, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-)
 
 batch_runs = sa.Table(
     "batch_runs",
@@ -73,7 +50,9 @@ batch_runs = sa.Table(
 batch_errors = sa.Table(
     "batch_errors",
     metadata,
-    *_image_and_model(),
+    sa.Column("image_key", sa.String(1024), primary_key=True),
+    sa.Column("model_name", sa.String(255), primary_key=True),
+    sa.Column("model_version", sa.String(64), primary_key=True),
     sa.Column("sha256", sa.String(64)),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("run_id", sa.Integer, sa.ForeignKey("batch_runs.id"), nullable=False),
@@ -81,8 +60,8 @@ batch_errors = sa.Table(
 )
 
 
-class StoreError(RuntimeError):
-    """The database is unreachable, refused a statement, or the URL is unusable."""
+# The database is unreachable, refused a statement, or the URL is unusable.
+StoreError = DatabaseError
 
 
 @dataclass(frozen=True)
@@ -104,26 +83,19 @@ class Store:
 
     def __init__(self, url: str) -> None:
         """Connect and create the schema if missing; raises StoreError."""
-        try:
-            self.engine: Engine = sa.create_engine(url, future=True)
-        except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-            raise StoreError(
-                f"--db {_redact(url)}: not a usable SQLAlchemy URL ({exc}); expected e.g. "
-                "sqlite:///predictions.db or postgresql+psycopg://user:password@host/db"
-            ) from exc
-        self.dialect = self.engine.dialect.name
-        if self.dialect not in ("sqlite", "postgresql"):
-            raise StoreError(
-                f"--db {_redact(url)}: {self.dialect} is not supported here; "
-                "expected sqlite or postgresql"
-            )
-        self.url = _redact(url)
-        self.seconds = 0.0  # time spent in look-ups and writes, for the summary
-        self._run(lambda conn: metadata.create_all(conn))
+        self.db = Database(url)
+        self.dialect = self.db.dialect
+        self.url = self.db.url
+        self.db.create(metadata)
+
+    @property
+    def seconds(self) -> float:
+        """Time spent in look-ups and writes, for the summary."""
+        return self.db.seconds
 
     def close(self) -> None:
         """Close every pooled connection."""
-        self.engine.dispose()
+        self.db.close()
 
     def start_run(
         self, source: str, model_name: str, model_version: str, engine: str, shard: str
@@ -240,31 +212,7 @@ class Store:
             self._run(upsert)
 
     def _upsert(self, table: sa.Table) -> Any:
-        """INSERT ... ON CONFLICT (primary key) DO UPDATE, executed with a list of rows
-        (SQLAlchemy sends them as multi-row VALUES batches)."""
-        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        statement = insert(table)
-        keys = [c.name for c in table.primary_key.columns]
-        return statement.on_conflict_do_update(
-            index_elements=keys,
-            set_={c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys},
-        )
+        return self.db.upsert(table)
 
     def _run(self, work: Any) -> Any:
-        """Run `work(connection)` in one transaction, timed; raises StoreError."""
-        started = time.perf_counter()
-        try:
-            with self.engine.begin() as conn:
-                return work(conn)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"database {self.url}: {exc.__class__.__name__}: {exc}") from exc
-        finally:
-            self.seconds += time.perf_counter() - started
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparseable URL>"
+        return self.db.run(work)

@@ -93,6 +93,14 @@ REST_ROUTES: dict[tuple[str, str], Entry] = {
     ("GET", _MODEL + "/drift"): Entry(
         KEYED, "drift scores of the transformer's window (aggregates, as on /metrics)"
     ),
+    ("POST", _MODEL + "/labels"): Entry(
+        KEYED,
+        "true labels for logged predictions (transformer, --prediction_log_db): writes to the "
+        "prediction log's database, so it takes the same key as inference",
+    ),
+    ("GET", _MODEL + "/accuracy"): Entry(
+        KEYED, "accuracy per model version from the labelled predictions (aggregates)"
+    ),
     ("GET", _VERSION + "/ready"): Entry(OPEN, "V2 model readiness, versioned path"),
     ("POST", _MODEL + "/infer"): Entry(
         KEYED, "V2 inference (common.server's zero-copy route, then kserve's behind it)"

@@ -24,11 +24,11 @@ from typing import Any
 import grpc
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .ids import VALID_REQUEST_ID
 from .metrics import V2_GRPC, ServerMetrics, request_protocol
 
 REQUEST_ID_HEADER = "x-request-id"
-# Ids clients send are kept when they look like ids (they end up in headers and log lines).
-_VALID_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+_VALID_ID = VALID_REQUEST_ID
 # What the predictor accepts from the transformer: the ids of a shared call, comma-separated.
 _VALID_IDS = re.compile(r"[A-Za-z0-9._:/+=@,-]{1,8192}")
 _MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"

@@ -20,6 +20,7 @@ COPY pyproject.toml README.md /tmp/src/
 COPY common /tmp/src/common
 COPY runtime /tmp/src/runtime
 COPY vision /tmp/src/vision
+COPY groundtruth /tmp/src/groundtruth
 COPY batch /tmp/src/batch
 
 RUN python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" \

@@ -21,12 +21,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 COPY pyproject.toml README.md /tmp/src/
 COPY common /tmp/src/common
 COPY vision /tmp/src/vision
+COPY groundtruth /tmp/src/groundtruth
 COPY transformer /tmp/src/transformer
 
-# The serving dependencies only (no `predictor` extra); the checks fail the build if
+# The serving dependencies and the prediction log's (SQLAlchemy, psycopg), no `predictor`
+# extra; the checks fail the build if
 # anything pulled torch in anyway, or the demo page's files (package data) are
 # missing from the installed package.
-RUN pip install --no-cache-dir "/tmp/src[serve]" \
+RUN pip install --no-cache-dir "/tmp/src[serve,groundtruth]" \
  && rm -rf /tmp/src \
  && python -c "import kserve, transformer, importlib.util as u; assert u.find_spec('torch') is None, 'torch in the transformer image'" \
  && python -c "from transformer import demo; demo.load('check', '1', 5, 1000)"

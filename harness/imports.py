@@ -20,6 +20,7 @@ PACKAGES = (
     "transformer",
     "batch",
     "edge",
+    "groundtruth",
     "rollout",
     "bench",
     "harness",

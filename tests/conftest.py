@@ -116,8 +116,15 @@ def transformer(stacks: Stack) -> Server:
     return stacks("torchscript")[1]
 
 
-def start_transformer(predictor: Server, model_repository: Path, log: Path, *extra: str) -> Server:
-    """Start a real transformer in front of `predictor`, with `extra` flags; returns when ready."""
+def start_transformer(
+    predictor: Server,
+    model_repository: Path,
+    log: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+) -> Server:
+    """Start a real transformer in front of `predictor`, with `extra` flags (and `env` as its
+    whole environment); returns when ready."""
     return start_server(
         "transformer",
         [
@@ -136,6 +143,7 @@ def start_transformer(predictor: Server, model_repository: Path, log: Path, *ext
         ],
         log,
         without_torch=True,  # so every transformer test also proves it needs no torch
+        env=env,
     )
 
 

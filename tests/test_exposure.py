@@ -33,11 +33,14 @@ from common.exposure import (
 
 # Routes kserve registers only with --enable_docs_url (refused all the same).
 DOCS_ONLY = {("GET", "/docs"), ("GET", "/docs/oauth2-redirect")}
-# Routes only the transformer registers (its demo page, transformer/demo; its drift report).
+# Routes only the transformer registers (its demo page, transformer/demo; its drift report;
+# labels and accuracy, transformer/ground_truth.py, answering 501 without the prediction log).
 TRANSFORMER_ONLY = {
     ("GET", "/demo/demo.css"),
     ("GET", "/demo/demo.js"),
     ("GET", "/v2/models/{model_name}/drift"),  # drift report, vision/drift.py
+    ("POST", "/v2/models/{model_name}/labels"),
+    ("GET", "/v2/models/{model_name}/accuracy"),
 }
 
 

@@ -44,13 +44,14 @@ def test_no_module_import_cycle() -> None:
         ("common", set()),
         ("vision", {"common"}),  # the model repository's error type
         ("runtime", {"common"}),
+        ("groundtruth", {"common"}),
         ("modelbuild", {"common", "runtime", "vision"}),
         # The two servers side by side: neither imports the other.
         ("predictor", {"common", "runtime"}),
-        ("transformer", {"common", "vision"}),
+        ("transformer", {"common", "vision", "groundtruth"}),
         # Edge, batch and bench use the domain and the engines, not a server.
         ("edge", {"common", "runtime", "vision"}),
-        ("batch", {"common", "runtime", "vision"}),
+        ("batch", {"common", "runtime", "vision", "groundtruth"}),
         ("bench", {"common", "runtime", "vision", "modelbuild", "harness"}),
         ("harness", {"common", "modelbuild"}),
         ("rollout", {"common"}),
@@ -72,6 +73,8 @@ def test_the_tests_import_nothing_from_bench() -> None:
     [
         ("vision", ("kserve", "torch", "prometheus_client")),
         ("edge", ("kserve", "torch", "prometheus_client")),
+        ("groundtruth.log", ("kserve", "torch", "prometheus_client")),
+        ("groundtruth.accuracy", ("kserve", "torch", "prometheus_client")),
         ("runtime.onnx_engine", ("kserve", "torch")),
         ("runtime.openvino_engine", ("kserve", "torch")),
         ("transformer.__main__", ("torch",)),

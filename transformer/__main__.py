@@ -5,11 +5,12 @@ from __future__ import annotations
 import sys
 
 from common import kserve_compat, logs, memory, pacing
+from common.database import DatabaseError
 from common.exposure import ExposurePolicy
 from common.lifecycle import Lifecycle
 from common.server import run_server
 
-from . import demo
+from . import demo, ground_truth
 from . import settings as settings_module
 from .auth import ApiKeyFileError, ApiKeys
 from .model import ImageClassifierTransformer
@@ -26,6 +27,17 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--api_key_file: {exc}") from None
     model = ImageClassifierTransformer(settings)
     model.load()
+    if settings.prediction_log_url:
+        try:
+            model.ground_truth = ground_truth.GroundTruth(
+                settings.prediction_log_url,
+                settings.model_name,
+                model.repository_version,
+                list(model.labels),
+                settings.prediction_log_capacity,
+            )
+        except DatabaseError as exc:
+            raise SystemExit(str(exc)) from None
     if settings.demo:
         page = demo.load(
             settings.model_name, model.repository_version, settings.default_top_k, len(model.labels)
@@ -36,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     kserve_compat.rest_app().add_api_route(
         "/v2/models/{model_name}/drift", model.drift_report, methods=["GET"]
     )
+    ground_truth.register(kserve_compat.rest_app(), model.ground_truth)
     run_server(
         model,
         settings.server_args,

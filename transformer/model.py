@@ -27,6 +27,7 @@ from prometheus_client import REGISTRY
 from common import codecs, tracing
 from common.cpus import DECODE_NICENESS, lower_thread_priority
 from common.modelrepo import CONFIG_FILE, ModelConfig, ModelRepositoryError, resolve
+from groundtruth.schema import LOGGED_TOP_K
 from vision.drift import (
     PROFILE_FILENAME,
     DriftMonitor,
@@ -41,6 +42,7 @@ from . import metrics
 from .auth import without_credentials
 from .coalesce import Coalescer
 from .drift_metrics import DriftCollector
+from .ground_truth import GroundTruth, image_digest
 from .settings import TransformerSettings
 from .upstream import PredictorLink
 
@@ -66,6 +68,7 @@ class PreparedBatch:
     response_id: str
     request_id: str  # sent to the predictor as x-request-id and as the V2 id
     statistics: np.ndarray  # per image, the drift module's INPUT_SIGNALS
+    digests: tuple[str, ...]  # per image, its file's SHA-256 (only with the prediction log)
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class ImageClassifierTransformer(Model):
             initargs=(DECODE_NICENESS,),
         )
         self._drift_metrics: DriftCollector | None = None  # registered by load()
+        self.ground_truth: GroundTruth | None = None  # set by __main__ with --prediction_log_db
         self.predictor = PredictorLink(
             settings.predictor.predictor_host,
             settings.model_name,
@@ -155,8 +159,12 @@ class ImageClassifierTransformer(Model):
         return {"model_name": self.name, "enabled": self.drift.enabled, **self.drift.report()}
 
     def stop(self) -> None:
-        """Release the decode threads and the drift gauges."""
+        """Release the decode threads and the drift gauges; write what the prediction log
+        holds."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.ground_truth is not None:
+            self.ground_truth.close()
+            self.ground_truth = None
         if self._drift_metrics is not None:
             REGISTRY.unregister(self._drift_metrics)
             self._drift_metrics = None
@@ -196,8 +204,8 @@ class ImageClassifierTransformer(Model):
             raise InvalidInput(
                 f"{len(images)} images in one request, expected 1 to {self.max_images}"
             )
-        pixels, statistics = await self._decode_all(images)
-        return PreparedBatch(pixels, protocol, k, response_id, request_id, statistics)
+        pixels, statistics, digests = await self._decode_all(images)
+        return PreparedBatch(pixels, protocol, k, response_id, request_id, statistics, digests)
 
     async def predict(
         self,
@@ -224,6 +232,15 @@ class ImageClassifierTransformer(Model):
         if self.drift.enabled:
             top1 = scores[:, :1].astype(np.float64)
             self.drift.record(np.hstack([batch.statistics, top1]), class_ids[:, 0])
+        if self.ground_truth is not None:
+            logged_ids, logged_scores = (
+                (class_ids, scores)
+                if batch.top_k >= LOGGED_TOP_K
+                else top_k(result.logits, LOGGED_TOP_K)
+            )
+            self.ground_truth.record(
+                batch.request_id, batch.digests, logged_ids, logged_scores, self.labels
+            )
         if batch.protocol == "v1":
             return {"predictions": v1_predictions(class_ids, scores, self.labels)}
         return InferResponse(
@@ -272,8 +289,11 @@ class ImageClassifierTransformer(Model):
             raise InvalidInput(f"parameter top_k is {value!r}, expected an integer 1 to {limit}")
         return value
 
-    async def _decode_all(self, images: list[bytes | str]) -> tuple[np.ndarray, np.ndarray]:
-        """Pixels [N, crop, crop, 3] and the drift input statistics [N, 6] of every image."""
+    async def _decode_all(
+        self, images: list[bytes | str]
+    ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+        """Pixels [N, crop, crop, 3], the drift input statistics [N, 6] and the SHA-256 (with
+        the prediction log, else "") of every image."""
         loop = asyncio.get_running_loop()
         metrics.DECODE_QUEUE_DEPTH.inc(len(images))
         jobs = [
@@ -281,11 +301,15 @@ class ImageClassifierTransformer(Model):
             for index, image in enumerate(images)
         ]
         decoded = await asyncio.gather(*jobs)
-        return np.stack([p for p, _ in decoded]), np.array([s for _, s in decoded])
+        return (
+            np.stack([p for p, _, _ in decoded]),
+            np.array([s for _, s, _ in decoded]),
+            tuple(d for _, _, d in decoded),
+        )
 
     def _decode_one(
         self, index: int, image: bytes | str, count: int
-    ) -> tuple[np.ndarray, tuple[float, ...]]:
+    ) -> tuple[np.ndarray, tuple[float, ...], str]:
         where = f"image {index}" if count == 1 else f"image {index} of {count}"
         try:
             data = _b64decode(image) if isinstance(image, str) else image
@@ -304,7 +328,8 @@ class ImageClassifierTransformer(Model):
             if self.drift.enabled
             else ()
         )
-        return result.pixels, statistics
+        digest = image_digest(data) if self.ground_truth is not None else ""
+        return result.pixels, statistics, digest
 
     async def _forward(
         self, pixels: np.ndarray, tags: Sequence[tuple[str, dict[str, str] | None]]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +15,13 @@ from common.cli import DEFAULT_MODEL_DIR, non_negative_float, positive_int
 from common.cpus import available_cpus
 from common.server import base_parser
 from vision.drift import MIN_REFERENCE_IMAGES
+
+# The prediction log's database URL, when not on the command line: a Secret's key as an
+# environment variable (the manifests' way), so the password is never in the pod's args.
+PREDICTION_LOG_ENV = "PREDICTION_LOG_DB_URL"
+# Rows (one per answered image, ~300 bytes each) held while the database is slow or down: at
+# 300 images/s, about a minute of answers; past it rows are dropped and counted.
+DEFAULT_PREDICTION_LOG_CAPACITY = 20_000
 
 FORWARD_PROTOCOL = "grpc-v2"
 # The longest expected time in flight a request is admitted with (common.pacing): the requests
@@ -51,6 +60,8 @@ class TransformerSettings:
     drift_window: int
     drift_min_count: int
     drift_learn_first: int  # 0: only a drift_reference.json enables drift signals
+    prediction_log_url: str | None  # None: no prediction log, no labels, no accuracy
+    prediction_log_capacity: int
     server_args: argparse.Namespace
 
 
@@ -145,6 +156,28 @@ def parser() -> argparse.ArgumentParser:
         help="Without a drift_reference.json in the model repository, take the first N "
         "images served as the drift reference (0: no drift signals without the file).",
     )
+    p.add_argument(
+        "--prediction_log_db",
+        default=None,
+        help="SQLAlchemy URL of the prediction log (sqlite:///log.db or "
+        "postgresql+psycopg://user:password@host/db): every answered image's top 5 is recorded "
+        "(never the image) and labels can be posted to /v2/models/<name>/labels. Default: "
+        f"${PREDICTION_LOG_ENV}, else off.",
+    )
+    p.add_argument(
+        "--prediction_log_db_file",
+        default=None,
+        help="A file holding the prediction log's URL (a mounted Secret), instead of "
+        "--prediction_log_db.",
+    )
+    p.add_argument(
+        "--prediction_log_capacity",
+        type=positive_int,
+        default=DEFAULT_PREDICTION_LOG_CAPACITY,
+        help="Predictions held for the log while the database is slow or down; past it they "
+        "are dropped (counted in transformer_prediction_log_rows_dropped_total), never waited "
+        "for.",
+    )
     lifecycle.add_flags(p)
     # The controller injects --predictor_host but not the protocol; grpc-v2 is the only
     # forwarding this transformer speaks (kserve 0.21's REST-v2 forwarding is broken).
@@ -152,10 +185,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse(argv: list[str] | None = None) -> TransformerSettings:
-    """Parse and validate the command line; exits with a usage message on bad flags."""
+def parse(
+    argv: list[str] | None = None, environ: Mapping[str, str] | None = None
+) -> TransformerSettings:
+    """Parse and validate the command line (and the environment); exits with a usage message
+    on bad flags."""
     p = parser()
     args = p.parse_args(argv)
+    env = os.environ if environ is None else environ
     if args.predictor_protocol != FORWARD_PROTOCOL:
         p.error(
             f"--predictor_protocol {args.predictor_protocol}: this transformer forwards raw "
@@ -174,6 +211,8 @@ def parse(argv: list[str] | None = None) -> TransformerSettings:
     if not args.predictor_host:
         p.error("--predictor_host is required (host:port of the predictor's gRPC endpoint)")
     return TransformerSettings(
+        prediction_log_url=prediction_log_url(p, args, env),
+        prediction_log_capacity=args.prediction_log_capacity,
         model_name=args.model_name,
         model_dir=Path(args.model_dir),
         predictor=PredictorConfig(
@@ -202,3 +241,20 @@ def parse(argv: list[str] | None = None) -> TransformerSettings:
         drift_learn_first=args.drift_reference_images,
         server_args=args,
     )
+
+
+def prediction_log_url(
+    p: argparse.ArgumentParser, args: argparse.Namespace, env: Mapping[str, str]
+) -> str | None:
+    """The prediction log's URL: the flag, else the file's content, else the environment."""
+    if args.prediction_log_db and args.prediction_log_db_file:
+        p.error("--prediction_log_db and --prediction_log_db_file: give one of them")
+    if args.prediction_log_db_file:
+        try:
+            text = Path(args.prediction_log_db_file).read_text().strip()
+        except OSError as exc:
+            p.error(f"--prediction_log_db_file {args.prediction_log_db_file}: {exc.strerror}")
+        if not text:
+            p.error(f"--prediction_log_db_file {args.prediction_log_db_file}: the file is empty")
+        return text
+    return args.prediction_log_db or env.get(PREDICTION_LOG_ENV) or None
