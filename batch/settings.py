@@ -106,7 +106,9 @@ def parser() -> argparse.ArgumentParser:
         "a SQL table. Exit status: 0 all images predicted or skipped, 1 some images failed "
         "or SOURCE entries were left out (see the batch_errors table), 2 bad flags or "
         "settings (model, API key), 3 the job stopped (service or database unreachable, "
-        "SIGTERM); a re-run resumes where it stopped.",
+        "SIGTERM); a re-run resumes where it stopped. Ground truth: python -m batch labels "
+        "FILE.csv --db URL loads true labels, python -m batch evaluate --db URL reports "
+        "accuracy per model version (each with --help).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(

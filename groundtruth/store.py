@@ -112,8 +112,8 @@ class LabelsApplied:
     outcomes: list[LabelOutcome]
     joins: list[Joined] = field(default_factory=list)
 
-    def summary(self) -> dict[str, object]:
-        """Counts and per-item outcomes, as POST .../labels answers them."""
+    def counts(self) -> dict[str, int]:
+        """Labels received, matched to a logged prediction now, pending, replaced, unchanged."""
         matched = sum(o.status == "matched" for o in self.outcomes)
         return {
             "received": len(self.outcomes),
@@ -121,8 +121,11 @@ class LabelsApplied:
             "pending": len(self.outcomes) - matched,
             "replaced": sum(o.replaced for o in self.outcomes),
             "unchanged": sum(o.unchanged for o in self.outcomes),
-            "labels": [o.to_json() for o in self.outcomes],
         }
+
+    def summary(self) -> dict[str, object]:
+        """Counts and per-item outcomes, as POST .../labels answers them."""
+        return {**self.counts(), "labels": [o.to_json() for o in self.outcomes]}
 
 
 def outcome(top_class_ids: Sequence[int], true_class: int) -> str:

@@ -134,9 +134,9 @@ class GroundTruth:
         except DatabaseError as exc:
             logger.warning("labels: %s", exc)
             return _error(503, f"the prediction log's database is unavailable; retry: {exc}")
-        matched = sum(o.status == "matched" for o in applied.outcomes)
-        metrics.LABELS_RECEIVED.labels("matched").inc(matched)
-        metrics.LABELS_RECEIVED.labels("pending").inc(len(applied.outcomes) - matched)
+        counts = applied.counts()
+        metrics.LABELS_RECEIVED.labels("matched").inc(counts["matched"])
+        metrics.LABELS_RECEIVED.labels("pending").inc(counts["pending"])
         self.observer.joined(applied.joins)
         return JSONResponse(applied.summary())
 
