@@ -723,3 +723,26 @@ def test_memory_limits_hold_the_request_memory_budget_over_the_measured_baseline
             f"{name}: {baseline // mib} MiB measured + {request_budget // mib} MiB of request "
             f"budget > the {limit // mib} MiB limit"
         )
+
+
+@needs_kubectl
+@each_overlay
+def test_every_transformer_reads_the_prediction_log_url_from_the_optional_secret(
+    overlay: str,
+) -> None:
+    """Off unless configured: the URL comes from a Secret that may be absent, never from args,
+    and the example Secret has the name and key the transformer reads."""
+    transformer = isvc_of(overlay)["spec"]["transformer"]["containers"][0]
+    assert not any("prediction_log" in arg for arg in transformer.get("args", []))
+    [source] = [
+        e["valueFrom"]["secretKeyRef"]
+        for e in transformer.get("env", [])
+        if e["name"] == "PREDICTION_LOG_DB_URL"
+    ]
+    assert source["optional"] is True
+    [secret] = render("examples/prediction-log")
+    assert secret["kind"] == "Secret"
+    assert (secret["metadata"]["name"], list(secret["stringData"])) == (
+        source["name"],
+        [source["key"]],
+    )

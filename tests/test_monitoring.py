@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import httpx
 import promql_parser
 import pytest
 import yaml
-from conftest import DATA, MODEL_NAME, Server
+from conftest import DATA, MODEL_NAME, Server, start_transformer
 from prometheus_client.parser import text_string_to_metric_families
 from test_manifests import OVERLAYS
 
@@ -88,7 +89,7 @@ def exported(server: Server) -> set[str]:
 
 
 @needs_kubectl
-def test_monitoring_renders_a_rule_with_the_five_alerts_and_a_dashboard() -> None:
+def test_monitoring_renders_a_rule_with_the_alerts_and_a_dashboard() -> None:
     docs = monitoring()
     assert set(docs) == {"PrometheusRule", "ConfigMap"}
     alerts = rule_expressions(docs["PrometheusRule"])
@@ -98,6 +99,8 @@ def test_monitoring_renders_a_rule_with_the_five_alerts_and_a_dashboard() -> Non
         "ImageClassifierPredictorUnavailable",
         "ImageClassifierQueueSaturated",
         "ImageClassifierInputDrift",
+        "ImageClassifierLowAccuracy",
+        "ImageClassifierPredictionLogDropping",
     }
     for group in docs["PrometheusRule"]["spec"]["groups"]:
         for rule in group["rules"]:
@@ -107,13 +110,31 @@ def test_monitoring_renders_a_rule_with_the_five_alerts_and_a_dashboard() -> Non
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     board = dashboard(config_map)
     titles = " ".join(p["title"].lower() for p in board["panels"])
-    for topic in ("traffic", "errors", "latency per stage", "batch size", "queue", "drift"):
+    topics = ("traffic", "errors", "latency per stage", "batch size", "queue", "drift")
+    for topic in (*topics, "accuracy per version", "label volume", "label delay"):
         assert topic in titles, topic
+
+
+@pytest.fixture(scope="module")
+def logging_transformer(
+    predictor: Server, model_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A transformer with the prediction log on (SQLite): its series exist from the start."""
+    logs = tmp_path_factory.mktemp("logging-transformer")
+    server = start_transformer(
+        predictor,
+        model_repository,
+        logs / "transformer.log",
+        "--prediction_log_db",
+        f"sqlite:///{logs / 'log.db'}",
+    )
+    yield server
+    server.stop()
 
 
 @needs_kubectl
 def test_every_expression_parses_and_uses_only_exported_metrics(
-    drift_transformer: Server, predictor: Server
+    drift_transformer: Server, logging_transformer: Server, predictor: Server
 ) -> None:
     image = base64.b64encode((DATA / "coffee.jpg").read_bytes()).decode()
     for payload in (image, "not base64!"):  # a good and a bad request: every label set exists
@@ -122,7 +143,12 @@ def test_every_expression_parses_and_uses_only_exported_metrics(
             json={"instances": [{"image": {"b64": payload}}]},
             timeout=60,
         )
-    available = exported(drift_transformer) | exported(predictor) | PROMETHEUS_OWN
+    available = (
+        exported(drift_transformer)
+        | exported(logging_transformer)
+        | exported(predictor)
+        | PROMETHEUS_OWN
+    )
     docs = monitoring()
     expressions = {
         **{f"alert {k}": v for k, v in rule_expressions(docs["PrometheusRule"]).items()},
@@ -137,6 +163,7 @@ def test_every_expression_parses_and_uses_only_exported_metrics(
         used |= names
     # The drift gauges are among them, so the check above saw a drift-enabled transformer.
     assert {"transformer_drift_score", "transformer_drift_threshold"} <= used
+    assert "transformer_labelled_predictions_total" in used  # and the log's, with the log on
 
 
 def test_readme_lists_every_exported_metric(drift_transformer: Server, predictor: Server) -> None:

@@ -24,7 +24,7 @@ from common.database import Database, DatabaseError
 from groundtruth import accuracy
 from groundtruth.labels import ClassNames, LabelError, parse_labels
 from groundtruth.log import PredictionLog
-from groundtruth.schema import LOGGED_TOP_K
+from groundtruth.schema import LOGGED_TOP_K, OUTCOMES
 from groundtruth.store import GroundTruthStore, Joined, ServedPrediction
 
 from . import metrics
@@ -41,6 +41,15 @@ def image_digest(data: bytes) -> str:
 
 class LogMetrics:
     """The prediction log's observer: Prometheus series in transformer.metrics."""
+
+    def __init__(self, model_version: str) -> None:
+        # Every series exists from the start at 0 (rates and ratios over them need it).
+        for outcome in OUTCOMES:
+            metrics.LABELLED_PREDICTIONS.labels(model_version, outcome)
+        for status in ("matched", "pending"):
+            metrics.LABELS_RECEIVED.labels(status)
+        metrics.LABEL_CORRECTIONS.labels(model_version)
+        metrics.LABEL_DELAY.labels(model_version)
 
     def written(self, rows: int) -> None:
         metrics.LOG_ROWS_WRITTEN.inc(rows)
@@ -73,7 +82,7 @@ class GroundTruth:
         self.model_name = model_name
         self.model_version = model_version
         self.classes = ClassNames(names)
-        self.observer = LogMetrics()
+        self.observer = LogMetrics(model_version)
         self.log = PredictionLog(self.store, self.observer, capacity=capacity)
         logger.info(
             "prediction log: %s (buffer %d rows; labels at POST /v2/models/%s/labels)",
