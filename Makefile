@@ -133,9 +133,11 @@ fuzz: $(STAMP) $(MODEL)
 	HYPOTHESIS_PROFILE=fuzz MODEL_REPOSITORY=$(MODEL_REPO) $(BIN)/python -m pytest tests/test_fuzz.py
 
 bench: $(STAMP) $(MODEL) $(ONNX_MODEL) $(INT8_MODEL) $(OPENVINO_MODEL) $(OPENVINO_INT8_MODEL) $(TRITON_STAMP)
+	PG_URL=$$(.ci/postgres 2>/dev/null || true); \
 	$(BIN)/python -m bench --model_dir $(MODEL_REPO) --onnx_model_dir $(ONNX_REPO) \
 		--int8_model_dir $(INT8_REPO) --openvino_model_dir $(OPENVINO_REPO) \
-		--openvino_int8_model_dir $(OPENVINO_INT8_REPO) --triton_dir $(TRITON_VENV) --out bench-results
+		--openvino_int8_model_dir $(OPENVINO_INT8_REPO) --triton_dir $(TRITON_VENV) --out bench-results \
+		$${PG_URL:+--prediction_log_db $$PG_URL}
 
 # The request path alone: a zero-cost model, h2load (Debian's nghttp2-client), a bare grpc.aio
 # server for comparison. DURATION is the seconds of each measurement window.

@@ -25,7 +25,7 @@ from common.cli import DEFAULT_MODEL_NAME, LOCAL_MODEL_REPOSITORY, positive_ints
 from common.cpus import default_engine
 from harness.servers import ROOT, Pipeline, PipelineSpec, running
 
-from . import engines, overload
+from . import engines, overload, prediction_log
 from .batch import BatchPlan, repeated_source
 from .images import build_image_set, describe, write_image_set
 from .load import Client, LoadRun, client_for, closed_loop
@@ -84,6 +84,8 @@ class BenchSettings:
     openvino_int8_model_dir: Path | None = None  # the INT8 file as OpenVINO IR: a fifth
     triton_dir: Path | None = None  # the Triton venv (make triton): Triton beside ONNX FP32
     triton_rounds: int = triton_compare.DEFAULT_ROUNDS
+    # A PostgreSQL URL of a role that may create databases: the prediction log's cost
+    prediction_log_db: str | None = None
 
 
 def parse(argv: list[str] | None = None) -> BenchSettings:
@@ -125,6 +127,13 @@ def parse(argv: list[str] | None = None) -> BenchSettings:
         "--served_transformer_args",
         default="",
         help="Extra flags for the served transformer, e.g. '--decode_workers 1' (experiments).",
+    )
+    p.add_argument(
+        "--prediction_log_db",
+        default=None,
+        help="PostgreSQL URL of a role that may create databases (make bench: the machine's, "
+        "from .ci/postgres): measure served c16 with the prediction log on against off. "
+        "Without it that stage is skipped.",
     )
     p.add_argument(
         "--skip_peer",
@@ -199,6 +208,7 @@ def parse(argv: list[str] | None = None) -> BenchSettings:
         ),
         triton_dir=absolute(args.triton_dir) or args.triton_dir,
         triton_rounds=args.triton_rounds or (1 if args.quick else triton_compare.DEFAULT_ROUNDS),
+        prediction_log_db=args.prediction_log_db or None,
     )
 
 
@@ -497,6 +507,7 @@ def run(settings: BenchSettings) -> Report:
         batch,
     )
     overloads = measure_overload(settings, ours, blobs[0], out, log_dir)
+    log_cost = measure_prediction_log(settings, blobs, log_dir)
     triton = None if triton_install is None else measure_triton(settings, triton_install, blobs)
     ratios = compute_ratios(cells, limit, hop)
     return Report(
@@ -536,6 +547,11 @@ def run(settings: BenchSettings) -> Report:
             None if triton is None else {"json": triton.to_json(), "table": triton.format_table()}
         ),
         overload={"json": overload.to_json(overloads), "table": overload.format_table(overloads)},
+        prediction_log=(
+            None
+            if log_cost is None
+            else {"json": log_cost.to_json(), "table": log_cost.format_table()}
+        ),
     )
 
 
@@ -634,25 +650,59 @@ def measure_engines(
 # --- overload: 256 clients, the default engine and TorchScript (issue 21) ----------------------
 
 
-def measure_overload(
-    settings: BenchSettings, spec: PipelineSpec, image: bytes, out: Path, log_dir: Path
-) -> list[overload.OverloadRun]:
-    """bench.overload on the default engine for this CPU (when its repository was given) and on
-    TorchScript (the main run's repository)."""
-    engine = default_engine()
+def default_engine_repository(settings: BenchSettings) -> tuple[str, Path | None]:
+    """The default engine for this CPU and its repository (None: not given to this run)."""
     repositories = {
         "openvino-int8": (engines.OPENVINO_INT8, settings.openvino_int8_model_dir),
         "openvino": (engines.OPENVINO_FP32, settings.openvino_model_dir),
         "onnx": (engines.ONNX_FP32, settings.onnx_model_dir),
         "int8": (engines.ONNX_INT8, settings.int8_model_dir),
     }
+    return repositories.get(default_engine(), (engines.TORCHSCRIPT, None))
+
+
+def measure_overload(
+    settings: BenchSettings, spec: PipelineSpec, image: bytes, out: Path, log_dir: Path
+) -> list[overload.OverloadRun]:
+    """bench.overload on the default engine for this CPU (when its repository was given) and on
+    TorchScript (the main run's repository)."""
     runs: list[tuple[str, Path]] = []
-    name, model_dir = repositories.get(engine, (engines.TORCHSCRIPT, None))
+    name, model_dir = default_engine_repository(settings)
     if model_dir is not None:
         runs.append((f"{name} (default)", model_dir))
     runs.append((engines.TORCHSCRIPT, settings.model_dir))
     return overload.measure(
         runs, spec, settings.model_name, image, out / "overload", log_dir / "overload"
+    )
+
+
+# --- the prediction log's cost (issue 22): only with --prediction_log_db -----------------------
+
+
+def measure_prediction_log(
+    settings: BenchSettings, blobs: list[bytes], log_dir: Path
+) -> prediction_log.LogCost | None:
+    """Served c16 with the log on against off, on the default engine (TorchScript when its
+    repository was not given); None without a PostgreSQL."""
+    if settings.prediction_log_db is None:
+        print("[bench] prediction log: skipped (no --prediction_log_db)", file=sys.stderr)
+        return None
+    name, model_dir = default_engine_repository(settings)
+    if model_dir is None:
+        name, model_dir = engines.TORCHSCRIPT, settings.model_dir
+    return prediction_log.measure(
+        name,
+        model_dir,
+        settings.model_name,
+        settings.prediction_log_db,
+        blobs,
+        log_dir / "prediction-log",
+        settings.served_predictor_args,
+        settings.served_transformer_args,
+        settings.warmup_s,
+        settings.duration_s,
+        settings.max_requests,
+        rounds=1 if settings.quick else prediction_log.DEFAULT_ROUNDS,
     )
 
 

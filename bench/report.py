@@ -58,6 +58,8 @@ class Report:
     triton: dict[str, Any] | None = None
     # 256 clients against the default bounds ({"json": ..., "table": ...}; bench/overload.py).
     overload: dict[str, Any] | None = None
+    # Served c16 with the prediction log on against off ({"json": ..., "table": ...}).
+    prediction_log: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN becomes null)."""
@@ -80,6 +82,7 @@ class Report:
             "engines": None if self.engines is None else self.engines["json"],
             "triton": None if self.triton is None else self.triton["json"],
             "overload": None if self.overload is None else self.overload["json"],
+            "prediction_log": None if self.prediction_log is None else self.prediction_log["json"],
         }
         return _without_nan(data)
 
@@ -218,6 +221,8 @@ class Report:
             lines.append(self.triton["table"])
         if self.overload is not None:
             lines.append(self.overload["table"])
+        if self.prediction_log is not None:
+            lines.append(self.prediction_log["table"])
         if self.runtime_s is not None:
             lines.append("")
             lines.append(f"Runtime: {self.runtime_s:.0f} s")

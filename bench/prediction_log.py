@@ -1,0 +1,174 @@
+"""The prediction log's cost in the benchmark (issue 22): served c16, V2 gRPC, single images,
+through a transformer with the log on (a fresh database on a real PostgreSQL) against one with
+it off, both in front of one predictor on the default engine for this CPU.
+
+Both transformers run throughout; the cells alternate (off, on, then on, off, ...) for `rounds`
+rounds, so the machine's drift over minutes does not become the ratio, and the one not under
+load idles. The ratio is of the median throughputs; target: the log costs at most 5%.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness.servers import ServerProcess, start
+
+from .load import client_for, closed_loop
+from .stats import V2_GRPC, percentile
+
+CONCURRENCY = 16
+DEFAULT_ROUNDS = 3
+TARGET_RATIO = 0.95  # on / off: the log costs at most 5% of throughput
+LOG_ENV = "PREDICTION_LOG_DB_URL"
+
+
+@dataclass(frozen=True)
+class LogCost:
+    """Throughput with the log off and on, per round, and what the log wrote."""
+
+    engine: str
+    off_images_per_s: list[float]
+    on_images_per_s: list[float]
+    rows_written: float
+    rows_dropped: float
+
+    @property
+    def ratio(self) -> float:
+        return percentile(self.on_images_per_s, 50) / percentile(self.off_images_per_s, 50)
+
+    def met(self) -> bool:
+        return self.ratio >= TARGET_RATIO and self.rows_dropped == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine,
+            "concurrency": CONCURRENCY,
+            "protocol": V2_GRPC,
+            "off_images_per_s": [round(v, 1) for v in self.off_images_per_s],
+            "on_images_per_s": [round(v, 1) for v in self.on_images_per_s],
+            "ratio_on_over_off": round(self.ratio, 3),
+            "target": TARGET_RATIO,
+            "met": self.met(),
+            "rows_written": self.rows_written,
+            "rows_dropped": self.rows_dropped,
+        }
+
+    def format_table(self) -> str:
+        off = " ".join(f"{v:.1f}" for v in self.off_images_per_s)
+        on = " ".join(f"{v:.1f}" for v in self.on_images_per_s)
+        return "\n".join(
+            [
+                "",
+                f"Prediction log (PostgreSQL): served c{CONCURRENCY} V2 gRPC, {self.engine}, "
+                f"rounds alternated (target: on/off >= {TARGET_RATIO})",
+                f"  off images/s: {off}",
+                f"  on  images/s: {on}",
+                f"  on/off (medians): {self.ratio:.3f}  rows written {self.rows_written:.0f}, "
+                f"dropped {self.rows_dropped:.0f}  {'met' if self.met() else 'MISSED'}",
+            ]
+        )
+
+
+@contextmanager
+def fresh_database(admin_url: str) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL of `admin_url` (a role that may create
+    databases), dropped afterwards."""
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"bench_log_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        yield sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def measure(
+    engine: str,
+    model_dir: Path,
+    model_name: str,
+    admin_url: str,
+    images: Sequence[bytes],
+    log_dir: Path,
+    predictor_args: Sequence[str],
+    transformer_args: Sequence[str],
+    warmup_s: float,
+    duration_s: float,
+    max_requests: int,
+    rounds: int = DEFAULT_ROUNDS,
+) -> LogCost:
+    """Run the stage; raises RuntimeError or TimeoutError when a server does not start."""
+    print("[bench] prediction log: on against off", file=sys.stderr, flush=True)
+    common = ["--model_dir", str(model_dir), "--model_name", model_name]
+    with fresh_database(admin_url) as url, ExitStack() as stack:
+        predictor = _started(
+            stack, "log-predictor", "predictor", [*common, *predictor_args], log_dir
+        )
+        forward = [*common, "--predictor_host", predictor.grpc_target, *transformer_args]
+        off = _started(stack, "log-off-transformer", "transformer", forward, log_dir)
+        on = _started(
+            stack,
+            "log-on-transformer",
+            "transformer",
+            forward,
+            log_dir,
+            env={**os.environ, LOG_ENV: url},
+        )
+        results: dict[str, list[float]] = {"off": [], "on": []}
+        for round_ in range(rounds):
+            order = [("off", off), ("on", on)] if round_ % 2 == 0 else [("on", on), ("off", off)]
+            for name, server in order:
+                client = client_for(V2_GRPC, server.url, server.grpc_target, model_name, images)
+                run = closed_loop(
+                    client,
+                    len(images),
+                    CONCURRENCY,
+                    warmup_s,
+                    duration_s,
+                    max_requests,
+                    lambda: None,
+                )
+                done = [s for s in run.in_window() if s.ok]
+                results[name].append(len(done) / run.window_seconds())
+        samples = _samples(on.metrics())
+        return LogCost(
+            engine,
+            results["off"],
+            results["on"],
+            samples.get("transformer_prediction_log_rows_written_total", 0.0),
+            samples.get("transformer_prediction_log_rows_dropped_total", 0.0),
+        )
+
+
+def _started(
+    stack: ExitStack,
+    name: str,
+    module: str,
+    args: list[str],
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
+    server = start(name, module, args, log_dir, env=env)
+    stack.callback(server.stop)
+    server.wait_ready()
+    return server
+
+
+def _samples(text: str) -> dict[str, float]:
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
