@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 SUPPORTED_DIALECTS = ("sqlite", "postgresql")
+CONNECT_TIMEOUT_S = 5
 URL_EXAMPLES = "sqlite:///predictions.db or postgresql+psycopg://user:password@host/db"
 
 T = TypeVar("T")
@@ -39,6 +40,8 @@ class Database:
             if not url.startswith("sqlite"):
                 options["pool_timeout"] = pool_timeout_s
                 options["pool_pre_ping"] = True  # a restarted server's dead connections
+                # An unreachable host fails in seconds, not at the TCP timeout (minutes).
+                options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
             self.engine: Engine = sa.create_engine(url, **options)
         except (ArgumentError, NoSuchModuleError, ImportError) as exc:
             raise DatabaseError(
