@@ -38,6 +38,7 @@ from .schema import (
     metadata,
     served_predictions,
 )
+from .schema import predictions as batch_predictions
 
 IN_CHUNK = 500  # values in one IN (...) list
 
@@ -200,12 +201,17 @@ class GroundTruthStore:
         def join(conn: Connection) -> None:
             # Content first, so that a label by id for the same prediction takes precedence.
             ordered = sorted(outcomes.values(), key=lambda o: o.label.source != BY_SHA256)
+            batch = _batch_predictions_named(conn, [o.label for o in ordered], model_name)
             for result in ordered:
-                if result.label.source == BY_KEY:
-                    continue
-                matches = self._predictions_named(conn, [result.label], model_name)
-                result.predictions = len(matches)
-                result.status = "matched" if matches else "pending"
+                label = result.label
+                in_batch = batch.get((label.source, label.image_key or label.sha256 or ""), 0)
+                matches = (
+                    []
+                    if label.source == BY_KEY
+                    else self._predictions_named(conn, [label], model_name)
+                )
+                result.predictions = len(matches) + in_batch
+                result.status = "matched" if result.predictions else "pending"
                 for row in matches:
                     joined = _join(conn, row, result.label, received)
                     if joined is not None:
@@ -313,6 +319,32 @@ def _join(conn: Connection, row: Any, label: Label, received: datetime) -> Joine
     # From the prediction to the label's arrival; 0 when the label came first.
     delay = max(0.0, (received - utc(row.created_at)).total_seconds())
     return Joined(row.model_version, result, delay, first=row.label_class_id is None)
+
+
+def _batch_predictions_named(
+    conn: Connection, items: Sequence[Label], model_name: str | None
+) -> dict[tuple[str, str], int]:
+    """How many batch predictions each key and content label names: {(source, key): count}.
+    Those are joined when a report is made (groundtruth.accuracy), not here."""
+    counts: dict[tuple[str, str], int] = {}
+    for source, column in (
+        (BY_KEY, batch_predictions.c.image_key),
+        (BY_SHA256, batch_predictions.c.sha256),
+    ):
+        values = sorted(
+            {
+                (i.image_key if source == BY_KEY else i.sha256) or ""
+                for i in items
+                if i.source == source
+            }
+        )
+        for chunk in _chunks(values):
+            query = sa.select(column, sa.func.count()).where(column.in_(chunk))
+            if model_name is not None:
+                query = query.where(batch_predictions.c.model_name == model_name)
+            for value, count in conn.execute(query.group_by(column)):
+                counts[(source, value)] = int(count)
+    return counts
 
 
 def _label_row(label: Label, model_name: str | None, received: datetime) -> dict[str, Any]:
