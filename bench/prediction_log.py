@@ -23,7 +23,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.servers import ServerProcess, start
 
-from .load import client_for, closed_loop
 from .stats import V2_GRPC, percentile
 
 CONCURRENCY = 16
@@ -110,6 +109,10 @@ def measure(
     rounds: int = DEFAULT_ROUNDS,
 ) -> LogCost:
     """Run the stage; raises RuntimeError or TimeoutError when a server does not start."""
+    # Here, not at the top: tritonclient.grpc and kserve cannot share a process (the report
+    # part above is tested beside kserve).
+    from .load import client_for, closed_loop
+
     print("[bench] prediction log: on against off", file=sys.stderr, flush=True)
     common = ["--model_dir", str(model_dir), "--model_name", model_name]
     with fresh_database(admin_url) as url, ExitStack() as stack:
