@@ -3,8 +3,10 @@ through a transformer with the log on (a fresh database on a real PostgreSQL) ag
 it off, both in front of one predictor on the default engine for this CPU.
 
 Both transformers run throughout; the cells alternate (off, on, then on, off, ...) for `rounds`
-rounds, so the machine's drift over minutes does not become the ratio, and the one not under
-load idles. The ratio is of the median throughputs; target: the log costs at most 5%.
+rounds and the one not under load idles. This machine's speed drifts by 10-20% over minutes, so
+the ratio is the median of each round's adjacent on/off ratios; target: the log costs at most
+5%. Beside it, what the log costs in CPU, which drift does not blur: the transformer's CPU
+milliseconds per image with the log on and off, and PostgreSQL's (all its processes) with it on.
 """
 
 from __future__ import annotations
@@ -14,19 +16,19 @@ import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.servers import ServerProcess, start
+from harness.servers import ServerProcess, process_cpu_seconds, start
 
 from .stats import V2_GRPC, percentile
 
 CONCURRENCY = 16
-DEFAULT_ROUNDS = 3
+DEFAULT_ROUNDS = 5  # the ratio is a few percent: more rounds than the other stages
 TARGET_RATIO = 0.95  # on / off: the log costs at most 5% of throughput
 LOG_ENV = "PREDICTION_LOG_DB_URL"
 
@@ -40,10 +42,14 @@ class LogCost:
     on_images_per_s: list[float]
     rows_written: float
     rows_dropped: float
+    # CPU ms per image in the windows: the transformer's with the log off and on, PostgreSQL's
+    cpu_ms: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
-        return percentile(self.on_images_per_s, 50) / percentile(self.off_images_per_s, 50)
+        """The median of the rounds' on/off ratios (each round's two cells are adjacent)."""
+        pairs = zip(self.on_images_per_s, self.off_images_per_s, strict=True)
+        return percentile([on / off for on, off in pairs], 50)
 
     def met(self) -> bool:
         return self.ratio >= TARGET_RATIO and self.rows_dropped == 0
@@ -60,6 +66,7 @@ class LogCost:
             "met": self.met(),
             "rows_written": self.rows_written,
             "rows_dropped": self.rows_dropped,
+            "cpu_ms_per_image": self.cpu_ms,
         }
 
     def format_table(self) -> str:
@@ -72,8 +79,14 @@ class LogCost:
                 f"rounds alternated (target: on/off >= {TARGET_RATIO})",
                 f"  off images/s: {off}",
                 f"  on  images/s: {on}",
-                f"  on/off (medians): {self.ratio:.3f}  rows written {self.rows_written:.0f}, "
-                f"dropped {self.rows_dropped:.0f}  {'met' if self.met() else 'MISSED'}",
+                f"  on/off (median of the rounds): {self.ratio:.3f}  rows written "
+                f"{self.rows_written:.0f}, dropped {self.rows_dropped:.0f}  "
+                f"{'met' if self.met() else 'MISSED'}",
+                "  CPU ms per image: transformer off "
+                + ", on ".join(
+                    _ms(self.cpu_ms.get(k)) for k in ("transformer_off", "transformer_on")
+                )
+                + f"; PostgreSQL {_ms(self.cpu_ms.get('postgresql'))}",
             ]
         )
 
@@ -130,21 +143,25 @@ def measure(
             env={**os.environ, LOG_ENV: url},
         )
         results: dict[str, list[float]] = {"off": [], "on": []}
+        cpu = {"transformer_off": 0.0, "transformer_on": 0.0, "postgresql": 0.0}
+        images_done = {"off": 0, "on": 0}
         for round_ in range(rounds):
             order = [("off", off), ("on", on)] if round_ % 2 == 0 else [("on", on), ("off", off)]
             for name, server in order:
                 client = client_for(V2_GRPC, server.url, server.grpc_target, model_name, images)
+
+                def probe(server: ServerProcess = server) -> tuple[float, float]:
+                    return server.cpu_seconds() or 0.0, postgres_cpu_seconds()
+
                 run = closed_loop(
-                    client,
-                    len(images),
-                    CONCURRENCY,
-                    warmup_s,
-                    duration_s,
-                    max_requests,
-                    lambda: None,
+                    client, len(images), CONCURRENCY, warmup_s, duration_s, max_requests, probe
                 )
                 done = [s for s in run.in_window() if s.ok]
                 results[name].append(len(done) / run.window_seconds())
+                images_done[name] += len(done)
+                cpu[f"transformer_{name}"] += run.after[0] - run.before[0]
+                if name == "on":
+                    cpu["postgresql"] += run.after[1] - run.before[1]
         samples = _samples(on.metrics())
         return LogCost(
             engine,
@@ -152,6 +169,11 @@ def measure(
             results["on"],
             samples.get("transformer_prediction_log_rows_written_total", 0.0),
             samples.get("transformer_prediction_log_rows_dropped_total", 0.0),
+            {
+                "transformer_off": _per_image(cpu["transformer_off"], images_done["off"]),
+                "transformer_on": _per_image(cpu["transformer_on"], images_done["on"]),
+                "postgresql": _per_image(cpu["postgresql"], images_done["on"]),
+            },
         )
 
 
@@ -167,6 +189,30 @@ def _started(
     stack.callback(server.stop)
     server.wait_ready()
     return server
+
+
+def postgres_cpu_seconds() -> float:
+    """User + system CPU of every process named postgres on this machine (the server and its
+    backends; the log's connection is one of them)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "postgres":
+                continue
+        except OSError:
+            continue
+        total += process_cpu_seconds(int(entry.name)) or 0.0
+    return total
+
+
+def _per_image(seconds: float, images: int) -> float | None:
+    return round(1000 * seconds / images, 3) if images else None
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _samples(text: str) -> dict[str, float]:

@@ -39,7 +39,8 @@ class Database:
             options: dict[str, Any] = {}
             if not url.startswith("sqlite"):
                 options["pool_timeout"] = pool_timeout_s
-                options["pool_pre_ping"] = True  # a restarted server's dead connections
+                # No pre-ping (a round trip per checkout): a connection the server dropped
+                # fails its statement, SQLAlchemy discards it, and the callers retry.
                 # An unreachable host fails in seconds, not at the TCP timeout (minutes).
                 options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
             self.engine: Engine = sa.create_engine(url, **options)

@@ -7,9 +7,9 @@ import pytest
 from bench.prediction_log import LogCost
 
 
-def test_the_ratio_is_of_the_medians_and_the_target_needs_no_drops() -> None:
-    cost = LogCost("x", [100.0, 50.0, 102.0], [96.0, 99.0, 10.0], 500.0, 0.0)
-    assert cost.ratio == pytest.approx(96.0 / 100.0)
+def test_the_ratio_is_the_median_of_the_rounds_and_the_target_needs_no_drops() -> None:
+    cost = LogCost("x", [100.0, 50.0, 102.0], [96.0, 49.0, 10.0], 500.0, 0.0)
+    assert cost.ratio == pytest.approx(0.96)  # of 0.96, 0.98 and ~0.1
     assert cost.met()
     assert not LogCost("x", [100.0], [94.9], 500.0, 0.0).met()
     assert not LogCost("x", [100.0], [100.0], 500.0, 1.0).met()  # a dropped row misses it
