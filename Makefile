@@ -31,6 +31,12 @@ PYTRITON_VERSION := 0.7.0
 ONNXRUNTIME_VERSION := $(shell sed -n 's/.*"onnxruntime==\([^"]*\)".*/\1/p' pyproject.toml | head -n 1)
 # Named by both versions: changing either rebuilds the venv from scratch.
 TRITON_STAMP := $(TRITON_VENV)/.installed-pytriton$(PYTRITON_VERSION)-onnxruntime$(ONNXRUNTIME_VERSION)
+# A real MLflow tracking server for the registry tests (tests/test_registry.py): a venv of its
+# own, so that MLflow's dependencies never move the pins of ours. The rollout CLI itself talks
+# to the registry over its REST API and needs no mlflow package.
+MLFLOW_VENV ?= .venv-mlflow
+MLFLOW_VERSION := 3.17.2
+MLFLOW_STAMP := $(MLFLOW_VENV)/.installed-mlflow$(MLFLOW_VERSION)
 # What `make serve` runs: openvino-int8, openvino (FP32), onnx (ONNX Runtime FP32), int8 (ONNX
 # Runtime INT8) or torchscript. By default the fastest faithful engine measured for this kind
 # of CPU (common/cpus.py, README "Engines"): OpenVINO INT8 on AVX2, AVX-512 VNNI and AMX CPUs.
@@ -49,7 +55,7 @@ SERVE_MODEL_torchscript := $(MODEL)
 SERVE_MODEL_openvino := $(OPENVINO_MODEL)
 SERVE_MODEL_openvino-int8 := $(OPENVINO_INT8_MODEL)
 
-.PHONY: help venv model-repo model-repo-int8 model-repo-openvino serve test fuzz lint unit bench bench-ceiling soak images clean triton
+.PHONY: mlflow help venv model-repo model-repo-int8 model-repo-openvino serve test fuzz lint unit bench bench-ceiling soak images clean triton
 
 help:
 	@echo "make serve       create the venv, build the model repository, run predictor + transformer"
@@ -107,6 +113,14 @@ $(TRITON_STAMP):
 
 triton: $(TRITON_STAMP)
 
+$(MLFLOW_STAMP):
+	rm -rf $(MLFLOW_VENV)
+	$(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/python -m pip install --quiet mlflow==$(MLFLOW_VERSION)
+	touch $@
+
+mlflow: $(MLFLOW_STAMP)
+
 model-repo-openvino: $(OPENVINO_MODEL) $(OPENVINO_INT8_MODEL)
 
 model-repo-int8: $(INT8_MODEL)
@@ -121,7 +135,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy common runtime vision modelbuild predictor transformer rollout scripts harness tests bench batch edge groundtruth
 
-test: lint $(MODEL) $(ONNX_MODEL) $(INT8_MODEL) $(OPENVINO_MODEL) $(OPENVINO_INT8_MODEL)
+test: lint $(MODEL) $(ONNX_MODEL) $(INT8_MODEL) $(OPENVINO_MODEL) $(OPENVINO_INT8_MODEL) $(MLFLOW_STAMP)
 	MODEL_REPOSITORY=$(MODEL_REPO) MODEL_REPOSITORY_ONNX=$(ONNX_REPO) \
 		MODEL_REPOSITORY_INT8=$(INT8_REPO) MODEL_REPOSITORY_OPENVINO=$(OPENVINO_REPO) \
 		MODEL_REPOSITORY_OPENVINO_INT8=$(OPENVINO_INT8_REPO) \
@@ -156,4 +170,4 @@ images:
 	else echo "make images: no container engine reachable (docker info failed)"; exit 1; fi
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) $(MODEL_REPO) $(ONNX_REPO) $(INT8_REPO) $(OPENVINO_REPO) $(OPENVINO_INT8_REPO) bench-results soak-results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TRITON_VENV) $(MLFLOW_VENV) $(MODEL_REPO) $(ONNX_REPO) $(INT8_REPO) $(OPENVINO_REPO) $(OPENVINO_INT8_REPO) bench-results soak-results .pytest_cache .mypy_cache .ruff_cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,25 @@ from typing import Any, TextIO
 import yaml
 
 from common.cli import DEFAULT_MODEL_NAME
-from rollout import plans, report
-from rollout.errors import EXIT_CODE_HELP, ExitCode, RolloutError, RolloutFailed, WaitTimeout
+from rollout import plans, report, state
+from rollout.errors import (
+    EXIT_CODE_HELP,
+    ExitCode,
+    RolloutError,
+    RolloutFailed,
+    UsageError,
+    WaitTimeout,
+)
 from rollout.kube import APPLIABLE, ISVC, KserveApi, Resource, connect
 from rollout.plans import Change, Expectation, Plan
+from rollout.registry import (
+    ARTIFACT_ROOT_ENV,
+    REGISTRY_ENV,
+    TOKEN_ENV,
+    MlflowRegistry,
+    ModelUri,
+    ResolvedModel,
+)
 from rollout.render import render
 from rollout.state import Snapshot, snapshot
 from rollout.wait import wait_for
@@ -87,6 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_POLL_INTERVAL_S,
         help="seconds between status reads while waiting (default %(default)g)",
     )
+    registry = argparse.ArgumentParser(add_help=False)
+    registry.add_argument(
+        "--registry",
+        default=os.environ.get(REGISTRY_ENV),
+        help=f"MLflow tracking server URL (default ${REGISTRY_ENV})",
+    )
+    registry.add_argument(
+        "--artifact-root",
+        default=os.environ.get(ARTIFACT_ROOT_ENV),
+        help="where the tracking server's artifact proxy stores artifacts (its "
+        f"--artifacts-destination, e.g. s3://bucket/mlflow; default ${ARTIFACT_ROOT_ENV}): "
+        "mlflow-artifacts:/ sources resolve under it",
+    )
     mutating = argparse.ArgumentParser(add_help=False)
     mutating.add_argument(
         "--dry-run", action="store_true", help="print the change instead of applying it"
@@ -106,12 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "apply",
-        parents=[common, mutating],
+        parents=[common, mutating, registry],
         help="render a kustomize overlay, apply it, wait for Ready",
         **kw,
     )
     p.add_argument(
         "overlay", type=Path, help="kustomize directory (e.g. manifests/overlays/knative)"
+    )
+    p.add_argument(
+        "--model",
+        help="models:/NAME/VERSION or models:/NAME@ALIAS: the registry version to serve "
+        "(its artifact location replaces the overlay's STORAGE_URI)",
     )
 
     p = sub.add_parser(
@@ -121,16 +155,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "canary",
-        parents=[common, mutating],
+        parents=[common, mutating, registry],
         help="send N%% of traffic to a new predictor version",
         **kw,
     )
     p.add_argument(
         "--percent", type=int, required=True, help="traffic percent for the canary (0-100)"
     )
-    p.add_argument(
+    model = p.add_mutually_exclusive_group()
+    model.add_argument(
         "--storage-uri",
         help="new model storageUri (the transformer's STORAGE_URI follows at promote)",
+    )
+    model.add_argument(
+        "--model",
+        help="models:/NAME/VERSION or models:/NAME@ALIAS: the registry version to canary "
+        "(resolved to its storageUri, recorded on the InferenceService)",
     )
     p.add_argument("--image", help="new predictor container image")
     p.add_argument(
@@ -147,6 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "promote", parents=[common, mutating], help="send all traffic to the canary", **kw
     )
+
+    p = sub.add_parser(
+        "register",
+        parents=[registry],
+        help="upload a model repository to the registry as a new version (no cluster needed)",
+        **kw,
+    )
+    p.add_argument("repository", type=Path, help="Triton-layout model repository (make model-repo)")
+    p.add_argument(
+        "--model-name",
+        default=DEFAULT_MODEL_NAME,
+        help="the model's directory in the repository (default %(default)s)",
+    )
+    p.add_argument("--registered-name", help="the registered model's name (default: --model-name)")
+    p.add_argument("--alias", help="point this alias (e.g. challenger) at the new version")
 
     p = sub.add_parser(
         "rollback",
@@ -170,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     io = Io(out=sys.stdout, err=sys.stderr)
     try:
+        if args.command == "register":
+            return _register(args, io)
         return _run(args, Settings.from_args(args), io)
     except RolloutError as exc:
         print(f"error: {exc}", file=io.err)
@@ -182,26 +239,98 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, settings: Settings, io: Io) -> int:
     if args.command == "apply":
         docs = render(args.overlay)  # before connecting: a bad overlay needs no cluster
+        if args.model:
+            resolved = _resolve(args)
+            for doc in docs:
+                if doc.get("kind") == "InferenceService":
+                    plans.set_model(doc, resolved.storage_uri)
+                    doc.setdefault("metadata", {}).setdefault("annotations", {})[
+                        state.MODEL_ANNOTATION
+                    ] = json.dumps(resolved.record(), sort_keys=True)
+            print(
+                f"{args.model}: version {resolved.version} at {resolved.storage_uri}", file=io.err
+            )
         return _apply(_api(settings), settings, docs, io)
+    # The registry first: an unknown model version needs no cluster to be reported.
+    canary_model = _resolve(args) if args.command == "canary" and args.model else None
     api = _api(settings)
     if args.command == "status":
         snap = snapshot(api.get_required(ISVC, settings.namespace, settings.name))
         print(report.as_json(snap) if args.output == "json" else report.as_text(snap), file=io.out)
         return ExitCode.OK
     isvc = api.get_required(ISVC, settings.namespace, settings.name)
+    recorded = (isvc.get("metadata") or {}).get("annotations") or {}
     if args.command == "canary":
+        storage_uri = canary_model.storage_uri if canary_model else args.storage_uri
         change = Change(
-            storage_uri=args.storage_uri, image=args.image, transformer_image=args.transformer_image
+            storage_uri=storage_uri, image=args.image, transformer_image=args.transformer_image
         )
         plan = plans.plan_canary(isvc, args.percent, change, args.canary_name)
+        if canary_model is not None:
+            print(f"{args.model}: version {canary_model.version} at {storage_uri}", file=io.err)
+            plan = plans.annotated(
+                plan,
+                {
+                    state.MODEL_ANNOTATION: json.dumps(canary_model.record(), sort_keys=True),
+                    state.PREVIOUS_MODEL_ANNOTATION: recorded.get(state.MODEL_ANNOTATION),
+                },
+            )
         return _canary(api, settings, plan, args.auto_rollback, io)
     if args.command == "promote":
-        return _execute(api, settings, plans.plan_promote(isvc), io)
+        plan = plans.plan_promote(isvc)
+        if state.PREVIOUS_MODEL_ANNOTATION in recorded:  # the canary's model is the model now
+            plan = plans.annotated(plan, {state.PREVIOUS_MODEL_ANNOTATION: None})
+        return _execute(api, settings, plan, io)
     if args.command == "rollback":
-        return _execute(
-            api, settings, plans.plan_rollback(isvc, restore_spec=args.restore_spec), io
-        )
+        plan = plans.plan_rollback(isvc, restore_spec=args.restore_spec)
+        if state.PREVIOUS_MODEL_ANNOTATION in recorded:
+            plan = plans.annotated(
+                plan,
+                {
+                    state.MODEL_ANNOTATION: recorded[state.PREVIOUS_MODEL_ANNOTATION],
+                    state.PREVIOUS_MODEL_ANNOTATION: None,
+                },
+            )
+        return _execute(api, settings, plan, io)
     raise AssertionError(f"unhandled command {args.command!r}")
+
+
+def _registry(args: argparse.Namespace) -> MlflowRegistry:
+    if not args.registry:
+        raise UsageError(f"no registry: give --registry URL or set ${REGISTRY_ENV}")
+    return MlflowRegistry(args.registry, args.artifact_root, os.environ.get(TOKEN_ENV))
+
+
+def _resolve(args: argparse.Namespace) -> ResolvedModel:
+    """The --model version and its storage URI (before any cluster call)."""
+    uri = ModelUri.parse(args.model)
+    registry = _registry(args)
+    try:
+        return registry.resolve(uri)
+    finally:
+        registry.close()
+
+
+def _register(args: argparse.Namespace, io: Io) -> int:
+    registry = _registry(args)
+    try:
+        resolved = registry.register(
+            args.repository, args.model_name, args.registered_name or args.model_name, args.alias
+        )
+    finally:
+        registry.close()
+    alias = f", alias {resolved.alias}" if resolved.alias else ""
+    print(
+        f"registered models:/{resolved.name}/{resolved.version}{alias}: {resolved.source}"
+        + (
+            f" (storageUri {resolved.storage_uri})"
+            if resolved.storage_uri != resolved.source
+            else ""
+        ),
+        file=io.err,
+    )
+    print(json.dumps({**resolved.record(), "source": resolved.source}), file=io.out)
+    return ExitCode.OK
 
 
 def _api(settings: Settings) -> KserveApi:

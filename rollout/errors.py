@@ -24,9 +24,10 @@ exit codes:
   0  success
   1  rollout failed: the new revision or canary did not become ready (reason printed)
   2  usage error: bad arguments, or nothing to do (e.g. no canary in progress)
-  3  cluster unreachable: no kubeconfig / in-cluster config, or connection refused
+  3  unreachable: no kubeconfig / in-cluster config, the cluster or the model registry
+     refused the connection
   4  CRD missing: the API server does not serve inferenceservices.serving.kserve.io
-  5  InferenceService not found
+  5  not found: the InferenceService, or the registry's model, version or alias
   6  timeout: the controller did not reach the expected state within --timeout
   7  not supported in this deployment mode (or kind not supported by apply)
   8  rejected: the API server or kustomize refused the request (validation, conflict)

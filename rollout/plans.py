@@ -8,6 +8,7 @@ would be sent.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -424,3 +425,19 @@ def _patch(old: Obj, new: Obj) -> Obj:
         meta["resourceVersion"] = old["metadata"].get("resourceVersion")
         patch["metadata"] = meta
     return patch
+
+
+def annotated(plan: Plan, annotations: dict[str, str | None]) -> Plan:
+    """`plan` with annotations set (a value) or removed (None) by the same patch."""
+    patch = copy.deepcopy(plan.patch)
+    patch.setdefault("metadata", {}).setdefault("annotations", {}).update(annotations)
+    return dataclasses.replace(plan, patch=patch)
+
+
+def set_model(isvc: Obj, storage_uri: str) -> None:
+    """Point an InferenceService's predictor, and its transformer's labels and preprocessing,
+    at one model repository (what `apply --model` does to the rendered overlay)."""
+    spec = isvc["spec"]
+    _set_storage_uri(spec["predictor"], storage_uri)
+    if spec.get("transformer") and _transformer_storage_env(spec) is not None:
+        _set_env(_container(spec["transformer"], "transformer"), STORAGE_URI_ENV, storage_uri)

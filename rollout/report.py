@@ -40,6 +40,8 @@ def as_dict(snap: Snapshot) -> dict[str, Any]:
             }
             for name, c in snap.components.items()
         },
+        "model": snap.model,
+        "previousModel": snap.previous_model,
         "conditionsNotTrue": [
             {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message}
             for c in snap.not_true
@@ -59,8 +61,11 @@ def as_text(snap: Snapshot) -> str:
         f"Ready:      {ready.status}" + (f" ({ready.reason})" if ready.reason else ""),
         f"URL:        {snap.url or '-'}",
         f"Generation: {snap.generation} (observed {snap.observed_generation})",
-        "",
     ]
+    for title, model in (("Model:", snap.model), ("Previous:", snap.previous_model)):
+        if model:
+            lines.append(f"{title:<12}{_model_line(model)}")
+    lines.append("")
     lines += table(
         ["COMPONENT", "REVISION", "PERCENT", "TAG", "LATEST", "READY"],
         [
@@ -83,6 +88,17 @@ def as_text(snap: Snapshot) -> str:
             [[c.type, c.status, c.reason, c.message] for c in snap.not_true],
         )
     return "\n".join(lines)
+
+
+def _model_line(model: dict[str, str]) -> str:
+    """models:/NAME/VERSION (@alias) -> storage URI, from REGISTRY."""
+    if "error" in model:
+        return model["error"]
+    alias = f" (@{model['alias']})" if model.get("alias") else ""
+    return (
+        f"models:/{model.get('name')}/{model.get('version')}{alias} -> "
+        f"{model.get('storageUri')} from {model.get('registry')}"
+    )
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], empty: str = "") -> list[str]:

@@ -6,6 +6,7 @@ or waits works on a `Snapshot`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -118,6 +119,10 @@ class Snapshot:
     traffic: list[TrafficRow]
     components: dict[str, ComponentStatus] = field(default_factory=dict)
     canaries: list[Canary] = field(default_factory=list)
+    # The registry versions the rollout CLI recorded (rollout.registry): the one the spec
+    # serves now (the canary's, during a canary) and the one before it.
+    model: dict[str, str] | None = None
+    previous_model: dict[str, str] | None = None
 
     def condition(self, type_: str) -> Condition:
         for c in self.conditions:
@@ -192,6 +197,8 @@ def snapshot(isvc: Obj) -> Snapshot:
         traffic=traffic,
         components=components,
         canaries=canaries,
+        model=_recorded_model(meta, MODEL_ANNOTATION),
+        previous_model=_recorded_model(meta, PREVIOUS_MODEL_ANNOTATION),
     )
 
 
@@ -251,3 +258,19 @@ def _canary(raw: Obj) -> Canary:
         percent=int(raw.get("trafficPercent", 0)),
         failure=failure.strip(),
     )
+
+
+# Written by the rollout CLI's --model (rollout.cli): JSON of registry.ResolvedModel.record().
+MODEL_ANNOTATION = "image-classifier-rollout/model"
+PREVIOUS_MODEL_ANNOTATION = "image-classifier-rollout/previous-model"
+
+
+def _recorded_model(meta: Obj, key: str) -> dict[str, str] | None:
+    raw = (meta.get("annotations") or {}).get(key)
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {"error": f"annotation {key} is not JSON"}
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else None
