@@ -16,7 +16,14 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 SUPPORTED_DIALECTS = ("sqlite", "postgresql")
 CONNECT_TIMEOUT_S = 5
@@ -26,14 +33,28 @@ T = TypeVar("T")
 
 
 class DatabaseError(RuntimeError):
-    """The database is unreachable, refused a statement, or the URL is unusable."""
+    """The database is unreachable, refused a statement, or the URL is unusable. `transient`:
+    worth trying again (no connection, a timeout, a lock); else the statement itself failed
+    (a value too long, a constraint) and would fail again."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class Database:
     """A connection pool to one database, and the time spent talking to it."""
 
-    def __init__(self, url: str, flag: str = "--db", pool_timeout_s: float = 30.0) -> None:
-        """Check the URL and make the pool (no connection yet); raises DatabaseError."""
+    def __init__(
+        self,
+        url: str,
+        flag: str = "--db",
+        pool_timeout_s: float = 30.0,
+        statement_timeout_s: float | None = None,
+    ) -> None:
+        """Check the URL and make the pool (no connection yet); raises DatabaseError.
+        `statement_timeout_s`: PostgreSQL cancels a statement running longer (a stalled server
+        holds no caller for ever)."""
         self.url = redact(url)
         try:
             options: dict[str, Any] = {}
@@ -43,6 +64,9 @@ class Database:
                 # fails its statement, SQLAlchemy discards it, and the callers retry.
                 # An unreachable host fails in seconds, not at the TCP timeout (minutes).
                 options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+                if statement_timeout_s is not None:
+                    milliseconds = int(statement_timeout_s * 1000)
+                    options["connect_args"]["options"] = f"-c statement_timeout={milliseconds}"
             self.engine: Engine = sa.create_engine(url, **options)
         except (ArgumentError, NoSuchModuleError, ImportError) as exc:
             raise DatabaseError(
@@ -72,7 +96,10 @@ class Database:
             with self.engine.begin() as conn:
                 return work(conn)
         except SQLAlchemyError as exc:
-            raise DatabaseError(f"database {self.url}: {exc.__class__.__name__}: {exc}") from exc
+            transient = isinstance(exc, OperationalError | InterfaceError | PoolTimeout)
+            raise DatabaseError(
+                f"database {self.url}: {exc.__class__.__name__}: {exc}", transient
+            ) from exc
         finally:
             self.seconds += time.perf_counter() - started
 

@@ -144,7 +144,7 @@ def parse_label(item: object, classes: ClassNames, allow_image_key: bool = False
         if not isinstance(request_id, str) or not VALID_REQUEST_ID.fullmatch(request_id):
             raise LabelError(
                 f"id {str(request_id)[:80]!r}: expected the request id the transformer answered "
-                "(x-request-id, or the V2 response id): 1 to 128 of A-Z a-z 0-9 . _ : / + = @ -"
+                "with (its x-request-id header): 1 to 128 of A-Z a-z 0-9 . _ : / + = @ -"
             )
         index = item.get("index", 0)
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:

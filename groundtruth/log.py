@@ -6,7 +6,9 @@ the buffer is full (the database slow or down for long), the new rows are droppe
 logged at most once per interval. A chunk the database refuses goes back to the front of the
 buffer and is retried with a growing pause (up to `retry_max_s`), so rows written late are not
 lost; what is still unwritten at shutdown (after `close`'s deadline) is counted and logged.
-`written` counts rows the database committed: an acknowledged prediction survives a restart.
+`written` counts the rows of chunks the database committed (a request id seen before keeps the
+rows of its first request): an acknowledged prediction survives a restart. A chunk the
+database refuses for its content (not for being down) is dropped and counted, not retried.
 """
 
 from __future__ import annotations
@@ -124,6 +126,13 @@ class PredictionLog:
         if excess > 0:
             self.observer.dropped(excess)
 
+    def _refused(self, rows: list[ServedPrediction], exc: Exception) -> None:
+        """Drop a chunk the database will never take (counted and logged), keep writing."""
+        self.observer.dropped(len(rows))
+        self._failures.warning(
+            "prediction log: %d rows refused and dropped (not retried): %s", len(rows), exc
+        )
+
     def _run(self) -> None:
         try:  # the tables exist from the start (reports on them), when the database is up
             self.store.ensure_schema()
@@ -143,6 +152,9 @@ class PredictionLog:
             try:
                 joins = self.store.write_predictions(rows)
             except DatabaseError as exc:
+                if not exc.transient:  # the rows themselves are refused: again would fail
+                    self._refused(rows, exc)
+                    continue
                 self._put_back(rows)
                 self._failures.warning(
                     "prediction log: writing %d rows failed, retrying in %.1f s: %s",
@@ -154,6 +166,10 @@ class PredictionLog:
                     return  # close() counts what is left
                 self._stopping.wait(pause)
                 pause = min(self.retry_max_s, pause * 2)
+                continue
+            except Exception as exc:  # a bug must not end the writer: the buffer would only fill
+                logger.exception("prediction log: writing %d rows failed", len(rows))
+                self._refused(rows, exc)
                 continue
             pause = RETRY_FIRST_S
             self.observer.written(len(rows))

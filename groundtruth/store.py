@@ -15,6 +15,7 @@ Precedence: a label for the request's image (`id`) wins over one for the image's
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +42,8 @@ from .schema import (
 from .schema import predictions as batch_predictions
 
 IN_CHUNK = 500  # values in one IN (...) list
+JOIN_ATTEMPTS = 3  # a row relabelled by racing replicas is read again this many times at most
+MAX_LOGGED_ID = 128  # the request_id columns' length
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,14 @@ class LabelsApplied:
         return {**self.counts(), "labels": [o.to_json() for o in self.outcomes]}
 
 
+def logged_request_id(request_id: str) -> str:
+    """A request id as the log keeps it: as it is up to MAX_LOGGED_ID characters (all a label
+    can name), else its SHA-256 (the transformer accepts longer client ids)."""
+    if len(request_id) <= MAX_LOGGED_ID:
+        return request_id
+    return "sha256:" + hashlib.sha256(request_id.encode()).hexdigest()
+
+
 def outcome(top_class_ids: Sequence[int], true_class: int) -> str:
     """TOP1, TOP5 or WRONG for a prediction's classes (best first) and the true class."""
     if top_class_ids and top_class_ids[0] == true_class:
@@ -159,8 +170,9 @@ class GroundTruthStore:
             self._schema_ready = True
 
     def write_predictions(self, predictions: Sequence[ServedPrediction]) -> list[Joined]:
-        """Log predictions (a request id seen before keeps its first rows), then join the
-        labels already stored for them; raises DatabaseError (nothing of the chunk written)."""
+        """Log predictions (a request id seen before keeps its first rows) in one transaction,
+        then join the labels already stored for them in a second; raises DatabaseError. Written
+        again after a failure, rows already there are kept and the join is made again."""
         self.ensure_schema()
         if not predictions:
             return []
@@ -224,10 +236,11 @@ class GroundTruthStore:
     def _join_stored_labels(
         self, conn: Connection, predictions: Sequence[ServedPrediction]
     ) -> list[Joined]:
-        """Join to just-logged predictions the labels that came before them."""
-        model_names = {p.model_name for p in predictions}
+        """Join to just-logged predictions (and only to them) the labels that came before."""
+        model_names = sorted({p.model_name for p in predictions})
+        request_ids = sorted({p.request_id for p in predictions})
         found: list[Any] = []
-        for chunk in _chunks(sorted({p.request_id for p in predictions})):
+        for chunk in _chunks(request_ids):
             found += conn.execute(
                 sa.select(labels).where(
                     labels.c.source == BY_ID,
@@ -242,8 +255,20 @@ class GroundTruthStore:
         if not found:
             return []
         logged = {(p.model_name, p.request_id, p.image_index) for p in predictions}
-        hashes = {p.sha256 for p in predictions}
+        table = served_predictions
+        rows: list[Any] = []
+        for chunk in _chunks(request_ids):  # the chunk's rows as stored now
+            rows += [
+                row
+                for row in conn.execute(
+                    sa.select(table).where(
+                        table.c.model_name.in_(model_names), table.c.request_id.in_(chunk)
+                    )
+                )
+                if (row.model_name, row.request_id, row.image_index) in logged
+            ]
         joins: list[Joined] = []
+        # Content first, so that a label by id for the same prediction takes precedence.
         for stored in sorted(found, key=lambda r: r.source != BY_SHA256):
             label = Label(
                 stored.source,
@@ -252,9 +277,15 @@ class GroundTruthStore:
                 image_index=stored.image_index,
                 sha256=stored.sha256,
             )
-            for row in self._predictions_named(conn, [label], stored.model_name):
-                key = (row.model_name, row.request_id, row.image_index)
-                if key in logged or (label.source == BY_SHA256 and row.sha256 in hashes):
+            for row in rows:
+                if label.source == BY_ID:
+                    named = (row.request_id, row.image_index) == (
+                        label.request_id,
+                        label.image_index,
+                    ) and stored.model_name in (None, row.model_name)
+                else:
+                    named = row.sha256 == label.sha256
+                if named:
                     joined = _join(conn, row, label, utc(stored.received_at))
                     if joined is not None:
                         joins.append(joined)
@@ -283,42 +314,48 @@ class GroundTruthStore:
 
 def _join(conn: Connection, row: Any, label: Label, received: datetime) -> Joined | None:
     """Put `label` on the logged prediction `row` unless a label that takes precedence is
-    there or it already says this; None when nothing changed (here or by a racing replica)."""
-    if row.label_source == BY_ID and label.source == BY_SHA256:
-        return None
-    if row.label_class_id == label.class_id and row.label_source == label.source:
-        return None
+    there or it already says this; None when nothing changed. The update is conditional on
+    the row's label being what was read: when another replica changed it meanwhile, the row
+    is read again and judged again (so neither a double count nor a lost replacement)."""
     table = served_predictions
-    classes = [entry["class_id"] for entry in row.top_k]
-    result = outcome(classes, label.class_id)
-    joined_at = now()
-    where = [
-        table.c.model_name == row.model_name,
-        table.c.request_id == row.request_id,
-        table.c.image_index == row.image_index,
-    ]
-    if row.label_class_id is None:
-        where.append(table.c.label_class_id.is_(None))
-    else:  # still the label this replaces: a racing replica's update wins, not both
-        where += [
-            table.c.label_class_id == row.label_class_id,
-            table.c.label_source == row.label_source,
+    for _ in range(JOIN_ATTEMPTS):
+        if row.label_source == BY_ID and label.source == BY_SHA256:
+            return None
+        if row.label_class_id == label.class_id and row.label_source == label.source:
+            return None
+        classes = [entry["class_id"] for entry in row.top_k]
+        result = outcome(classes, label.class_id)
+        key = [
+            table.c.model_name == row.model_name,
+            table.c.request_id == row.request_id,
+            table.c.image_index == row.image_index,
         ]
-    updated = conn.execute(
-        table.update()
-        .where(*where)
-        .values(
-            label_class_id=label.class_id,
-            label_source=label.source,
-            labelled_at=joined_at,
-            outcome=result,
+        where = list(key)
+        if row.label_class_id is None:
+            where.append(table.c.label_class_id.is_(None))
+        else:  # still the label this replaces
+            where += [
+                table.c.label_class_id == row.label_class_id,
+                table.c.label_source == row.label_source,
+            ]
+        updated = conn.execute(
+            table.update()
+            .where(*where)
+            .values(
+                label_class_id=label.class_id,
+                label_source=label.source,
+                labelled_at=now(),
+                outcome=result,
+            )
         )
-    )
-    if updated.rowcount != 1:
-        return None
-    # From the prediction to the label's arrival; 0 when the label came first.
-    delay = max(0.0, (received - utc(row.created_at)).total_seconds())
-    return Joined(row.model_version, result, delay, first=row.label_class_id is None)
+        if updated.rowcount == 1:
+            # From the prediction to the label's arrival; 0 when the label came first.
+            delay = max(0.0, (received - utc(row.created_at)).total_seconds())
+            return Joined(row.model_version, result, delay, first=row.label_class_id is None)
+        row = conn.execute(sa.select(table).where(*key)).one_or_none()
+        if row is None:
+            return None
+    return None
 
 
 def _batch_predictions_named(

@@ -250,7 +250,7 @@ def _run(args: argparse.Namespace, settings: Settings, io: Io) -> int:
             print(
                 f"{args.model}: version {resolved.version} at {resolved.storage_uri}", file=io.err
             )
-        return _apply(_api(settings), settings, docs, io)
+        return _apply(_api(settings), settings, docs, io, with_model=bool(args.model))
     # The registry first: an unknown model version needs no cluster to be reported.
     canary_model = _resolve(args) if args.command == "canary" and args.model else None
     api = _api(settings)
@@ -268,30 +268,22 @@ def _run(args: argparse.Namespace, settings: Settings, io: Io) -> int:
         plan = plans.plan_canary(isvc, args.percent, change, args.canary_name)
         if canary_model is not None:
             print(f"{args.model}: version {canary_model.version} at {storage_uri}", file=io.err)
-            plan = plans.annotated(
-                plan,
-                {
-                    state.MODEL_ANNOTATION: json.dumps(canary_model.record(), sort_keys=True),
-                    state.PREVIOUS_MODEL_ANNOTATION: recorded.get(state.MODEL_ANNOTATION),
-                },
-            )
+            annotations: dict[str, str | None] = {
+                state.MODEL_ANNOTATION: json.dumps(canary_model.record(), sort_keys=True)
+            }
+            # The version this canary replaces: recorded when the plan records the spec it
+            # replaces (a new rollout), kept when it only changes a canary in progress.
+            patched = (plan.patch.get("metadata") or {}).get("annotations") or {}
+            if patched.get(plans.PREVIOUS_SPEC_ANNOTATION) is not None:
+                annotations[state.PREVIOUS_MODEL_ANNOTATION] = recorded.get(state.MODEL_ANNOTATION)
+            plan = plans.annotated(plan, annotations)
         return _canary(api, settings, plan, args.auto_rollback, io)
     if args.command == "promote":
-        plan = plans.plan_promote(isvc)
-        if state.PREVIOUS_MODEL_ANNOTATION in recorded:  # the canary's model is the model now
-            plan = plans.annotated(plan, {state.PREVIOUS_MODEL_ANNOTATION: None})
-        return _execute(api, settings, plan, io)
+        # The previous version stays recorded beside the previous spec: a rollback after the
+        # promote restores both.
+        return _execute(api, settings, plans.plan_promote(isvc), io)
     if args.command == "rollback":
-        plan = plans.plan_rollback(isvc, restore_spec=args.restore_spec)
-        if state.PREVIOUS_MODEL_ANNOTATION in recorded:
-            plan = plans.annotated(
-                plan,
-                {
-                    state.MODEL_ANNOTATION: recorded[state.PREVIOUS_MODEL_ANNOTATION],
-                    state.PREVIOUS_MODEL_ANNOTATION: None,
-                },
-            )
-        return _execute(api, settings, plan, io)
+        return _execute(api, settings, _rollback_plan(isvc, restore_spec=args.restore_spec), io)
     raise AssertionError(f"unhandled command {args.command!r}")
 
 
@@ -333,6 +325,22 @@ def _register(args: argparse.Namespace, io: Io) -> int:
     return ExitCode.OK
 
 
+def _rollback_plan(isvc: dict[str, Any], restore_spec: bool = False, failed: bool = False) -> Plan:
+    """plans.plan_rollback, and the registry version recorded before the rollout back as the
+    model served (rollout.registry)."""
+    plan = plans.plan_rollback(isvc, restore_spec=restore_spec, failed=failed)
+    recorded = (isvc.get("metadata") or {}).get("annotations") or {}
+    if state.PREVIOUS_MODEL_ANNOTATION not in recorded:
+        return plan
+    return plans.annotated(
+        plan,
+        {
+            state.MODEL_ANNOTATION: recorded[state.PREVIOUS_MODEL_ANNOTATION],
+            state.PREVIOUS_MODEL_ANNOTATION: None,
+        },
+    )
+
+
 def _api(settings: Settings) -> KserveApi:
     return KserveApi(connect(settings.kubeconfig, settings.context))
 
@@ -347,7 +355,7 @@ def _canary(api: KserveApi, settings: Settings, plan: Plan, auto_rollback: bool,
         print("auto-rollback: rolling back the canary", file=io.err)
         try:
             isvc = api.get_required(ISVC, settings.namespace, settings.name)
-            _execute(api, settings, plans.plan_rollback(isvc, failed=True), io)
+            _execute(api, settings, _rollback_plan(isvc, failed=True), io)
         except RolloutError as rollback_exc:
             # The canary's failure stays the exit code: it is what the operator must act on.
             print(f"error: auto-rollback failed too: {rollback_exc}", file=io.err)
@@ -391,8 +399,15 @@ def _wait(
     )
 
 
-def _apply(api: KserveApi, settings: Settings, docs: list[dict[str, Any]], io: Io) -> int:
-    """Create or server-side apply each document (ServingRuntimes first), then wait for Ready."""
+def _apply(
+    api: KserveApi,
+    settings: Settings,
+    docs: list[dict[str, Any]],
+    io: Io,
+    with_model: bool = False,
+) -> int:
+    """Create or server-side apply each document (ServingRuntimes first), then wait for Ready.
+    `with_model`: the documents carry a registry version (--model) to keep recorded."""
     applied = []
     for doc in sorted(docs, key=lambda d: d["kind"] != "ServingRuntime"):
         meta = doc.setdefault("metadata", {})
@@ -411,7 +426,7 @@ def _apply(api: KserveApi, settings: Settings, docs: list[dict[str, Any]], io: I
             )
             continue
         print(f"{ns}/{label} {'created' if live is None else 'configured'}", file=io.err)
-        result = _forget_recorded_spec(api, res, result)
+        result = _forget_recorded_spec(api, res, result, with_model)
         if doc["kind"] == "InferenceService":
             applied.append(result)
     for obj in applied:
@@ -419,12 +434,19 @@ def _apply(api: KserveApi, settings: Settings, docs: list[dict[str, Any]], io: I
     return ExitCode.OK
 
 
-def _forget_recorded_spec(api: KserveApi, res: Resource, obj: dict[str, Any]) -> dict[str, Any]:
-    """Drop a canary's recorded spec: after `apply`, the overlay is the baseline."""
+def _forget_recorded_spec(
+    api: KserveApi, res: Resource, obj: dict[str, Any], with_model: bool
+) -> dict[str, Any]:
+    """Drop a canary's recorded spec and versions: after `apply`, the overlay is the baseline
+    (and the registry version it was given with --model, if any, the model served)."""
     meta = obj["metadata"]
-    if plans.PREVIOUS_SPEC_ANNOTATION not in (meta.get("annotations") or {}):
+    stale = [plans.PREVIOUS_SPEC_ANNOTATION, state.PREVIOUS_MODEL_ANNOTATION]
+    if not with_model:
+        stale.append(state.MODEL_ANNOTATION)
+    present = [key for key in stale if key in (meta.get("annotations") or {})]
+    if not present:
         return obj
-    patch = {"metadata": {"annotations": {plans.PREVIOUS_SPEC_ANNOTATION: None}}}
+    patch = {"metadata": {"annotations": dict.fromkeys(present)}}
     return api.merge_patch(res, meta["namespace"], meta["name"], patch)
 
 

@@ -58,9 +58,25 @@ class RegistryError(RolloutError):
 
 
 class RegistryUnreachable(RegistryError):
-    """No answer from the registry."""
+    """No answer from the registry, or a server error."""
 
     exit_code = ExitCode.UNREACHABLE
+
+
+class RegistryRefused(RegistryError):
+    """The registry refused the call (credentials, permissions, a bad request)."""
+
+    exit_code = ExitCode.REJECTED
+
+
+def _failure(url: str, what: str, response: httpx.Response) -> RegistryError:
+    """The error for a registry answer that is neither success nor "does not exist"."""
+    message = f"registry {url}: {what}: {_describe(response)}"
+    if response.status_code >= 500:
+        return RegistryUnreachable(message)
+    if response.status_code in (401, 403):
+        return RegistryRefused(f"{message} (check ${TOKEN_ENV})")
+    return RegistryRefused(message)
 
 
 @dataclass(frozen=True)
@@ -249,7 +265,7 @@ class MlflowRegistry:
         )
         if response.status_code == 200 or _error_code(response) == "RESOURCE_ALREADY_EXISTS":
             return
-        raise RegistryError(f"registry {self.url}: creating model {name!r}: {_describe(response)}")
+        raise _failure(self.url, f"creating model {name!r}", response)
 
     def _unknown_version(self, name: str, version: str) -> RegistryError:
         known = self._versions(name)
@@ -262,8 +278,10 @@ class MlflowRegistry:
 
     def _unknown_alias(self, name: str, alias: str) -> RegistryError:
         response = self._send("GET", "/api/2.0/mlflow/registered-models/get", params={"name": name})
-        if response.status_code != 200:
+        if _error_code(response) == "RESOURCE_DOES_NOT_EXIST":
             return RegistryError(f"registry {self.url}: no registered model named {name!r}")
+        if response.status_code != 200:
+            return _failure(self.url, f"reading model {name!r}", response)
         aliases = [a["alias"] for a in response.json()["registered_model"].get("aliases", [])]
         return RegistryError(
             f"registry {self.url}: model {name!r} has no alias {alias!r} "
@@ -272,8 +290,10 @@ class MlflowRegistry:
 
     def _versions(self, name: str) -> list[str] | None:
         response = self._send("GET", "/api/2.0/mlflow/registered-models/get", params={"name": name})
-        if response.status_code != 200:
+        if _error_code(response) == "RESOURCE_DOES_NOT_EXIST":
             return None
+        if response.status_code != 200:
+            raise _failure(self.url, f"reading model {name!r}", response)
         found = self._send(
             "GET",
             "/api/2.0/mlflow/model-versions/search",
@@ -288,12 +308,12 @@ class MlflowRegistry:
             return dict(response.json())
         if _error_code(response) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise unknown()
-        raise RegistryError(f"registry {self.url}: GET {path}: {_describe(response)}")
+        raise _failure(self.url, f"GET {path}", response)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         response = self._send(method, path, **kwargs)
         if response.status_code != 200:
-            raise RegistryError(f"registry {self.url}: {method} {path}: {_describe(response)}")
+            raise _failure(self.url, f"{method} {path}", response)
         return dict(response.json()) if response.content else {}
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

@@ -274,6 +274,16 @@ def test_two_replicas_share_one_postgresql_count_each_label_once_and_survive_a_r
             first = log_transformer(predictor, model_repository, tmp_path / "a2.log", url)
             assert accuracy(first)["versions"] == before
             assert batch_db.query(url, "SELECT count(*) FROM served_predictions") == [(30,)]
+            # A client id longer than the log's column is kept as its SHA-256, and the log
+            # goes on (PostgreSQL would refuse the row, and the writer would retry it for ever).
+            long_id = "x" * 300
+            predict_v1(first, photos[30], request_id=long_id)
+            predict_v1(first, photos[31])
+            wait_written(first, 2)
+            digest = "sha256:" + hashlib.sha256(long_id.encode()).hexdigest()
+            assert batch_db.query(
+                url, "SELECT count(*) FROM served_predictions WHERE request_id = :r", r=digest
+            ) == [(1,)]
         finally:
             first.stop()
             second.stop()

@@ -192,6 +192,18 @@ def test_canary_with_a_registry_model_records_it_and_promote_and_rollback_keep_t
         )
         == 0
     )
+    # Moving the canary's traffic, or giving the same version again, keeps what it replaces.
+    assert (
+        run(
+            "canary",
+            "--percent",
+            "30",
+            "--model",
+            f"models:/{MODEL}@challenger",
+            *registry_args(mlflow),
+        )
+        == 0
+    )
     isvc = fake.isvc()
     annotations = isvc["metadata"]["annotations"]
     model, previous = (
@@ -242,6 +254,9 @@ def test_apply_with_a_registry_model_points_both_components_at_it(
     registered: tuple[str, str],
 ) -> None:
     first, _ = registered
+    # An InferenceService already there: apply patches it (creating one is not in the rollout
+    # Role, which tests/test_rollout.py compares with what the CLI sends).
+    fake.seed(knative_isvc())
     assert (
         run("apply", str(overlay), "--model", f"models:/{MODEL}/{first}", *registry_args(mlflow))
         == 0

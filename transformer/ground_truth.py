@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,13 +26,15 @@ from groundtruth import accuracy
 from groundtruth.labels import ClassNames, LabelError, parse_labels
 from groundtruth.log import PredictionLog
 from groundtruth.schema import LOGGED_TOP_K, OUTCOMES
-from groundtruth.store import GroundTruthStore, Joined, ServedPrediction
+from groundtruth.store import GroundTruthStore, Joined, ServedPrediction, logged_request_id
 
 from . import metrics
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = "24h"  # GET .../accuracy without ?since=
+STATEMENT_TIMEOUT_S = 10.0  # a stalled PostgreSQL answers a label post 503, not never
+DATABASE_THREADS = 4  # label posts and reports in flight at once
 
 
 def image_digest(data: bytes) -> str:
@@ -77,7 +80,15 @@ class GroundTruth:
     ) -> None:
         """Check the URL (no connection yet: a database down at start only delays the log);
         raises DatabaseError for an unusable URL."""
-        self.db = Database(url, flag="--prediction_log_db", pool_timeout_s=5.0)
+        self.db = Database(
+            url,
+            flag="--prediction_log_db",
+            pool_timeout_s=5.0,
+            statement_timeout_s=STATEMENT_TIMEOUT_S,
+        )
+        # Label posts and reports wait on the database here, never in the event loop, and
+        # never in the default executor others share.
+        self._pool = ThreadPoolExecutor(DATABASE_THREADS, thread_name_prefix="ground-truth")
         self.store = GroundTruthStore(self.db)
         self.model_name = model_name
         self.model_version = model_version
@@ -101,6 +112,7 @@ class GroundTruth:
     ) -> None:
         """Queue one answered request's images for the log (top LOGGED_TOP_K each)."""
         created = datetime.now(UTC)
+        request_id = logged_request_id(request_id)
         ids = class_ids[:, :LOGGED_TOP_K].tolist()
         top = scores[:, :LOGGED_TOP_K].tolist()
         self.log.record(
@@ -123,6 +135,7 @@ class GroundTruth:
     def close(self) -> None:
         """Write what is queued (a few seconds at most), then release the database."""
         self.log.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self.db.close()
 
     async def post_labels(self, model_name: str, request: Request) -> JSONResponse:
@@ -139,7 +152,9 @@ class GroundTruth:
         except LabelError as exc:
             return _error(400, str(exc))
         try:
-            applied = await asyncio.to_thread(self.store.apply_labels, labels, self.model_name)
+            applied = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self.store.apply_labels, labels, self.model_name
+            )
         except DatabaseError as exc:
             logger.warning("labels: %s", exc)
             return _error(503, f"the prediction log's database is unavailable; retry: {exc}")
@@ -158,7 +173,9 @@ class GroundTruth:
         except accuracy.WindowError as exc:
             return _error(400, str(exc))
         try:
-            report = await asyncio.to_thread(self._report, window)
+            report = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._report, window
+            )
         except DatabaseError as exc:
             return _error(503, f"the prediction log's database is unavailable; retry: {exc}")
         return JSONResponse(

@@ -257,4 +257,4 @@ def prediction_log_url(
         if not text:
             p.error(f"--prediction_log_db_file {args.prediction_log_db_file}: the file is empty")
         return text
-    return args.prediction_log_db or env.get(PREDICTION_LOG_ENV) or None
+    return (args.prediction_log_db or env.get(PREDICTION_LOG_ENV, "")).strip() or None
