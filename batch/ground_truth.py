@@ -25,13 +25,12 @@ from common.cli import DEFAULT_MODEL_NAME
 from common.database import Database, DatabaseError
 from common.modelrepo import ModelRepositoryError, resolve
 from groundtruth import accuracy
-from groundtruth.labels import MAX_LABELS, ClassNames, Label, LabelError, parse_label
+from groundtruth.labels import MAX_LABELS, ClassNames, Label, LabelError, parse_label, refused
 from groundtruth.store import GroundTruthStore
 
 from .settings import DB_ENV, DEFAULT_DB
 
 EXIT_OK, EXIT_USAGE, EXIT_STOPPED = 0, 2, 3
-ERRORS_SHOWN = 5
 SUBJECT_COLUMNS = ("image_key", "sha256", "id")
 
 
@@ -143,9 +142,7 @@ def read_labels(path: Path, classes: ClassNames) -> list[Label]:
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise LabelError(f"{path}: {exc}") from exc
     if errors:
-        shown = "; ".join(errors[:ERRORS_SHOWN])
-        more = f" (and {len(errors) - ERRORS_SHOWN} more)" if len(errors) > ERRORS_SHOWN else ""
-        raise LabelError(f"{path}: {len(errors)} rows refused, none stored: {shown}{more}")
+        raise refused(f"{path}: {len(errors)} rows refused", errors)
     if not labels:
         raise LabelError(f"{path}: no labels (only a header?)")
     return labels

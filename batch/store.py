@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from common.database import Database, DatabaseError
-from groundtruth.schema import metadata, predictions
+from groundtruth.schema import image_and_model, metadata, predictions
 
 from .outcomes import Failure, Prediction
 
@@ -50,9 +50,7 @@ batch_runs = sa.Table(
 batch_errors = sa.Table(
     "batch_errors",
     metadata,
-    sa.Column("image_key", sa.String(1024), primary_key=True),
-    sa.Column("model_name", sa.String(255), primary_key=True),
-    sa.Column("model_version", sa.String(64), primary_key=True),
+    *image_and_model(),
     sa.Column("sha256", sa.String(64)),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("run_id", sa.Integer, sa.ForeignKey("batch_runs.id"), nullable=False),

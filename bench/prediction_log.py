@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.databases import fresh_postgresql_database
 from harness.servers import ServerProcess, process_cpu_seconds, start
 
 from .stats import V2_GRPC, percentile
@@ -91,22 +90,6 @@ class LogCost:
         )
 
 
-@contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
-    """A new, empty database on the PostgreSQL of `admin_url` (a role that may create
-    databases), dropped afterwards."""
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"bench_log_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        yield sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def measure(
     engine: str,
     model_dir: Path,
@@ -128,7 +111,7 @@ def measure(
 
     print("[bench] prediction log: on against off", file=sys.stderr, flush=True)
     common = ["--model_dir", str(model_dir), "--model_name", model_name]
-    with fresh_database(admin_url) as url, ExitStack() as stack:
+    with fresh_postgresql_database(admin_url, "bench_log") as url, ExitStack() as stack:
         predictor = _started(
             stack, "log-predictor", "predictor", [*common, *predictor_args], log_dir
         )

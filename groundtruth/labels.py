@@ -115,10 +115,15 @@ def parse_labels(body: object, classes: ClassNames, allow_image_key: bool = Fals
         except LabelError as exc:
             errors.append(f"item {position}: {exc}")
     if errors:
-        shown = "; ".join(errors[:ERRORS_SHOWN])
-        more = f" (and {len(errors) - ERRORS_SHOWN} more)" if len(errors) > ERRORS_SHOWN else ""
-        raise LabelError(f"{len(errors)} of {len(body)} labels refused, none stored: {shown}{more}")
+        raise refused(f"{len(errors)} of {len(body)} labels refused", errors)
     return labels
+
+
+def refused(what: str, errors: list[str]) -> LabelError:
+    """The error of a body (or file) refused whole: `what`, then its first few bad items."""
+    shown = "; ".join(errors[:ERRORS_SHOWN])
+    more = f" (and {len(errors) - ERRORS_SHOWN} more)" if len(errors) > ERRORS_SHOWN else ""
+    return LabelError(f"{what}, none stored: {shown}{more}")
 
 
 def parse_label(item: object, classes: ClassNames, allow_image_key: bool = False) -> Label:

@@ -46,14 +46,17 @@ def _prediction_columns() -> list[sa.Column[Any]]:
     ]
 
 
-predictions = sa.Table(
-    "predictions",
-    metadata,
-    sa.Column("image_key", sa.String(1024), primary_key=True),
-    sa.Column("model_name", sa.String(255), primary_key=True),
-    sa.Column("model_version", sa.String(64), primary_key=True),
-    *_prediction_columns(),
-)
+def image_and_model() -> list[sa.Column[Any]]:
+    """The primary key of the batch tables (predictions, batch_errors): one row per image and
+    model version."""
+    return [
+        sa.Column("image_key", sa.String(1024), primary_key=True),
+        sa.Column("model_name", sa.String(255), primary_key=True),
+        sa.Column("model_version", sa.String(64), primary_key=True),
+    ]
+
+
+predictions = sa.Table("predictions", metadata, *image_and_model(), *_prediction_columns())
 sa.Index("predictions_sha256", predictions.c.sha256)
 
 served_predictions = sa.Table(

@@ -23,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from harness import needs
+from harness.databases import fresh_postgresql_database
 from harness.servers import free_port
 
 POSTGRES_ENV = "TEST_POSTGRES_URL"
@@ -39,16 +40,8 @@ def fresh_database(kind: str, tmp_path: Path) -> Iterator[str]:
     base = os.environ.get(POSTGRES_ENV)
     if not base:
         needs.missing(f"no PostgreSQL: set {POSTGRES_ENV} (.ci/run starts one and sets it)")
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    name = f"batch_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        yield sa.make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgresql_database(base, "batch_test") as url:
+        yield url
 
 
 def query(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
