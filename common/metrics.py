@@ -38,19 +38,24 @@ class ServerMetrics:
     """Request-level series of one component: counts by protocol and outcome, latency, in flight.
 
     `prefix` is the component (`transformer` or `predictor`); get it with `server_metrics`.
+    `constant` labels go on every request count and latency with the same value for the life
+    of the process: the predictor's `model_version` (the version it serves), which is how a
+    canary analysis tells canary from stable (docs/rollout.md).
     """
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, constant: dict[str, str] | None = None) -> None:
+        self.constant = dict(constant or {})
+        names = list(self.constant)
         self.requests = Counter(
             f"{prefix}_requests",  # exported as <prefix>_requests_total
             "Inference requests answered, by protocol and outcome (HTTP status code for v1 and "
             "v2-rest, gRPC status code name for v2-grpc).",
-            ["protocol", "code"],
+            ["protocol", "code", *names],
         )
         self.duration = Histogram(
             f"{prefix}_request_duration_seconds",
             "Whole inference request, from the first byte read to the answer, by protocol.",
-            ["protocol"],
+            ["protocol", *names],
             buckets=LATENCY_BUCKETS,
         )
         self.in_flight = Gauge(
@@ -66,12 +71,26 @@ class ServerMetrics:
             "Memory charged to requests in flight now (their data and its copies).",
         )
 
+    def count(self, protocol: str, code: str) -> None:
+        """Count one answered request."""
+        self.requests.labels(protocol, code, *self.constant.values()).inc()
+
+    def observe(self, protocol: str, seconds: float) -> None:
+        """Record one request's duration."""
+        self.duration.labels(protocol, *self.constant.values()).observe(seconds)
+
 
 _SERVERS: dict[str, ServerMetrics] = {}
 
 
-def server_metrics(component: str) -> ServerMetrics:
-    """The request-level series of `component` (created on first use, once per process)."""
+def server_metrics(component: str, constant: dict[str, str] | None = None) -> ServerMetrics:
+    """The request-level series of `component` (created on first use, once per process, with
+    the `constant` labels given then); raises ValueError when asked again with other labels."""
     if component not in _SERVERS:
-        _SERVERS[component] = ServerMetrics(component)
+        _SERVERS[component] = ServerMetrics(component, constant)
+    elif constant is not None and _SERVERS[component].constant != constant:
+        raise ValueError(
+            f"{component} metrics exist with labels {_SERVERS[component].constant}, "
+            f"asked for {constant}"
+        )
     return _SERVERS[component]

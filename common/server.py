@@ -103,10 +103,12 @@ def run_server(
     life: Lifecycle | None = None,
     *,
     component: str,
+    metric_labels: dict[str, str] | None = None,
 ) -> None:
     """Start kserve's ModelServer for one ready model with our limits, REST route, exposure
     policy (common.exposure: which routes and RPCs are served, and keys), request ids and
-    request metrics (`component` prefixes the metric names); serve until a signal (with
+    request metrics (`component` prefixes the metric names, `metric_labels` label every
+    request series: common.metrics.ServerMetrics); serve until a signal (with
     `life`: the drain and request bounds of common.lifecycle), then release the model.
 
     Every setting reaches kserve as an explicit value: the constructor's arguments here, the
@@ -181,7 +183,7 @@ def run_server(
         intake.BodyIntakeMiddleware, settings=intake_settings, memory=requests_memory.data
     )
     install_policy(app, policy)
-    metrics = server_metrics(component)
+    metrics = server_metrics(component, metric_labels)
     metrics.memory_budget.set(requests_memory.budget_bytes)
     metrics.memory_held.set_function(lambda: requests_memory.held)
     app.add_middleware(tracing.RequestMiddleware, metrics=metrics)
@@ -190,7 +192,7 @@ def run_server(
         intake.protocol_class(
             intake_settings,
             overloaded,
-            lambda protocol: metrics.requests.labels(protocol, "503").inc(),
+            lambda protocol: metrics.count(protocol, "503"),
         )
     )
 
@@ -198,7 +200,7 @@ def run_server(
     # it comes before anything that looks at the request), then request ids and metrics.
     def grpc_refused(method: str, code: grpc.StatusCode) -> None:
         if method == MODEL_INFER:
-            metrics.requests.labels(V2_GRPC, code.name).inc()
+            metrics.count(V2_GRPC, code.name)
 
     kserve_compat.add_grpc_interceptor(
         GrpcIntakeInterceptor(

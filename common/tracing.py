@@ -125,8 +125,8 @@ class RequestMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             self.metrics.in_flight.dec()
-            self.metrics.duration.labels(protocol).observe(time.perf_counter() - started)
-            self.metrics.requests.labels(protocol, str(status)).inc()
+            self.metrics.observe(protocol, time.perf_counter() - started)
+            self.metrics.count(protocol, str(status))
             _CURRENT.reset(token)
 
 
@@ -189,8 +189,8 @@ class GrpcRequestInterceptor(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 metrics.in_flight.dec()
-                metrics.duration.labels(V2_GRPC).observe(time.perf_counter() - started)
-                metrics.requests.labels(V2_GRPC, code).inc()
+                metrics.observe(V2_GRPC, time.perf_counter() - started)
+                metrics.count(V2_GRPC, code)
                 _CURRENT.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(

@@ -8,8 +8,6 @@ else by content, when the report is made).
 
 from __future__ import annotations
 
-import math
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,19 +17,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from common import stats
 from common.database import Database
+from common.stats import DURATION_EXAMPLES, wilson
 
 from .schema import BY_KEY, BY_SHA256, OUTCOMES, TOP1, TOP5, labels, predictions, served_predictions
 from .store import now, outcome
 
 ONLINE, BATCH = "online", "batch"
-Z_95 = 1.959964  # the normal quantile of a two-sided 95% interval
 CONFUSIONS_SHOWN = 10
 BANDS = 10  # confidence bands of width 0.1 over the top-1 score
 MAX_WINDOW = timedelta(days=366)
-_DURATION = re.compile(r"(\d+)([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-DURATION_EXAMPLES = "30s, 15m, 24h, 7d, 2w or 1h30m"
 
 
 class WindowError(ValueError):
@@ -40,28 +36,14 @@ class WindowError(ValueError):
 
 def parse_duration(text: str) -> timedelta:
     """A duration like 15m, 24h, 7d or 1h30m; raises WindowError saying what was expected."""
-    cleaned = text.strip().lower()
-    parts = _DURATION.findall(cleaned)
-    if not cleaned or "".join(n + u for n, u in parts) != cleaned:
+    window = stats.parse_duration(text)
+    if window is None:
         raise WindowError(f"since={text[:40]!r}: expected a duration such as {DURATION_EXAMPLES}")
-    seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in parts)
-    window = timedelta(seconds=seconds)
     if not timedelta(0) < window <= MAX_WINDOW:
         raise WindowError(
             f"since={text[:40]!r}: expected more than 0 s and at most {MAX_WINDOW.days} days"
         )
     return window
-
-
-def wilson(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (95% by default); (0, 1) with no trials."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def band_of(score: float) -> int:

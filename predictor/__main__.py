@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         policy=policy,
         life=Lifecycle(settings.lifecycle, refusals=(model.overloaded,)),
         component="predictor",
+        # The version served labels the request series: canary analysis tells versions apart
+        # by it (docs/rollout.md).
+        metric_labels={"model_version": ",".join(model.versions)},
     )
     return 0
 

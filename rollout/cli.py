@@ -11,6 +11,7 @@ import difflib
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,7 +19,8 @@ from typing import Any, TextIO
 import yaml
 
 from common.cli import DEFAULT_MODEL_NAME
-from rollout import plans, report, state
+from common.stats import DURATION_EXAMPLES, parse_duration
+from rollout import analysis, plans, progressive, report, state
 from rollout.errors import (
     EXIT_CODE_HELP,
     ExitCode,
@@ -29,6 +31,7 @@ from rollout.errors import (
 )
 from rollout.kube import APPLIABLE, ISVC, KserveApi, Resource, connect
 from rollout.plans import Change, Expectation, Plan
+from rollout.prometheus import PROMETHEUS_ENV, Prometheus
 from rollout.registry import (
     ARTIFACT_ROOT_ENV,
     REGISTRY_ENV,
@@ -116,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"--artifacts-destination, e.g. s3://bucket/mlflow; default ${ARTIFACT_ROOT_ENV}): "
         "mlflow-artifacts:/ sources resolve under it",
     )
+    judged = _analysis_parser()
     mutating = argparse.ArgumentParser(add_help=False)
     mutating.add_argument(
         "--dry-run", action="store_true", help="print the change instead of applying it"
@@ -155,12 +159,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "canary",
-        parents=[common, mutating, registry],
-        help="send N%% of traffic to a new predictor version",
+        parents=[common, mutating, registry, judged],
+        help="send N%% of traffic to a new predictor version (--analysis: step it, judged by "
+        "Prometheus, then promote or roll back)",
         **kw,
     )
     p.add_argument(
-        "--percent", type=int, required=True, help="traffic percent for the canary (0-100)"
+        "--percent",
+        type=int,
+        help="traffic percent for the canary (0-100); with --analysis the steps set it",
+    )
+    p.add_argument(
+        "--analysis",
+        action="store_true",
+        help="step the canary through --steps, judge each step against the stable version "
+        "from Prometheus' series, then promote, or roll back at the first failing check",
+    )
+    p.add_argument(
+        "--steps",
+        type=_steps,
+        default=(10, 25, 50),
+        help="--analysis: the canary's traffic percent at each step (default 10,25,50)",
+    )
+    p.add_argument(
+        "--waits",
+        type=int,
+        default=3,
+        help="--analysis: windows a step waits for enough traffic before it gives up as "
+        "inconclusive (default %(default)s)",
     )
     model = p.add_mutually_exclusive_group()
     model.add_argument(
@@ -186,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "promote", parents=[common, mutating], help="send all traffic to the canary", **kw
+    )
+
+    sub.add_parser(
+        "analyze",
+        parents=[common, judged],
+        help="judge the canary in progress over the last --interval (changes nothing)",
+        **kw,
     )
 
     p = sub.add_parser(
@@ -251,8 +284,12 @@ def _run(args: argparse.Namespace, settings: Settings, io: Io) -> int:
                 f"{args.model}: version {resolved.version} at {resolved.storage_uri}", file=io.err
             )
         return _apply(_api(settings), settings, docs, io, with_model=bool(args.model))
+    if args.command == "canary":
+        _check_percent(args)
     # The registry first: an unknown model version needs no cluster to be reported.
     canary_model = _resolve(args) if args.command == "canary" and args.model else None
+    if args.command == "analyze":
+        return _analyze(args, settings, io)
     api = _api(settings)
     if args.command == "status":
         snap = snapshot(api.get_required(ISVC, settings.namespace, settings.name))
@@ -265,7 +302,12 @@ def _run(args: argparse.Namespace, settings: Settings, io: Io) -> int:
         change = Change(
             storage_uri=storage_uri, image=args.image, transformer_image=args.transformer_image
         )
-        plan = plans.plan_canary(isvc, args.percent, change, args.canary_name)
+        judge = None
+        if args.analysis:
+            served = (canary_model.served_version if canary_model else None) or ""
+            judge = _judge(args, _recorded_served(recorded, state.MODEL_ANNOTATION), served)
+        percent = args.steps[0] if args.analysis else args.percent
+        plan = plans.plan_canary(isvc, percent, change, args.canary_name)
         if canary_model is not None:
             print(f"{args.model}: version {canary_model.version} at {storage_uri}", file=io.err)
             annotations: dict[str, str | None] = {
@@ -277,7 +319,9 @@ def _run(args: argparse.Namespace, settings: Settings, io: Io) -> int:
             if patched.get(plans.PREVIOUS_SPEC_ANNOTATION) is not None:
                 annotations[state.PREVIOUS_MODEL_ANNOTATION] = recorded.get(state.MODEL_ANNOTATION)
             plan = plans.annotated(plan, annotations)
-        return _canary(api, settings, plan, args.auto_rollback, io)
+        if judge is None:
+            return _canary(api, settings, plan, args.auto_rollback, io)
+        return _canary_with_analysis(api, settings, plan, judge, args, io)
     if args.command == "promote":
         # The previous version stays recorded beside the previous spec: a rollback after the
         # promote restores both.
@@ -285,6 +329,242 @@ def _run(args: argparse.Namespace, settings: Settings, io: Io) -> int:
     if args.command == "rollback":
         return _execute(api, settings, _rollback_plan(isvc, restore_spec=args.restore_spec), io)
     raise AssertionError(f"unhandled command {args.command!r}")
+
+
+@dataclass(frozen=True)
+class Judge:
+    """Canary analysis settings, validated once: which versions' series to compare, where
+    Prometheus is, the thresholds (rollout.analysis)."""
+
+    prometheus: Prometheus
+    stable: str
+    canary: str
+    thresholds: analysis.Thresholds
+    match: str
+    interval_s: int
+    as_json: bool
+
+    def evaluate(self, window_s: int, accuracy_window_s: int) -> analysis.Verdict:
+        """Measure both versions now and judge the canary; raises PrometheusError."""
+        at = time.time()
+        stable, canary = (
+            analysis.measure(self.prometheus, v, at, window_s, accuracy_window_s, self.match)
+            for v in (self.stable, self.canary)
+        )
+        return analysis.judge(stable, canary, self.thresholds)
+
+
+def _analysis_parser() -> argparse.ArgumentParser:
+    """The flags `canary --analysis` and `analyze` share."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("canary analysis")
+    g.add_argument(
+        "--prometheus",
+        default=os.environ.get(PROMETHEUS_ENV),
+        help=f"Prometheus server URL (default ${PROMETHEUS_ENV})",
+    )
+    g.add_argument(
+        "--interval",
+        type=_duration,
+        default=300,
+        help=f"window judged at each evaluation ({DURATION_EXAMPLES}; default 5m)",
+    )
+    g.add_argument(
+        "--stable-version",
+        help="the stable version's model_version label (default: the servedVersion recorded "
+        "with the model the InferenceService serves, from `register`)",
+    )
+    g.add_argument(
+        "--canary-version",
+        help="the canary's model_version label (default: the servedVersion of --model, or "
+        "the one recorded with the canary in progress)",
+    )
+    g.add_argument(
+        "--match",
+        default="",
+        help='more PromQL label matchers for every series, e.g. namespace="prod"',
+    )
+    defaults = analysis.Thresholds()
+    g.add_argument(
+        "--max-error-increase",
+        type=float,
+        default=defaults.max_error_increase,
+        help="most the canary's server-error ratio may exceed the stable's (default %(default)g)",
+    )
+    g.add_argument(
+        "--max-latency-ratio",
+        type=float,
+        default=defaults.max_latency_ratio,
+        help="most the canary's p99 may be, as a multiple of the stable's (default %(default)g)",
+    )
+    g.add_argument(
+        "--latency-slack",
+        type=float,
+        default=defaults.latency_slack_s,
+        help="p99 differences under these seconds never fail (default %(default)g)",
+    )
+    g.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=defaults.max_accuracy_drop,
+        help="most the canary's top-1 accuracy may be below the stable's (default %(default)g)",
+    )
+    g.add_argument(
+        "--min-requests",
+        type=int,
+        default=defaults.min_requests,
+        help="requests each side needs in a window to be judged (default %(default)s)",
+    )
+    g.add_argument(
+        "--min-labels",
+        type=int,
+        default=defaults.min_labels,
+        help="labelled predictions each side needs for the accuracy check (default %(default)s)",
+    )
+    g.add_argument(
+        "--json", action="store_true", help="print each evaluation and the decision as JSON lines"
+    )
+    return p
+
+
+def _judge(args: argparse.Namespace, stable: str | None, canary: str | None) -> Judge:
+    """Validate the analysis flags and reach Prometheus, before anything changes; raises
+    UsageError or PrometheusError."""
+    if not args.prometheus:
+        raise UsageError(f"canary analysis needs --prometheus URL (or ${PROMETHEUS_ENV})")
+    stable = args.stable_version or stable
+    canary = args.canary_version or canary
+    for side, value, flag in (
+        ("stable", stable, "--stable-version"),
+        ("canary", canary, "--canary-version"),
+    ):
+        if not value:
+            raise UsageError(
+                f"which model_version label do the {side} predictor's series carry? No "
+                f"servedVersion is recorded for it (models registered by `register` have one): "
+                f"give {flag}"
+            )
+    if stable == canary:
+        raise UsageError(
+            f"stable and canary both serve model_version {stable!r}: their series cannot be "
+            "told apart; export the new model as a new version directory (docs/rollout.md)"
+        )
+    try:
+        thresholds = analysis.Thresholds(
+            max_error_increase=args.max_error_increase,
+            max_latency_ratio=args.max_latency_ratio,
+            latency_slack_s=args.latency_slack,
+            max_accuracy_drop=args.max_accuracy_drop,
+            min_requests=args.min_requests,
+            min_labels=args.min_labels,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    prometheus = Prometheus(args.prometheus, os.environ.get("PROMETHEUS_TOKEN"))
+    prometheus.value("vector(1)", time.time())  # reachable, before anything changes
+    assert stable is not None and canary is not None
+    return Judge(prometheus, stable, canary, thresholds, args.match, args.interval, args.json)
+
+
+def _recorded_served(annotations: dict[str, str], key: str) -> str | None:
+    """The servedVersion of the registry model recorded under `key`, if any."""
+    raw = annotations.get(key)
+    try:
+        value = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return (
+        str(value["servedVersion"])
+        if isinstance(value, dict) and value.get("servedVersion")
+        else None
+    )
+
+
+def _analyze(args: argparse.Namespace, settings: Settings, io: Io) -> int:
+    """One evaluation of the canary in progress over the last --interval."""
+    stable, canary = args.stable_version, args.canary_version
+    if not (stable and canary):  # the cluster only when a version must be read from it
+        isvc = _api(settings).get_required(ISVC, settings.namespace, settings.name)
+        recorded = (isvc.get("metadata") or {}).get("annotations") or {}
+        stable = stable or _recorded_served(recorded, state.PREVIOUS_MODEL_ANNOTATION)
+        canary = canary or _recorded_served(recorded, state.MODEL_ANNOTATION)
+    judge = _judge(args, stable, canary)
+    try:
+        verdict = judge.evaluate(judge.interval_s, judge.interval_s)
+    finally:
+        judge.prometheus.close()
+    progressive.Reporter(io.out, judge.as_json).verdict(judge.interval_s, time.time(), verdict)
+    return {
+        analysis.Outcome.PASS: ExitCode.OK,
+        analysis.Outcome.FAIL: ExitCode.ANALYSIS_FAILED,
+        analysis.Outcome.WAIT: ExitCode.INCONCLUSIVE,
+    }[verdict.outcome]
+
+
+def _canary_with_analysis(
+    api: KserveApi,
+    settings: Settings,
+    plan: Plan,
+    judge: Judge,
+    args: argparse.Namespace,
+    io: Io,
+) -> int:
+    """Start the canary at the first step, step it while the analysis passes, then promote;
+    roll back at a failing check or when it stays inconclusive, or when it cannot go on."""
+    schedule = _schedule(args, judge)
+    # Under --json, stdout carries only the analysis' JSON lines.
+    kube_io = Io(out=io.err, err=io.err) if judge.as_json else io
+    if settings.dry_run:
+        _execute(api, settings, plan, io)
+        steps = ", ".join(f"{p}%" for p in schedule.steps)
+        print(
+            f"dry run: then step through {steps}, judging every {schedule.interval_s} s "
+            f"(canary model_version {judge.canary} against {judge.stable} at {args.prometheus})",
+            file=io.out,
+        )
+        return ExitCode.OK
+
+    def isvc() -> dict[str, Any]:
+        return api.get_required(ISVC, settings.namespace, settings.name)
+
+    def set_percent(percent: int) -> None:
+        step = plans.plan_canary(isvc(), percent, Change(), args.canary_name)
+        _execute(api, settings, step, kube_io)
+
+    reporter = progressive.Reporter(io.out, judge.as_json)
+    try:
+        _execute(api, settings, plan, kube_io)
+        result = progressive.run(schedule, set_percent, judge.evaluate, reporter)
+    except RolloutError as exc:
+        print(f"error: {exc}", file=io.err)
+        print("canary analysis stopped: rolling back the canary", file=io.err)
+        _execute(api, settings, _rollback_plan(isvc()), kube_io)
+        raise
+    finally:
+        judge.prometheus.close()
+    reporter.decision(result)
+    if result.decision is progressive.Decision.PROMOTE:
+        _execute(api, settings, plans.plan_promote(isvc()), kube_io)
+        return ExitCode.OK
+    _execute(api, settings, _rollback_plan(isvc()), kube_io)
+    if result.decision is progressive.Decision.ROLLBACK:
+        return ExitCode.ANALYSIS_FAILED
+    return ExitCode.INCONCLUSIVE
+
+
+def _schedule(args: argparse.Namespace, judge: Judge) -> progressive.Schedule:
+    try:
+        return progressive.Schedule(tuple(args.steps), judge.interval_s, args.waits)
+    except ValueError as exc:
+        raise UsageError(f"--steps/--interval/--waits: {exc}") from None
+
+
+def _check_percent(args: argparse.Namespace) -> None:
+    """--percent without --analysis, --steps with it; raises UsageError."""
+    if args.analysis and args.percent is not None:
+        raise UsageError("--analysis sets the canary's traffic from --steps: drop --percent")
+    if not args.analysis and args.percent is None:
+        raise UsageError("give --percent N (or --analysis to step through --steps)")
 
 
 def _registry(args: argparse.Namespace) -> MlflowRegistry:
@@ -467,6 +747,24 @@ def _diff(live: dict[str, Any], applied: dict[str, Any], label: str) -> str:
         view(live), view(applied), f"live/{label}", f"applied/{label}", lineterm=""
     )
     return "\n".join(lines)
+
+
+def _steps(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected percents separated by commas, e.g. 10,25,50, got {text!r}"
+        ) from None
+
+
+def _duration(text: str) -> int:
+    window = parse_duration(text)
+    if window is None or window.total_seconds() < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration of at least 1 s such as {DURATION_EXAMPLES}, got {text!r}"
+        )
+    return int(window.total_seconds())
 
 
 def _positive(text: str) -> float:

@@ -17,6 +17,8 @@ class ExitCode(IntEnum):
     TIMEOUT = 6
     UNSUPPORTED = 7
     REJECTED = 8
+    ANALYSIS_FAILED = 9
+    INCONCLUSIVE = 10
 
 
 EXIT_CODE_HELP = """\
@@ -31,6 +33,9 @@ exit codes:
   6  timeout: the controller did not reach the expected state within --timeout
   7  not supported in this deployment mode (or kind not supported by apply)
   8  rejected: the API server or kustomize refused the request (validation, conflict)
+  9  canary analysis failed: a check failed; the canary was rolled back (`analyze`: it failed)
+ 10  canary analysis inconclusive: too little traffic to judge; the canary was rolled back
+     (`analyze`: too little traffic)
 """
 
 

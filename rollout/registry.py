@@ -45,6 +45,9 @@ STORAGE_SCHEMES = (
 TIMEOUT_S = 30.0
 DEFAULT_EXPERIMENT = "0"  # every tracking server has it; the upload's run goes there
 ARTIFACT_DIR = "model_repository"  # the repository's directory among the run's artifacts
+# The model-version tag naming the repository's version directory the predictor serves (its
+# newest): the `model_version` label of its metrics, which canary analysis compares.
+SERVED_VERSION_TAG = "served_version"
 _MODEL_URI = re.compile(
     r"models:/(?P<name>[^/@\s]+)(?:/(?P<version>[1-9][0-9]*)|@(?P<alias>[A-Za-z_][A-Za-z0-9_-]*))"
 )
@@ -113,6 +116,7 @@ class ResolvedModel:
     storage_uri: str  # what KServe's storage initializer reads
     registry: str
     alias: str | None = None
+    served_version: str | None = None  # the repository version directory served (its tag)
 
     def record(self) -> dict[str, str]:
         """What the InferenceService's annotation keeps of it."""
@@ -124,6 +128,8 @@ class ResolvedModel:
         }
         if self.alias:
             data["alias"] = self.alias
+        if self.served_version:
+            data["servedVersion"] = self.served_version
         return data
 
 
@@ -170,6 +176,7 @@ class MlflowRegistry:
             storage_uri=self.storage_uri(version["source"], version["name"], version["version"]),
             registry=self.url,
             alias=uri.alias,
+            served_version=_tag(version, SERVED_VERSION_TAG),
         )
 
     def storage_uri(self, source: str, name: str, version: str) -> str:
@@ -234,6 +241,7 @@ class MlflowRegistry:
                 "name": registered_name,
                 "source": source,
                 "run_id": run["run_id"],
+                "tags": [{"key": SERVED_VERSION_TAG, "value": version_dir.version}],
                 "description": (
                     f"Triton-layout model repository: {model_name} version "
                     f"{version_dir.version}, {len(files)} files"
@@ -257,6 +265,7 @@ class MlflowRegistry:
             ),
             registry=self.url,
             alias=alias,
+            served_version=version_dir.version,
         )
 
     def _ensure_registered_model(self, name: str) -> None:
@@ -337,6 +346,14 @@ def _proxied_path(source: str) -> str:
     if path.startswith("//"):  # mlflow-artifacts://host:port/path
         path = path[2:].split("/", 1)[1] if "/" in path[2:] else ""
     return path.lstrip("/")
+
+
+def _tag(model_version: dict[str, Any], key: str) -> str | None:
+    """A model version's tag value (the REST API lists tags as key/value objects)."""
+    for tag in model_version.get("tags") or []:
+        if tag.get("key") == key:
+            return str(tag.get("value"))
+    return None
 
 
 def _error_code(response: httpx.Response) -> str | None:

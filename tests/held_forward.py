@@ -1,4 +1,5 @@
-"""A predictor whose forward passes a test can hold: the environment and the gate.
+"""A predictor whose forward passes a test can hold, fail or slow down: the environments and
+the gate.
 
 `env(gate)` is the environment for a server process (or `scripts/serve.py`, whose children
 inherit it) that loads `tests/held/sitecustomize.py`; `holding(gate)` holds every forward pass
@@ -18,8 +19,22 @@ HELD_DIR = Path(__file__).with_name("held")
 
 def env(gate: Path) -> dict[str, str]:
     """This process's environment plus what makes a child's forward passes wait on `gate`."""
+    return {**_with_held_dir(), "HELD_FORWARD_GATE": str(gate)}
+
+
+def faulty_env(fail_every: int = 0, slow_down_s: float = 0.0) -> dict[str, str]:
+    """This process's environment plus what makes every `fail_every`th forward pass of a child
+    raise, and each pass take twice as long, at least `slow_down_s` more."""
+    return {
+        **_with_held_dir(),
+        "FORWARD_FAIL_EVERY": str(fail_every),
+        "FORWARD_SLOW_DOWN_S": str(slow_down_s),
+    }
+
+
+def _with_held_dir() -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(HELD_DIR), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PYTHONPATH": path, "HELD_FORWARD_GATE": str(gate)}
+    return {**os.environ, "PYTHONPATH": path}
 
 
 @contextmanager

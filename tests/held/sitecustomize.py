@@ -1,4 +1,5 @@
-"""Hold the predictor's forward passes while a gate file exists: a busy predictor on demand.
+"""Hold the predictor's forward passes while a gate file exists: a busy predictor on demand;
+and a faulty or slow one (FORWARD_FAIL_EVERY, FORWARD_SLOW_DOWN_S: see `faults`).
 
 A test that needs requests waiting in the predictor's queue (to expire a deadline, say) makes
 that condition itself instead of hoping the model is slow enough on this CPU. Put this
@@ -18,6 +19,7 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +27,8 @@ from typing import Any
 
 TARGET = "runtime.worker"
 POLL_S = 0.01
+FAIL_EVERY = "FORWARD_FAIL_EVERY"  # N: every Nth forward pass raises
+SLOW_DOWN = "FORWARD_SLOW_DOWN_S"  # S: every pass then waits as long again as it ran, at least S
 
 
 def hold(module: ModuleType, gate: Path) -> None:
@@ -42,11 +46,35 @@ def hold(module: ModuleType, gate: Path) -> None:
     worker.run = run
 
 
+def faults(module: ModuleType, fail_every: int, slow_down_s: float) -> None:
+    """Wrap `module.ForwardWorker.run` so that every `fail_every`th pass raises RuntimeError (a
+    model that fails on some batches) and each pass that returns first waits as long again as
+    it ran, at least `slow_down_s` (a model at least twice as slow, on any CPU)."""
+    worker = module.ForwardWorker
+    original = worker.run
+    passes = 0
+
+    async def run(self: Any, batch: Any) -> Any:
+        nonlocal passes
+        passes += 1
+        if fail_every and passes % fail_every == 0:
+            raise RuntimeError(f"injected fault: forward pass {passes} fails ({FAIL_EVERY})")
+        started = time.perf_counter()
+        result = await original(self, batch)
+        if slow_down_s:
+            await asyncio.sleep(max(time.perf_counter() - started, slow_down_s))
+        return result
+
+    worker.run = run
+
+
 class _HoldOnImport(importlib.abc.MetaPathFinder):
     """Finds TARGET as usual, then wraps it once its module has run."""
 
-    def __init__(self, gate: Path) -> None:
+    def __init__(self, gate: Path | None, fail_every: int, slow_down_s: float) -> None:
         self.gate = gate
+        self.fail_every = fail_every
+        self.slow_down_s = slow_down_s
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
@@ -59,15 +87,23 @@ class _HoldOnImport(importlib.abc.MetaPathFinder):
             return spec
         loader = spec.loader
         execute = loader.exec_module
-        gate = self.gate
+        finder = self
 
         def exec_module(module: ModuleType) -> None:
             execute(module)
-            hold(module, gate)
+            if finder.fail_every or finder.slow_down_s:
+                faults(module, finder.fail_every, finder.slow_down_s)
+            if finder.gate is not None:
+                hold(module, finder.gate)
 
         loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
 
 
-if os.environ.get("HELD_FORWARD_GATE"):
-    sys.meta_path.insert(0, _HoldOnImport(Path(os.environ["HELD_FORWARD_GATE"])))
+_gate = os.environ.get("HELD_FORWARD_GATE")
+_fail_every = int(os.environ.get(FAIL_EVERY) or 0)
+_slow_down_s = float(os.environ.get(SLOW_DOWN) or 0)
+if _gate or _fail_every or _slow_down_s:
+    sys.meta_path.insert(
+        0, _HoldOnImport(Path(_gate) if _gate else None, _fail_every, _slow_down_s)
+    )

@@ -1,0 +1,410 @@
+"""Canary analysis end to end: a real Prometheus (Debian's package) scraping two real
+predictor + transformer pairs on loopback, "stable" (version 1 of the model repository) and
+"canary" (version 2 of it), steady V1 traffic through both transformers, labels posted by
+content into the shared prediction log (PostgreSQL), and `canary --analysis` stepping the
+InferenceService through the fake Kubernetes API and deciding from Prometheus' answers.
+
+Each scenario makes its own condition, whatever this CPU's speed: the faulty canary's every
+20th forward pass raises, the slow one's passes take twice as long and at least 150 ms more, the
+less accurate one is the same network with its classes shifted by one (tests/off_by_one.py),
+and "no traffic" sends none. Every scenario gets its own Prometheus, so no canary's series
+outlive it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import batch_db
+import held_forward
+import httpx
+import pytest
+from conftest import MODEL_NAME, start_server, start_transformer
+from fakes.kube_api import FakeKube
+from test_rollout import fake, knative_isvc, predictor_env, run  # noqa: F401
+
+from common.modelrepo import CONFIG_FILE, MODEL_FILE
+from harness.drift_images import photo_files
+from harness.prometheus import PrometheusProcess, Target, start_prometheus
+from harness.servers import ServerProcess as Server
+
+STABLE, CANARY = "1", "2"
+CANARY_URI = "gs://models/image-classifier/2"
+# Two windows of 5 s per step at most; each side sends about 16 requests a second.
+ANALYSIS = [
+    "--analysis",
+    "--steps", "25,50",
+    "--interval", "5s",
+    "--waits", "2",
+    "--stable-version", STABLE,
+    "--canary-version", CANARY,
+    "--min-requests", "30",
+    "--min-labels", "30",
+]  # fmt: skip
+CLIENTS_PER_PAIR, PACE_S = 2, 0.125
+# Nothing waits for endpoints to move on loopback: the servers stop at once.
+NO_DRAIN = ("--drain_seconds", "0")
+FAIL_EVERY = 20  # 5% of forward passes
+SLOW_DOWN_S = 0.15
+
+
+@pytest.fixture(scope="module")
+def log_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One PostgreSQL database for both transformers' prediction logs, as replicas share it."""
+    with batch_db.fresh_database("postgresql", tmp_path_factory.mktemp("canary-db")) as url:
+        yield url
+
+
+def version_repository(source: Path, target: Path, version: str, model: Path) -> Path:
+    """A repository whose only version is `version`, serving `model` (linked, not copied)."""
+    source_dir, model_dir = source / MODEL_NAME, target / MODEL_NAME
+    (model_dir / version).mkdir(parents=True)
+    for path in source_dir.iterdir():
+        if path.is_file():
+            (model_dir / path.name).symlink_to(path)
+    (model_dir / version / MODEL_FILE).symlink_to(model.resolve())
+    assert (model_dir / CONFIG_FILE).is_file()
+    return target
+
+
+Pair = tuple[Server, Server]
+
+
+@contextmanager
+def pair(
+    repository: Path, log_dir: Path, log_db: str, env: dict[str, str] | None = None
+) -> Iterator[Pair]:
+    """A real predictor (`env`: its environment) and a transformer in front of it that logs
+    predictions to `log_db`."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    predictor = start_server(
+        "predictor",
+        ["--model_dir", str(repository), "--model_name", MODEL_NAME, *NO_DRAIN],
+        log_dir / "predictor.log",
+        env=env,
+    )
+    try:
+        transformer = start_transformer(
+            predictor,
+            repository,
+            log_dir / "transformer.log",
+            *NO_DRAIN,
+            env={**os.environ, "PREDICTION_LOG_DB_URL": log_db},
+        )
+    except Exception:
+        predictor.stop()
+        raise
+    try:
+        yield predictor, transformer
+    finally:
+        transformer.stop()
+        predictor.stop()
+
+
+@pytest.fixture(scope="module")
+def model_file(model_repository: Path) -> Path:
+    return model_repository / MODEL_NAME / "1" / MODEL_FILE
+
+
+@pytest.fixture(scope="module")
+def stable(
+    model_repository: Path, model_file: Path, log_db: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pair]:
+    root = tmp_path_factory.mktemp("stable")
+    repository = version_repository(model_repository, root / "repo", STABLE, model_file)
+    with pair(repository, root / "logs", log_db) as servers:
+        yield servers
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[bytes]:
+    return [path.read_bytes() for path in photo_files()]
+
+
+@pytest.fixture(scope="module")
+def labelled(stable: Pair, photos: list[bytes]) -> dict[str, int]:
+    """Each photo labelled, by content, with the stable version's top-1 (the reference answer):
+    every later prediction of it, by either version, is joined when it is logged."""
+    truth = {}
+    for image in photos:
+        top = predict(stable[1], image).json()["predictions"][0]
+        truth[hashlib.sha256(image).hexdigest()] = int(top[0]["class_id"])
+    body = [{"sha256": digest, "label": label} for digest, label in truth.items()]
+    response = httpx.post(f"{stable[1].url}/v2/models/{MODEL_NAME}/labels", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    return truth
+
+
+def predict(server: Server, image: bytes) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}/v1/models/{MODEL_NAME}:predict",
+        json={"instances": [{"image": {"b64": base64.b64encode(image).decode()}}]},
+        timeout=30,
+    )
+
+
+@contextmanager
+def traffic(
+    transformers: list[Server], photos: list[bytes], clients: tuple[int, ...] = ()
+) -> Iterator[Counter[str]]:
+    """Steady V1 traffic through each transformer (`clients` for each, CLIENTS_PER_PAIR by
+    default; one request per PACE_S each) until the block ends; yields the answers' status
+    codes by transformer port."""
+    stop = threading.Event()
+    codes: Counter[str] = Counter()
+
+    def client(server: Server, offset: int) -> None:
+        n = offset
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                started = time.monotonic()
+                image = photos[n % len(photos)]
+                body = {"instances": [{"image": {"b64": base64.b64encode(image).decode()}}]}
+                response = http.post(f"{server.url}/v1/models/{MODEL_NAME}:predict", json=body)
+                codes[f"{server.http_port}:{response.status_code}"] += 1
+                n += 1
+                stop.wait(max(0.0, PACE_S - (time.monotonic() - started)))
+
+    threads = [
+        threading.Thread(target=client, args=(server, i), daemon=True)
+        for server, count in zip(
+            transformers, clients or (CLIENTS_PER_PAIR,) * len(transformers), strict=True
+        )
+        for i in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        yield codes
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+
+
+@contextmanager
+def scraped(stable: Pair, canary: Pair, directory: Path) -> Iterator[PrometheusProcess]:
+    """A Prometheus of its own scraping both pairs; the `track` label stands for what a
+    PodMonitor's relabelling adds (the queries select by the servers' own model_version)."""
+    jobs = {
+        component: [
+            Target(servers[i].url.removeprefix("http://"), {"track": track})
+            for track, servers in (("stable", stable), ("canary", canary))
+        ]
+        for i, component in enumerate(("predictor", "transformer"))
+    }
+    server = start_prometheus(jobs, directory)
+    try:
+        server.wait_for('up{job="predictor"} == 1')
+        yield server
+    finally:
+        server.stop()
+
+
+def flowing(prometheus: PrometheusProcess) -> None:
+    """Return once Prometheus has seen both versions' request counts grow: the analysis starts
+    on a canary already in traffic, as it does after `canary` in a cluster."""
+    for version in (STABLE, CANARY):
+        prometheus.wait_for(
+            f'sum(increase(predictor_requests_total{{model_version="{version}"}}[3s])) > 0'
+        )
+
+
+def analyse(
+    run: Any,  # noqa: F811
+    prometheus: PrometheusProcess,
+    capsys: pytest.CaptureFixture[str],
+    *extra: str,
+) -> tuple[int, list[dict[str, Any]]]:
+    """`canary --storage-uri ... --analysis --json` against the fake; (exit code, JSON lines)."""
+    capsys.readouterr()
+    code = run(
+        "canary",
+        "--storage-uri",
+        CANARY_URI,
+        *ANALYSIS,
+        "--prometheus",
+        prometheus.url,
+        "--json",
+        *extra,
+    )
+    out = capsys.readouterr().out
+    return code, [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def checks(evaluation: dict[str, Any]) -> dict[str, str]:
+    return {c["name"]: c["outcome"] for c in evaluation["checks"]}
+
+
+def canary_percent(fake: FakeKube) -> int | None:  # noqa: F811
+    return fake.isvc()["spec"]["predictor"].get("canaryTrafficPercent")
+
+
+@pytest.fixture
+def healthy_canary(
+    model_repository: Path, model_file: Path, log_db: str, tmp_path: Path
+) -> Iterator[Pair]:
+    repository = version_repository(model_repository, tmp_path / "repo", CANARY, model_file)
+    with pair(repository, tmp_path / "logs", log_db) as servers:
+        yield servers
+
+
+def test_a_healthy_canary_is_stepped_through_and_promoted(
+    fake: FakeKube,  # noqa: F811
+    run: Any,  # noqa: F811
+    stable: Pair,
+    healthy_canary: Pair,
+    labelled: dict[str, int],
+    photos: list[bytes],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake.seed(knative_isvc())
+    with (
+        scraped(stable, healthy_canary, tmp_path / "prometheus") as prometheus,
+        traffic([stable[1], healthy_canary[1]], photos) as codes,
+    ):
+        flowing(prometheus)
+        capsys.readouterr()
+        code = run("canary", "--storage-uri", CANARY_URI, *ANALYSIS, "--prometheus", prometheus.url)
+        printed = capsys.readouterr()
+    assert code == 0, printed.out + printed.err
+    assert all(key.endswith(":200") for key in codes), codes
+    # Two steps judged and passed, on every check (accuracy from the labels too), then promoted.
+    assert printed.out.count("=> pass") == 2, printed.out
+    for name in ("error ratio", "p99 latency", "top-1 accuracy"):
+        assert printed.out.count(f"  {name}") == 2
+    assert "skip" not in printed.out, printed.out
+    assert "decision: promote: every step passed (25%, 50%)" in printed.out
+    percents = [
+        w.body["spec"]["predictor"].get("canaryTrafficPercent", "unset")
+        for w in fake.writes()
+        if w.method == "PATCH" and "predictor" in (w.body.get("spec") or {})
+    ]
+    assert percents == [25, 50, None], percents  # the canary, its second step, the promote
+    isvc = fake.isvc()
+    assert canary_percent(fake) is None and predictor_env(isvc) == CANARY_URI
+
+
+def test_a_canary_without_traffic_is_inconclusive_and_rolled_back(
+    fake: FakeKube,  # noqa: F811
+    run: Any,  # noqa: F811
+    stable: Pair,
+    healthy_canary: Pair,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake.seed(knative_isvc())
+    with scraped(stable, healthy_canary, tmp_path / "prometheus") as prometheus:
+        code, lines = analyse(run, prometheus, capsys, "--interval", "2s")
+    assert code == 10, lines
+    evaluations = [line for line in lines if line["event"] == "evaluation"]
+    assert len(evaluations) == 2  # --waits 2 at the first step, then it gives up
+    assert all(checks(e)["error ratio"] == "wait" for e in evaluations)
+    assert lines[-1]["decision"] == "inconclusive" and lines[-1]["step"] == 1
+    assert canary_percent(fake) == 0  # rolled back: all traffic on the stable revision
+
+
+def failing_scenario(
+    fake: FakeKube,  # noqa: F811
+    run: Any,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+    stable: Pair,
+    canary: Pair,
+    photos: list[bytes],
+    tmp_path: Path,
+    clients: tuple[int, ...] = (),
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Run the analysis on a canary that must fail at its first step; (its checks' outcomes,
+    the failing evaluation)."""
+    fake.seed(knative_isvc())
+    with (
+        scraped(stable, canary, tmp_path / "prometheus") as prometheus,
+        traffic([stable[1], canary[1]], photos, clients),
+    ):
+        flowing(prometheus)
+        code, lines = analyse(run, prometheus, capsys)
+    assert code == 9, lines
+    evaluation = [line for line in lines if line["event"] == "evaluation"][-1]
+    assert evaluation["step"] == 1 and evaluation["outcome"] == "fail"
+    assert lines[-1]["decision"] == "rollback" and lines[-1]["step"] == 1
+    assert canary_percent(fake) == 0
+    return checks(evaluation), evaluation
+
+
+def test_a_canary_failing_five_percent_of_requests_is_rolled_back(
+    fake: FakeKube,  # noqa: F811
+    run: Any,  # noqa: F811
+    stable: Pair,
+    labelled: dict[str, int],
+    model_repository: Path,
+    model_file: Path,
+    log_db: str,
+    photos: list[bytes],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    repository = version_repository(model_repository, tmp_path / "repo", CANARY, model_file)
+    faulty = held_forward.faulty_env(fail_every=FAIL_EVERY)
+    with pair(repository, tmp_path / "logs", log_db, env=faulty) as canary:
+        outcomes, evaluation = failing_scenario(fake, run, capsys, stable, canary, photos, tmp_path)
+    assert outcomes["error ratio"] == "fail", evaluation
+    assert evaluation["canary"]["errors"] >= 1 and evaluation["stable"]["errors"] == 0
+    assert outcomes["p99 latency"] != "fail" and outcomes["top-1 accuracy"] != "fail"
+
+
+def test_a_canary_twice_as_slow_is_rolled_back(
+    fake: FakeKube,  # noqa: F811
+    run: Any,  # noqa: F811
+    stable: Pair,
+    labelled: dict[str, int],
+    model_repository: Path,
+    model_file: Path,
+    log_db: str,
+    photos: list[bytes],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    repository = version_repository(model_repository, tmp_path / "repo", CANARY, model_file)
+    slow = held_forward.faulty_env(slow_down_s=SLOW_DOWN_S)
+    with pair(repository, tmp_path / "logs", log_db, env=slow) as canary:
+        # More clients on the slow canary: its passes batch them, so it sees enough requests.
+        outcomes, evaluation = failing_scenario(
+            fake, run, capsys, stable, canary, photos, tmp_path, clients=(CLIENTS_PER_PAIR, 4)
+        )
+    assert outcomes == {"error ratio": "pass", "p99 latency": "fail", "top-1 accuracy": "pass"}
+    assert evaluation["canary"]["p99_s"] >= 2 * evaluation["stable"]["p99_s"]
+
+
+def test_a_less_accurate_canary_is_rolled_back_on_its_labels(
+    fake: FakeKube,  # noqa: F811
+    run: Any,  # noqa: F811
+    stable: Pair,
+    labelled: dict[str, int],
+    model_repository: Path,
+    model_file: Path,
+    log_db: str,
+    photos: list[bytes],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import off_by_one
+
+    shifted = tmp_path / "off-by-one.pt"
+    off_by_one.write(model_file, shifted)
+    repository = version_repository(model_repository, tmp_path / "repo", CANARY, shifted)
+    with pair(repository, tmp_path / "logs", log_db) as canary:
+        outcomes, evaluation = failing_scenario(fake, run, capsys, stable, canary, photos, tmp_path)
+    assert outcomes == {"error ratio": "pass", "p99 latency": "pass", "top-1 accuracy": "fail"}
+    assert evaluation["stable"]["top1"] == evaluation["stable"]["labelled"] > 0
+    assert evaluation["canary"]["top1"] == 0
