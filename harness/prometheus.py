@@ -63,6 +63,12 @@ class PrometheusProcess:
         except OSError:
             return ""
 
+    def __enter__(self) -> PrometheusProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         if self.process.poll() is not None:
             return

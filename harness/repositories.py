@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from common.cli import DEFAULT_MODEL_NAME as MODEL_NAME
+from common.modelrepo import CONFIG_FILE, MODEL_FILE
 
 from .servers import ROOT
 
@@ -56,4 +57,17 @@ def engine_repository(engine: str, tmp_path_factory: pytest.TempPathFactory) -> 
     assert (
         cli.main(["onnx", "--repository", str(target), "--int8", "--fp32_model", str(fp32)]) == 0
     ), "the INT8 export did not pass its fidelity gate"
+    return target
+
+
+def version_repository(source: Path, target: Path, version: str, model: Path) -> Path:
+    """A copy of `source` whose only version is `version`, serving the model file `model`
+    (everything linked, nothing copied); returns `target`."""
+    source_dir, model_dir = source / MODEL_NAME, target / MODEL_NAME
+    (model_dir / version).mkdir(parents=True)
+    for path in source_dir.iterdir():
+        if path.is_file():
+            (model_dir / path.name).symlink_to(path.resolve())
+    (model_dir / version / MODEL_FILE).symlink_to(model.resolve())
+    assert (model_dir / CONFIG_FILE).is_file()
     return target

@@ -34,8 +34,8 @@ exit codes:
   7  not supported in this deployment mode (or kind not supported by apply)
   8  rejected: the API server or kustomize refused the request (validation, conflict)
   9  canary analysis failed: a check failed; the canary was rolled back (`analyze`: it failed)
- 10  canary analysis inconclusive: too little traffic to judge; the canary was rolled back
-     (`analyze`: too little traffic)
+  10  canary analysis inconclusive: too little traffic to judge; the canary was rolled back
+      (`analyze`: too little traffic)
 """
 
 

@@ -33,24 +33,25 @@ from conftest import MODEL_NAME, start_server, start_transformer
 from fakes.kube_api import FakeKube
 from test_rollout import fake, knative_isvc, predictor_env, run  # noqa: F401
 
-from common.modelrepo import CONFIG_FILE, MODEL_FILE
+from common.modelrepo import MODEL_FILE
 from harness.drift_images import photo_files
 from harness.prometheus import PrometheusProcess, Target, start_prometheus
+from harness.repositories import version_repository
 from harness.servers import ServerProcess as Server
+from rollout.cli import main
 
 STABLE, CANARY = "1", "2"
 CANARY_URI = "gs://models/image-classifier/2"
 # Two windows of 5 s per step at most; each side sends about 16 requests a second.
-ANALYSIS = [
-    "--analysis",
-    "--steps", "25,50",
+WINDOW = [
     "--interval", "5s",
-    "--waits", "2",
     "--stable-version", STABLE,
-    "--canary-version", CANARY,
     "--min-requests", "30",
     "--min-labels", "30",
 ]  # fmt: skip
+ANALYZE = [*WINDOW, "--canary-version", CANARY]  # `analyze`: one window judged
+STEPPED = ["--analysis", "--steps", "25,50", "--waits", "2"]
+ANALYSIS = [*STEPPED, *ANALYZE]
 CLIENTS_PER_PAIR, PACE_S = 2, 0.125
 # Nothing waits for endpoints to move on loopback: the servers stop at once.
 NO_DRAIN = ("--drain_seconds", "0")
@@ -63,18 +64,6 @@ def log_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One PostgreSQL database for both transformers' prediction logs, as replicas share it."""
     with batch_db.fresh_database("postgresql", tmp_path_factory.mktemp("canary-db")) as url:
         yield url
-
-
-def version_repository(source: Path, target: Path, version: str, model: Path) -> Path:
-    """A repository whose only version is `version`, serving `model` (linked, not copied)."""
-    source_dir, model_dir = source / MODEL_NAME, target / MODEL_NAME
-    (model_dir / version).mkdir(parents=True)
-    for path in source_dir.iterdir():
-        if path.is_file():
-            (model_dir / path.name).symlink_to(path)
-    (model_dir / version / MODEL_FILE).symlink_to(model.resolve())
-    assert (model_dir / CONFIG_FILE).is_file()
-    return target
 
 
 Pair = tuple[Server, Server]
@@ -278,6 +267,10 @@ def test_a_healthy_canary_is_stepped_through_and_promoted(
         capsys.readouterr()
         code = run("canary", "--storage-uri", CANARY_URI, *ANALYSIS, "--prometheus", prometheus.url)
         printed = capsys.readouterr()
+        # `analyze` judges the last window once and changes nothing (no cluster call is needed
+        # when both versions are given).
+        judged = main(["analyze", *ANALYZE, "--prometheus", prometheus.url, "--json"])
+        analyzed = json.loads(capsys.readouterr().out)
     assert code == 0, printed.out + printed.err
     assert all(key.endswith(":200") for key in codes), codes
     # Two steps judged and passed, on every check (accuracy from the labels too), then promoted.
@@ -294,6 +287,8 @@ def test_a_healthy_canary_is_stepped_through_and_promoted(
     assert percents == [25, 50, None], percents  # the canary, its second step, the promote
     isvc = fake.isvc()
     assert canary_percent(fake) is None and predictor_env(isvc) == CANARY_URI
+    assert judged == 0 and analyzed["outcome"] == "pass", analyzed
+    assert analyzed["canary"]["version"] == CANARY and analyzed["canary"]["requests"] >= 30
 
 
 def test_a_canary_without_traffic_is_inconclusive_and_rolled_back(
@@ -408,3 +403,52 @@ def test_a_less_accurate_canary_is_rolled_back_on_its_labels(
     assert outcomes == {"error ratio": "pass", "p99 latency": "pass", "top-1 accuracy": "fail"}
     assert evaluation["stable"]["top1"] == evaluation["stable"]["labelled"] > 0
     assert evaluation["canary"]["top1"] == 0
+
+
+# -- refusals before anything changes ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--percent", "10"], "--analysis sets the canary's traffic from --steps"),
+        (["--prometheus", ""], "canary analysis needs --prometheus URL"),
+        (["--canary-version", "1"], "both serve model_version '1'"),
+        (["--steps", "50,10"], "steps must increase"),
+        (["--max-latency-ratio", "0.5"], "max_latency_ratio must be at least 1"),
+    ],
+)
+def test_analysis_flags_that_make_no_sense_change_nothing(
+    fake: FakeKube,  # noqa: F811
+    run: Any,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    fake.seed(knative_isvc())
+    with start_prometheus({}, tmp_path / "prometheus") as prometheus:
+        code = run(
+            "canary", "--storage-uri", CANARY_URI, *ANALYSIS, "--prometheus", prometheus.url, *args
+        )
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert fake.writes() == []
+
+
+def test_an_unknown_canary_version_and_an_unreachable_prometheus_change_nothing(
+    fake: FakeKube,  # noqa: F811
+    run: Any,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake.seed(knative_isvc())
+    stripped = [*STEPPED, *WINDOW]
+    code = run(
+        "canary", "--storage-uri", CANARY_URI, *stripped, "--prometheus", "http://127.0.0.1:1"
+    )
+    assert code == 2 and "give --canary-version" in capsys.readouterr().err
+    code = run(
+        "canary", "--storage-uri", CANARY_URI, *ANALYSIS, "--prometheus", "http://127.0.0.1:1"
+    )
+    assert code == 3 and "Prometheus http://127.0.0.1:1 unreachable" in capsys.readouterr().err
+    assert fake.writes() == []

@@ -19,6 +19,8 @@ from test_rollout import fake, knative_isvc, overlay, predictor_env, run  # noqa
 from test_serve_script import wait_until
 
 from harness import needs
+from harness.prometheus import start_prometheus
+from harness.repositories import version_repository
 from harness.servers import ROOT, free_port
 from rollout.errors import UsageError
 from rollout.registry import MlflowRegistry, ModelUri, RegistryError
@@ -105,6 +107,8 @@ def test_a_registered_repository_resolves_by_version_and_by_alias(
     finally:
         registry.close()
     assert (by_version.version, by_alias.version, by_alias.alias) == (first, second, "challenger")
+    # The version directory the predictor serves (its metrics' model_version), as a tag.
+    assert by_version.served_version == "1" and by_version.record()["servedVersion"] == "1"
     # Uploaded as a run's artifacts (MLflow registers versions from runs), behind the proxy.
     assert by_version.source.startswith("mlflow-artifacts:/0/")
     assert by_version.source.endswith("/artifacts/model_repository")
@@ -168,6 +172,14 @@ def registry_args(mlflow: Mlflow) -> list[str]:
     return ["--registry", mlflow.url, "--artifact-root", str(mlflow.artifacts)]
 
 
+def serving(fake: FakeKube, run: Any, mlflow: Mlflow, version: str) -> None:  # noqa: F811
+    """An InferenceService serving registry version `version` (a canary of it, promoted)."""
+    fake.seed(knative_isvc())
+    model = f"models:/{MODEL}/{version}"
+    assert run("canary", "--percent", "10", "--model", model, *registry_args(mlflow)) == 0
+    assert run("promote") == 0
+
+
 def test_canary_with_a_registry_model_records_it_and_promote_and_rollback_keep_track(
     fake: FakeKube,  # noqa: F811
     run: Any,  # noqa: F811
@@ -176,10 +188,7 @@ def test_canary_with_a_registry_model_records_it_and_promote_and_rollback_keep_t
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     first, second = registered
-    fake.seed(knative_isvc())
-    stable = f"models:/{MODEL}/{first}"
-    assert run("canary", "--percent", "10", "--model", stable, *registry_args(mlflow)) == 0
-    assert run("promote") == 0
+    serving(fake, run, mlflow, first)
     capsys.readouterr()
     assert (
         run(
@@ -289,3 +298,36 @@ def test_register_from_the_command_line(
     )
     out = json.loads(capsys.readouterr().out)
     assert (out["name"], out["version"], out["alias"]) == ("cli-model", "1", "champion")
+
+
+def test_canary_analysis_compares_the_served_versions_the_registry_recorded(
+    fake: FakeKube,  # noqa: F811
+    run: Any,  # noqa: F811
+    mlflow: Mlflow,
+    registered: tuple[str, str],
+    model_repository: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    first, second = registered
+    serving(fake, run, mlflow, first)
+    model_file = model_repository / MODEL / "1" / "model.pt"
+    newer = version_repository(model_repository, tmp_path / "repo", "2", model_file)
+    registry = MlflowRegistry(mlflow.url, artifact_root=str(mlflow.artifacts))
+    try:
+        third = registry.register(newer, MODEL, MODEL).version
+    finally:
+        registry.close()
+    capsys.readouterr()
+    writes = len(fake.writes())
+    with start_prometheus({}, tmp_path / "prometheus") as prometheus:
+        analysis = ["--analysis", "--prometheus", prometheus.url, *registry_args(mlflow)]
+        # Both registered from the same repository: version directory 1 twice, which the
+        # metrics cannot tell apart.
+        assert run("canary", "--model", f"models:/{MODEL}/{second}", *analysis) == 2
+        assert "both serve model_version '1'" in capsys.readouterr().err
+        assert len(fake.writes()) == writes
+        assert run("canary", "--model", f"models:/{MODEL}/{third}", *analysis, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "then step through 10%, 25%, 50%, judging every 300 s" in out
+    assert "(canary model_version 2 against 1 at " in out

@@ -607,7 +607,7 @@ def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
     out = capsys.readouterr().out
     for code in ExitCode:
         assert f"  {int(code)}  " in out
-    assert main(["canary"]) == ExitCode.USAGE  # --percent is required
+    assert main(["canary"]) == ExitCode.USAGE  # --percent (or --analysis) is required
 
 
 # Keep this test last: it reads what every test above sent.
