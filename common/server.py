@@ -184,6 +184,7 @@ def run_server(
     )
     install_policy(app, policy)
     metrics = server_metrics(component, metric_labels)
+    metrics.initialise()
     metrics.memory_budget.set(requests_memory.budget_bytes)
     metrics.memory_held.set_function(lambda: requests_memory.held)
     app.add_middleware(tracing.RequestMiddleware, metrics=metrics)

@@ -1,5 +1,6 @@
-"""Small numeric helpers more than one room needs: durations as people write them (15m, 1h30m)
-and the Wilson interval of a proportion. No dependencies beyond the standard library."""
+"""Small numeric helpers more than one room needs: durations as people write them (15m, 1h30m),
+the Wilson interval of a proportion, and the two-proportion z statistic. No dependencies beyond
+the standard library."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 from datetime import timedelta
 
 Z_95 = 1.959964  # the normal quantile of a two-sided 95% interval
+Z_95_ONE_SIDED = 1.644854  # ... and of a one-sided 95% test ("a exceeds b")
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 DURATION_EXAMPLES = "30s, 15m, 24h, 7d, 2w or 1h30m"

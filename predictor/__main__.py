@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         component="predictor",
         # The version served labels the request series: canary analysis tells versions apart
         # by it (docs/rollout.md).
-        metric_labels={"model_version": ",".join(model.versions)},
+        metric_labels={"model_version": model.versions[0]},
     )
     return 0
 

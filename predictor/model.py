@@ -187,6 +187,9 @@ class RepositoryModel(Model):
         return InferResponse(
             response_id=tracing.adopt_v2_id(payload.id),
             model_name=self.name,
+            # As Triton's: which version answered (a transformer in front of a canary and its
+            # stable version logs it, rollout/analysis.py compares them).
+            model_version=self.version.version if self.version else None,
             infer_outputs=[
                 codecs.numpy_output(name, outputs[name]) for name in contract.output_names
             ],

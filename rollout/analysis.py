@@ -3,19 +3,23 @@
 Canary and stable are told apart by the `model_version` label: the predictor labels its request
 series with the version directory it serves (`predictor_requests_total`,
 `predictor_request_duration_seconds`), and the transformer labels each labelled prediction with
-the version that answered it (`transformer_labelled_predictions_total`). Three checks, each
+the version that answered it (`transformer_labelled_predictions_total`: during a canary one
+transformer serves answers of both versions). Three checks, each
 against a threshold and a minimum sample count:
 
 - error ratio: answers that are server errors (HTTP 5xx; gRPC INTERNAL, UNKNOWN, UNAVAILABLE,
   DATA_LOSS, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) among the predictor's inference requests;
-  fails when the canary's exceeds the stable's by more than `max_error_increase`;
+  fails when the canary's exceeds the stable's by more than `max_error_increase` and the
+  difference is significant (a one-sided two-proportion z-test at 95%: 2 errors in 100
+  requests are not yet evidence);
 - p99 latency of the predictor's inference requests; fails when the canary's is more than
-  `max_latency_ratio` times the stable's *and* more than `latency_slack_s` above it (the
-  histogram's buckets are 10-25 ms wide where most answers fall: smaller differences are noise);
+  `max_latency_ratio` times the stable's *and* more than `latency_slack_s` above it (a quantile
+  is interpolated inside a histogram bucket, common.metrics.LATENCY_BUCKETS: smaller
+  differences are not measured);
 - top-1 accuracy of labelled predictions (issue 22's labels), over the whole analysis: labels
   come late and sparse; fails when the canary's is more than `max_accuracy_drop` below the
-  stable's and the difference is significant at 95% (a two-proportion z-test). Skipped, not
-  waited for, while either side has fewer than `min_labels` labels.
+  stable's and the difference is significant (the same test). Skipped, not waited for, while
+  either side has fewer than `min_labels` labels.
 
 Error ratio and latency need `min_requests` requests on each side in the step's window: with
 fewer the step waits for more traffic. Nothing here sleeps or talks to the cluster: `measure`
@@ -29,7 +33,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
-from common.stats import Z_95, two_proportion_z, wilson
+from common.stats import Z_95_ONE_SIDED, two_proportion_z, wilson
 from rollout.prometheus import Prometheus
 
 VERSION_LABEL = "model_version"
@@ -52,13 +56,20 @@ class Thresholds:
     min_labels: int = 100  # per side, over the analysis
 
     def __post_init__(self) -> None:
-        for name in ("max_error_increase", "max_accuracy_drop"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
-        if self.max_latency_ratio < 1:
-            raise ValueError(f"max_latency_ratio must be at least 1, got {self.max_latency_ratio}")
-        if self.latency_slack_s < 0 or self.min_requests < 1 or self.min_labels < 1:
-            raise ValueError("latency_slack_s must be >= 0 and the minimum counts >= 1")
+        """Raises ValueError naming the field, what it got and what it takes (NaN never)."""
+        ranges = {
+            "max_error_increase": (0.0, 1.0),
+            "max_accuracy_drop": (0.0, 1.0),
+            "max_latency_ratio": (1.0, math.inf),
+            "latency_slack_s": (0.0, math.inf),
+            "min_requests": (1, math.inf),
+            "min_labels": (1, math.inf),
+        }
+        for name, (low, high) in ranges.items():
+            value = getattr(self, name)
+            if not (low <= value <= high and math.isfinite(value)):  # False for NaN
+                bound = f"between {low:g} and {high:g}" if high < math.inf else f">= {low:g}"
+                raise ValueError(f"{name} must be a finite number {bound}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -193,16 +204,18 @@ def _too_few_requests(stable: Measurement, canary: Measurement, t: Thresholds) -
 
 
 def _errors(stable: Measurement, canary: Measurement, t: Thresholds) -> Check:
-    limit = f"canary <= stable + {_pct(t.max_error_increase)}"
+    limit = f"canary <= stable + {_pct(t.max_error_increase)} (or not significant)"
     numbers = (
-        f"canary {_pct(canary.error_ratio)} ({canary.errors:.0f}/{canary.requests:.0f}), "
-        f"stable {_pct(stable.error_ratio)} ({stable.errors:.0f}/{stable.requests:.0f})"
+        f"canary {_pct(canary.error_ratio)} ({canary.errors:.1f}/{canary.requests:.1f}), "
+        f"stable {_pct(stable.error_ratio)} ({stable.errors:.1f}/{stable.requests:.1f})"
     )
     short = _too_few_requests(stable, canary, t)
+    z = two_proportion_z(canary.errors, canary.requests, stable.errors, stable.requests)
     if short:
         outcome, why = Outcome.WAIT, f"not enough traffic: {short}"
-    elif canary.error_ratio > stable.error_ratio + t.max_error_increase:
-        outcome, why = Outcome.FAIL, f"canary exceeds {limit}"
+    elif canary.error_ratio > stable.error_ratio + t.max_error_increase and z > Z_95_ONE_SIDED:
+        excess = canary.error_ratio - stable.error_ratio
+        outcome, why = Outcome.FAIL, f"canary {_pct(excess)} above stable (z={z:.1f})"
     else:
         outcome, why = Outcome.PASS, f"within {limit}"
     return Check(
@@ -235,7 +248,7 @@ def _latency(stable: Measurement, canary: Measurement, t: Thresholds) -> Check:
 
 
 def _accuracy(stable: Measurement, canary: Measurement, t: Thresholds) -> Check:
-    limit = f"canary >= stable - {_pct(t.max_accuracy_drop)} (95% significance)"
+    limit = f"canary >= stable - {_pct(t.max_accuracy_drop)} (or not significant)"
 
     def side(name: str, m: Measurement) -> str:
         low, high = wilson(m.top1, m.labelled)
@@ -254,7 +267,7 @@ def _accuracy(stable: Measurement, canary: Measurement, t: Thresholds) -> Check:
     else:
         drop = stable.accuracy - canary.accuracy
         z = two_proportion_z(stable.top1, stable.labelled, canary.top1, canary.labelled)
-        if drop > t.max_accuracy_drop and z > Z_95:
+        if drop > t.max_accuracy_drop and z > Z_95_ONE_SIDED:
             outcome, why = Outcome.FAIL, f"canary {_pct(drop)} below stable (z={z:.1f})"
         else:
             outcome, why = Outcome.PASS, f"within {limit}"

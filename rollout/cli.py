@@ -10,8 +10,11 @@ import argparse
 import difflib
 import json
 import os
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -32,6 +35,7 @@ from rollout.errors import (
 from rollout.kube import APPLIABLE, ISVC, KserveApi, Resource, connect
 from rollout.plans import Change, Expectation, Plan
 from rollout.prometheus import PROMETHEUS_ENV, Prometheus
+from rollout.prometheus import TOKEN_ENV as PROMETHEUS_TOKEN_ENV
 from rollout.registry import (
     ARTIFACT_ROOT_ENV,
     REGISTRY_ENV,
@@ -302,26 +306,32 @@ def _run(args: argparse.Namespace, settings: Settings, io: Io) -> int:
         change = Change(
             storage_uri=storage_uri, image=args.image, transformer_image=args.transformer_image
         )
-        judge = None
-        if args.analysis:
-            served = (canary_model.served_version if canary_model else None) or ""
-            judge = _judge(args, _recorded_served(recorded, state.MODEL_ANNOTATION), served)
-        percent = args.steps[0] if args.analysis else args.percent
+        schedule = _schedule(args) if args.analysis else None  # before any call that changes
+        percent = schedule.steps[0] if schedule else args.percent
         plan = plans.plan_canary(isvc, percent, change, args.canary_name)
+        # A new rollout records the spec it replaces; a canary in progress only moves.
+        patched = (plan.patch.get("metadata") or {}).get("annotations") or {}
+        new_rollout = patched.get(plans.PREVIOUS_SPEC_ANNOTATION) is not None
         if canary_model is not None:
             print(f"{args.model}: version {canary_model.version} at {storage_uri}", file=io.err)
             annotations: dict[str, str | None] = {
                 state.MODEL_ANNOTATION: json.dumps(canary_model.record(), sort_keys=True)
             }
-            # The version this canary replaces: recorded when the plan records the spec it
-            # replaces (a new rollout), kept when it only changes a canary in progress.
-            patched = (plan.patch.get("metadata") or {}).get("annotations") or {}
-            if patched.get(plans.PREVIOUS_SPEC_ANNOTATION) is not None:
+            # The version this canary replaces: recorded for a new rollout, kept otherwise.
+            if new_rollout:
                 annotations[state.PREVIOUS_MODEL_ANNOTATION] = recorded.get(state.MODEL_ANNOTATION)
             plan = plans.annotated(plan, annotations)
-        if judge is None:
+        if schedule is None:
             return _canary(api, settings, plan, args.auto_rollback, io)
-        return _canary_with_analysis(api, settings, plan, judge, args, io)
+        current = _recorded_served(recorded, state.MODEL_ANNOTATION)
+        previous = _recorded_served(recorded, state.PREVIOUS_MODEL_ANNOTATION)
+        served = canary_model.served_version if canary_model else None
+        judge = (
+            _judge(args, current, served)
+            if new_rollout
+            else _judge(args, previous, served or current)
+        )
+        return _canary_with_analysis(api, settings, plan, judge, schedule, args, io)
     if args.command == "promote":
         # The previous version stays recorded beside the previous spec: a rollback after the
         # promote restores both.
@@ -361,7 +371,8 @@ def _analysis_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--prometheus",
         default=os.environ.get(PROMETHEUS_ENV),
-        help=f"Prometheus server URL (default ${PROMETHEUS_ENV})",
+        help=f"Prometheus server URL (default ${PROMETHEUS_ENV}; a bearer token from "
+        f"${PROMETHEUS_TOKEN_ENV})",
     )
     g.add_argument(
         "--interval",
@@ -428,8 +439,8 @@ def _analysis_parser() -> argparse.ArgumentParser:
 
 
 def _judge(args: argparse.Namespace, stable: str | None, canary: str | None) -> Judge:
-    """Validate the analysis flags and reach Prometheus, before anything changes; raises
-    UsageError or PrometheusError."""
+    """Validate the analysis flags and run every query once, before anything changes; raises
+    UsageError, or PrometheusError (PrometheusRefused for a --match that does not parse)."""
     if not args.prometheus:
         raise UsageError(f"canary analysis needs --prometheus URL (or ${PROMETHEUS_ENV})")
     stable = args.stable_version or stable
@@ -460,10 +471,22 @@ def _judge(args: argparse.Namespace, stable: str | None, canary: str | None) -> 
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    prometheus = Prometheus(args.prometheus, os.environ.get("PROMETHEUS_TOKEN"))
-    prometheus.value("vector(1)", time.time())  # reachable, before anything changes
     assert stable is not None and canary is not None
-    return Judge(prometheus, stable, canary, thresholds, args.match, args.interval, args.json)
+    judge = Judge(
+        Prometheus(args.prometheus, os.environ.get(PROMETHEUS_TOKEN_ENV)),
+        stable,
+        canary,
+        thresholds,
+        args.match,
+        args.interval,
+        args.json,
+    )
+    try:
+        judge.evaluate(args.interval, args.interval)  # every query once: reachable, parses
+    except RolloutError:
+        judge.prometheus.close()
+        raise
+    return judge
 
 
 def _recorded_served(annotations: dict[str, str], key: str) -> str | None:
@@ -485,6 +508,11 @@ def _analyze(args: argparse.Namespace, settings: Settings, io: Io) -> int:
     stable, canary = args.stable_version, args.canary_version
     if not (stable and canary):  # the cluster only when a version must be read from it
         isvc = _api(settings).get_required(ISVC, settings.namespace, settings.name)
+        if not plans.canary_in_progress(isvc):
+            raise UsageError(
+                f"{settings.namespace}/{settings.name}: no canary in progress to judge "
+                "(give --stable-version and --canary-version to compare any two versions)"
+            )
         recorded = (isvc.get("metadata") or {}).get("annotations") or {}
         stable = stable or _recorded_served(recorded, state.PREVIOUS_MODEL_ANNOTATION)
         canary = canary or _recorded_served(recorded, state.MODEL_ANNOTATION)
@@ -506,22 +534,20 @@ def _canary_with_analysis(
     settings: Settings,
     plan: Plan,
     judge: Judge,
+    schedule: progressive.Schedule,
     args: argparse.Namespace,
     io: Io,
 ) -> int:
     """Start the canary at the first step, step it while the analysis passes, then promote;
-    roll back at a failing check or when it stays inconclusive, or when it cannot go on."""
-    schedule = _schedule(args, judge)
+    roll back at a failing check, when it stays inconclusive, or when the analysis cannot go
+    on (Prometheus or the cluster failing, SIGTERM) once this run's canary is in place."""
     # Under --json, stdout carries only the analysis' JSON lines.
     kube_io = Io(out=io.err, err=io.err) if judge.as_json else io
+    reporter = progressive.Reporter(io.out, judge.as_json)
     if settings.dry_run:
-        _execute(api, settings, plan, io)
-        steps = ", ".join(f"{p}%" for p in schedule.steps)
-        print(
-            f"dry run: then step through {steps}, judging every {schedule.interval_s} s "
-            f"(canary model_version {judge.canary} against {judge.stable} at {args.prometheus})",
-            file=io.out,
-        )
+        _execute(api, settings, plan, kube_io)
+        reporter.dry_run(schedule, judge.canary, judge.stable, judge.prometheus.url)
+        judge.prometheus.close()
         return ExitCode.OK
 
     def isvc() -> dict[str, Any]:
@@ -531,15 +557,26 @@ def _canary_with_analysis(
         step = plans.plan_canary(isvc(), percent, Change(), args.canary_name)
         _execute(api, settings, step, kube_io)
 
-    reporter = progressive.Reporter(io.out, judge.as_json)
+    started = False  # whether this run's canary patch was applied: only then is it rolled back
     try:
-        _execute(api, settings, plan, kube_io)
-        result = progressive.run(schedule, set_percent, judge.evaluate, reporter)
-    except RolloutError as exc:
+        with _sigterm_raises():
+            updated = _send(api, settings, plan, kube_io)
+            started = True
+            snap = _wait(api, settings, updated, plan.expect, kube_io)
+            print(report.as_text(snap), file=kube_io.out)
+            result = progressive.run(schedule, set_percent, judge.evaluate, reporter)
+    except (RolloutError, Terminated) as exc:
+        if not started:
+            raise
+        code = exc.exit_code if isinstance(exc, RolloutError) else 143
         print(f"error: {exc}", file=io.err)
         print("canary analysis stopped: rolling back the canary", file=io.err)
-        _execute(api, settings, _rollback_plan(isvc()), kube_io)
-        raise
+        try:
+            failed = isinstance(exc, RolloutFailed | WaitTimeout)
+            _execute(api, settings, _rollback_plan(isvc(), failed=failed), kube_io)
+        except RolloutError as rollback_exc:
+            print(f"error: the rollback failed too: {rollback_exc}", file=io.err)
+        return int(code)
     finally:
         judge.prometheus.close()
     reporter.decision(result)
@@ -552,9 +589,31 @@ def _canary_with_analysis(
     return ExitCode.INCONCLUSIVE
 
 
-def _schedule(args: argparse.Namespace, judge: Judge) -> progressive.Schedule:
+class Terminated(Exception):
+    """SIGTERM arrived during a canary analysis (a cancelled CI job, say)."""
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into Terminated inside the block (so the canary is rolled back)."""
+
+    def raise_terminated(signum: int, frame: object) -> None:
+        raise Terminated("terminated by SIGTERM")
+
     try:
-        return progressive.Schedule(tuple(args.steps), judge.interval_s, args.waits)
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _schedule(args: argparse.Namespace) -> progressive.Schedule:
+    try:
+        return progressive.Schedule(tuple(args.steps), args.interval, args.waits)
     except ValueError as exc:
         raise UsageError(f"--steps/--interval/--waits: {exc}") from None
 
@@ -652,15 +711,18 @@ def _execute(api: KserveApi, settings: Settings, plan: Plan, io: Io) -> int:
         print(f"dry run: would {plan.summary} with this merge patch:", file=io.out)
         print(json.dumps(plan.patch, indent=2, sort_keys=True), file=io.out)
         return ExitCode.OK
-    print(f"{settings.namespace}/{settings.name}: {plan.summary}", file=io.err)
-    if plan.patch:
-        updated = api.merge_patch(ISVC, settings.namespace, settings.name, plan.patch)
-    else:
-        print("the spec already says so: nothing to patch", file=io.err)
-        updated = api.get_required(ISVC, settings.namespace, settings.name)
-    snap = _wait(api, settings, updated, plan.expect, io)
+    snap = _wait(api, settings, _send(api, settings, plan, io), plan.expect, io)
     print(report.as_text(snap), file=io.out)
     return ExitCode.OK
+
+
+def _send(api: KserveApi, settings: Settings, plan: Plan, io: Io) -> dict[str, Any]:
+    """Send `plan`'s patch (none when there is nothing to change); returns the object."""
+    print(f"{settings.namespace}/{settings.name}: {plan.summary}", file=io.err)
+    if plan.patch:
+        return api.merge_patch(ISVC, settings.namespace, settings.name, plan.patch)
+    print("the spec already says so: nothing to patch", file=io.err)
+    return api.get_required(ISVC, settings.namespace, settings.name)
 
 
 def _wait(

@@ -26,13 +26,14 @@ exit codes:
   0  success
   1  rollout failed: the new revision or canary did not become ready (reason printed)
   2  usage error: bad arguments, or nothing to do (e.g. no canary in progress)
-  3  unreachable: no kubeconfig / in-cluster config, the cluster or the model registry
-     refused the connection
+  3  unreachable: no kubeconfig / in-cluster config, the cluster, the model registry or
+     Prometheus refused the connection (or failed during a canary analysis: rolled back)
   4  CRD missing: the API server does not serve inferenceservices.serving.kserve.io
   5  not found: the InferenceService, or the registry's model, version or alias
   6  timeout: the controller did not reach the expected state within --timeout
   7  not supported in this deployment mode (or kind not supported by apply)
-  8  rejected: the API server or kustomize refused the request (validation, conflict)
+  8  rejected: the API server, kustomize or Prometheus refused the request (validation,
+     conflict, a --match that does not parse)
   9  canary analysis failed: a check failed; the canary was rolled back (`analyze`: it failed)
   10  canary analysis inconclusive: too little traffic to judge; the canary was rolled back
       (`analyze`: too little traffic)

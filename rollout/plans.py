@@ -138,6 +138,16 @@ def plan_rollback(isvc: Obj, restore_spec: bool = False, failed: bool = False) -
     )
 
 
+def canary_in_progress(isvc: Obj) -> bool:
+    """Whether some traffic is split off to a canary (Knative: a canaryTrafficPercent between 0
+    and 100, both excluded; Standard: canary predictors)."""
+    spec = isvc.get("spec") or {}
+    if deployment_mode(isvc) is Mode.KNATIVE:
+        percents = [(spec.get(c) or {}).get("canaryTrafficPercent") for c in CANARY_COMPONENTS]
+        return any(isinstance(p, int) and 0 < p < 100 for p in percents)
+    return bool(spec.get("canary"))
+
+
 def recorded_spec(isvc: Obj) -> Obj | None:
     """The predictor/transformer spec recorded by the last canary, or None."""
     raw = _annotations(isvc).get(PREVIOUS_SPEC_ANNOTATION)

@@ -1,9 +1,10 @@
 """A canary stepped through a traffic schedule, each step judged by `rollout.analysis`.
 
-At each step the canary's share is set, then every `interval` the last interval is judged:
-a failing check ends the analysis at once (roll back); a passing evaluation moves to the next
-step; an evaluation without enough traffic waits one more interval, up to `waits` intervals
-per step, then gives up as inconclusive (roll back). Every step passed: promote. This module
+At each step the canary's share is set, then every `interval` the step so far is judged (one
+interval, then two if the first had too little traffic, and so on): a failing check ends the
+analysis at once (roll back); a passing evaluation moves to the next step; an evaluation
+without enough traffic waits one more interval, up to `waits` intervals per step, then gives
+up as inconclusive (roll back). Every step passed: promote. This module
 decides and reports; the caller's callables change traffic and read Prometheus, so the loop is
 the same for the CLI and for a test.
 """
@@ -79,15 +80,15 @@ class Reporter:
                     "steps": len(schedule.steps),
                     "percent": percent,
                     "attempt": attempt,
-                    "window_s": schedule.interval_s,
+                    "window_s": attempt * schedule.interval_s,
                     "at": round(at, 3),
                     **verdict.as_dict(),
                 }
             )
             return
         print(
-            f"step {step}/{len(schedule.steps)}: canary at {percent}%, "
-            f"last {schedule.interval_s} s (window {attempt} of at most {schedule.waits}), "
+            f"step {step}/{len(schedule.steps)}: canary at {percent}%, last "
+            f"{attempt * schedule.interval_s} s (window {attempt} of at most {schedule.waits}), "
             f"canary version {verdict.canary.version} against stable {verdict.stable.version}",
             file=self.out,
         )
@@ -120,6 +121,27 @@ class Reporter:
             )
         print(f"  => {verdict.outcome.value}", file=self.out, flush=True)
 
+    def dry_run(self, schedule: Schedule, canary: str, stable: str, prometheus: str) -> None:
+        """What a --dry-run would go on to do."""
+        if self.as_json:
+            self._line(
+                {
+                    "event": "dry-run",
+                    "steps": list(schedule.steps),
+                    "interval_s": schedule.interval_s,
+                    "canary": canary,
+                    "stable": stable,
+                    "prometheus": prometheus,
+                }
+            )
+            return
+        steps = ", ".join(f"{p}%" for p in schedule.steps)
+        print(
+            f"dry run: then step through {steps}, judging every {schedule.interval_s} s "
+            f"(canary model_version {canary} against {stable} at {prometheus})",
+            file=self.out,
+        )
+
     def decision(self, result: Result) -> None:
         if self.as_json:
             self._line({"event": "decision", **_result_dict(result)})
@@ -141,6 +163,7 @@ def run(
     """Step the canary through `schedule` (the first step's traffic is already set when this
     is called); returns the decision, which the caller carries out."""
     started = clock()
+    judged: set[str] = set()  # checks that counted at least once (not skipped)
     for index, percent in enumerate(schedule.steps):
         step = index + 1
         if index:
@@ -148,8 +171,10 @@ def run(
         for attempt in range(1, schedule.waits + 1):
             sleep(schedule.interval_s)
             now = clock()
-            verdict = evaluate(schedule.interval_s, max(schedule.interval_s, int(now - started)))
+            window = attempt * schedule.interval_s  # the whole step so far
+            verdict = evaluate(window, max(window, int(now - started)))
             reporter.evaluation(schedule, step, attempt, now, verdict)
+            judged |= {c.name for c in verdict.checks if c.outcome is not Outcome.SKIP}
             if verdict.outcome is Outcome.FAIL:
                 failed = [c for c in verdict.checks if c.outcome is Outcome.FAIL]
                 return Result(
@@ -169,10 +194,12 @@ def run(
                 f"windows of {schedule.interval_s} s: "
                 + "; ".join(f"{c.name}: {c.detail}" for c in waiting),
             )
+    never = [c.name for c in verdict.checks if c.name not in judged]
     return Result(
         Decision.PROMOTE,
         len(schedule.steps),
-        f"every step passed ({', '.join(f'{p}%' for p in schedule.steps)})",
+        f"every step passed ({', '.join(f'{p}%' for p in schedule.steps)})"
+        + (f"; never judged (too few samples): {', '.join(never)}" if never else ""),
     )
 
 

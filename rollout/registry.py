@@ -351,8 +351,8 @@ def _proxied_path(source: str) -> str:
 def _tag(model_version: dict[str, Any], key: str) -> str | None:
     """A model version's tag value (the REST API lists tags as key/value objects)."""
     for tag in model_version.get("tags") or []:
-        if tag.get("key") == key:
-            return str(tag.get("value"))
+        if tag.get("key") == key and tag.get("value"):
+            return str(tag["value"])
     return None
 
 

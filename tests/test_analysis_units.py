@@ -13,11 +13,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from fakes.kube_api import FakeKube
+from test_rollout import V2, fake, knative_isvc, predictor_env, run  # noqa: F401
 
 from common.stats import two_proportion_z
 from harness.servers import free_port
-from rollout import analysis, progressive
+from rollout import analysis, progressive, prometheus
 from rollout.analysis import Measurement, Outcome, Thresholds, judge
+from rollout.errors import ExitCode
 from rollout.prometheus import Prometheus, PrometheusError
 
 T = Thresholds(min_requests=100, min_labels=100)
@@ -42,6 +45,12 @@ def test_a_canary_like_the_stable_passes_every_check() -> None:
     verdict = judge(m(), m("2"), T)
     assert verdict.outcome is Outcome.PASS
     assert [c.outcome for c in verdict.checks] == [Outcome.PASS] * 3
+
+
+def test_a_few_errors_on_few_requests_are_not_yet_evidence() -> None:
+    stable, canary = m(requests=100, errors=0), m("2", requests=100, errors=2)
+    assert outcomes(stable, canary)["error ratio"] is Outcome.PASS  # 2% vs 0%: z = 1.4
+    assert outcomes(stable, m("2", requests=100, errors=5))["error ratio"] is Outcome.FAIL
 
 
 @pytest.mark.parametrize(
@@ -116,6 +125,9 @@ def test_the_queries_select_the_version_and_aggregate_to_one_series() -> None:
         {"max_latency_ratio": 0.9},
         {"min_requests": 0},
         {"latency_slack_s": -1},
+        {"max_latency_ratio": float("nan")},
+        {"latency_slack_s": float("nan")},
+        {"max_accuracy_drop": float("inf")},
     ],
 )
 def test_thresholds_refuse_what_cannot_be_meant(kwargs: dict[str, Any]) -> None:
@@ -172,14 +184,33 @@ def test_every_step_passing_promotes_after_setting_each_later_step() -> None:
     assert percents == [25, 50]  # the first step's traffic is the canary's own
     assert windows == [(60, 60), (60, 120), (60, 180)]  # accuracy over the whole analysis
     assert text.count("=> pass") == 3 and "step 3/3: canary at 50%" in text
+    assert result.reason == "every step passed (10%, 25%, 50%)"
+
+
+def test_a_promotion_names_the_checks_that_never_had_enough_samples() -> None:
+    schedule = progressive.Schedule((10,), 60)
+    now = [0.0]
+    unlabelled = judge(m(labelled=0), m("2", labelled=0), T)
+    result = progressive.run(
+        schedule,
+        lambda percent: None,
+        lambda window, since: unlabelled,
+        progressive.Reporter(StringIO(), as_json=False),
+        sleep=lambda s: now.__setitem__(0, now[0] + s),
+        clock=lambda: now[0],
+    )
+    assert result.decision is progressive.Decision.PROMOTE
+    assert result.reason.endswith("; never judged (too few samples): top-1 accuracy")
 
 
 def test_a_wait_then_a_pass_moves_on_and_a_failure_stops_at_once() -> None:
     schedule = progressive.Schedule((10, 50), 30, waits=3)
-    result, percents, _, _ = drive(schedule, [Outcome.WAIT, Outcome.PASS, Outcome.FAIL])
+    result, percents, windows, _ = drive(schedule, [Outcome.WAIT, Outcome.PASS, Outcome.FAIL])
     assert result.decision is progressive.Decision.ROLLBACK and result.step == 2
     assert percents == [50]
     assert result.reason.startswith("error ratio failed at step 2 (50%): canary 50.00%")
+    # A step that waits judges all of itself again: more traffic, not the same amount.
+    assert windows == [(30, 30), (60, 60), (30, 90)]
 
 
 def test_waiting_past_the_allowed_windows_is_inconclusive() -> None:
@@ -215,13 +246,19 @@ def test_schedules_that_make_no_sense_are_refused(steps: tuple[int, ...], messag
 
 @pytest.fixture
 def prometheus_double() -> Iterator[tuple[str, dict[str, Any]]]:
-    """An HTTP server answering /api/v1/query with whatever `answers[query]` says."""
+    """An HTTP server answering /api/v1/query with whatever `answers[query]` (else
+    `answers["*"]`) says."""
     answers: dict[str, Any] = {}
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             query = parse_qs(urlsplit(self.path).query)["query"][0]
-            status, body = answers[query]
+            answer: Any = answers.get(query, answers.get("*"))
+            assert answer is not None, f"no answer for {query}"
+            # A list answers in turn (its last answer repeats); a callable decides each time.
+            if isinstance(answer, list):
+                answer = answer.pop(0) if len(answer) > 1 else answer[0]
+            status, body = answer() if callable(answer) else answer
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("content-type", "application/json")
@@ -257,17 +294,102 @@ def test_the_client_reads_one_value_nothing_or_nan_as_none(
     )
     answers["two"] = (200, vector("1", "2"))
     answers["bad"] = (400, {"status": "error", "errorType": "bad_data", "error": "parse error"})
-    client = Prometheus(url)
+    pauses: list[float] = []
+    client = Prometheus(url, sleep=pauses.append)
     try:
         assert client.value("one", 0) == 2.5
         assert client.value("none", 0) is None and client.value("nan", 0) is None
-        with pytest.raises(PrometheusError, match="answered 2 series, expected one"):
+        with pytest.raises(PrometheusError, match=r"expected one number, got .*2 series"):
             client.value("two", 0)
+        answers["odd"] = (200, {"status": "success", "data": {"resultType": "matrix"}})
+        with pytest.raises(PrometheusError, match="expected one number"):
+            client.value("odd", 0)
         with pytest.raises(PrometheusError, match=r"refused 'bad': HTTP 400: bad_data parse error"):
             client.value("bad", 0)
     finally:
         client.close()
-    down = Prometheus(f"http://127.0.0.1:{free_port()}")
+    assert pauses == []  # a refusal is final
+    down = Prometheus(f"http://127.0.0.1:{free_port()}", sleep=pauses.append)
     with pytest.raises(PrometheusError, match=r"unreachable .* check --prometheus") as caught:
         down.value("up", 0)
     assert caught.value.exit_code == 3
+    assert pauses == [1.0, 2.0, 4.0]  # tried four times
+
+
+def test_the_client_tries_again_after_a_server_error(
+    prometheus_double: tuple[str, dict[str, Any]],
+) -> None:
+    url, answers = prometheus_double
+    answers["flaky"] = [(503, {"status": "error", "error": "restarting"}), (200, vector("7"))]
+    client = Prometheus(url, sleep=lambda s: None)
+    try:
+        assert client.value("flaky", 0) == 7.0
+    finally:
+        client.close()
+
+
+# -- the CLI when the analysis cannot go on ------------------------------------------------------
+
+V3 = "gs://models/image-classifier/3"
+STEADY = ["--analysis", "--steps", "50", "--interval", "1s", "--waits", "1"]
+VERSIONS = ["--stable-version", "1", "--canary-version", "2"]
+
+
+def test_prometheus_failing_mid_analysis_rolls_the_canary_back(
+    fake: FakeKube,  # noqa: F811
+    run: Any,  # noqa: F811
+    prometheus_double: tuple[str, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url, answers = prometheus_double
+    monkeypatch.setattr(prometheus, "RETRY_PAUSES_S", (0.01, 0.01))
+    queries = [0]
+
+    def answer() -> tuple[int, dict[str, Any]]:
+        queries[0] += 1  # the checks' first round (before any change) answers; then it dies
+        if queries[0] <= 10:
+            return 200, vector("1000")
+        return 500, {"status": "error", "error": "out of memory"}
+
+    answers["*"] = answer
+    fake.seed(knative_isvc())
+    code = run("canary", "--storage-uri", V2, *STEADY, *VERSIONS, "--prometheus", url)
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "canary analysis stopped: rolling back the canary" in err
+    assert fake.isvc()["spec"]["predictor"]["canaryTrafficPercent"] == 0
+
+
+def test_a_canary_that_never_started_is_not_rolled_back_past_the_last_promote(
+    fake: FakeKube,  # noqa: F811
+    run: Any,  # noqa: F811
+    prometheus_double: tuple[str, dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url, answers = prometheus_double
+    answers["*"] = (200, vector("1000"))
+    fake.seed(knative_isvc())
+    assert run("canary", "--percent", "10", "--storage-uri", V2) == 0
+    assert run("promote") == 0  # V2 in production; V1's spec stays recorded
+    before = fake.isvc()
+
+    def someone_else_writes(plural: str, namespace: str, name: str) -> None:
+        fake.objects[(plural, namespace, name)]["metadata"]["resourceVersion"] = "9999"
+
+    fake.before_patch = someone_else_writes
+    capsys.readouterr()
+    code = run("canary", "--storage-uri", V3, *STEADY, *VERSIONS, "--prometheus", url)
+    assert code == ExitCode.REJECTED, capsys.readouterr().err
+    assert fake.isvc()["spec"] == before["spec"]  # nothing sent, nothing "rolled back"
+    assert predictor_env(fake.isvc()) == V2
+
+
+def test_analyze_without_a_canary_in_progress_says_so(
+    fake: FakeKube,  # noqa: F811
+    run: Any,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake.seed(knative_isvc())
+    assert run("analyze", "--prometheus", "http://127.0.0.1:1") == 2
+    assert "no canary in progress to judge" in capsys.readouterr().err

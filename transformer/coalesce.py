@@ -15,26 +15,35 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import numpy as np
 
+
+class Rows(Protocol):
+    """An answer whose rows can be sliced: an array, or an array with what came with it."""
+
+    def __getitem__(self, rows: slice, /) -> Self: ...
+
+
+A = TypeVar("A", bound=Rows)
 # send(pixels, tags): one call for the rows of every request in it; `tags` holds what each
 # request's caller passed to submit (its request id and headers, say), in row order.
-Send = Callable[[np.ndarray, Sequence[Any]], Awaitable[np.ndarray]]
+Send = Callable[[np.ndarray, Sequence[Any]], Awaitable[A]]
 
 
 @dataclass
-class _Waiting:
+class _Waiting(Generic[A]):
     pixels: np.ndarray
     tag: Any
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[A]
 
 
-class Coalescer:
-    """Gathers arrays [n, ...] into calls of at most `max_images` rows to `send`."""
+class Coalescer(Generic[A]):
+    """Gathers arrays [n, ...] into calls of at most `max_images` rows to `send`, whose answer
+    (an array, or anything sliced by rows) is split among the requests."""
 
-    def __init__(self, send: Send, max_images: int, max_delay_s: float) -> None:
+    def __init__(self, send: Send[A], max_images: int, max_delay_s: float) -> None:
         """`send` takes [N, ...] and the requests' tags and answers [N, ...]; it may run
         several calls at once."""
         if max_images < 1 or max_delay_s < 0:
@@ -44,7 +53,7 @@ class Coalescer:
         self._send = send
         self.max_images = max_images
         self.max_delay_s = max_delay_s
-        self._waiting: list[_Waiting] = []
+        self._waiting: list[_Waiting[A]] = []
         self._rows = 0
         self._timer: asyncio.TimerHandle | None = None
         self._in_flight = 0
@@ -55,7 +64,7 @@ class Coalescer:
         """Calls to the predictor not yet answered."""
         return self._in_flight
 
-    async def submit(self, pixels: np.ndarray, tag: Any = None) -> np.ndarray:
+    async def submit(self, pixels: np.ndarray, tag: Any = None) -> A:
         """Send `pixels` (1 to max_images rows) in some call; returns their own rows of the
         answer. Raises what `send` raised for that call, or ValueError for a bad row count."""
         rows = pixels.shape[0]
@@ -74,7 +83,7 @@ class Coalescer:
             self._timer = asyncio.get_running_loop().call_later(self.max_delay_s, self._flush)
         return await future
 
-    async def _call(self, pixels: np.ndarray, tags: Sequence[Any]) -> np.ndarray:
+    async def _call(self, pixels: np.ndarray, tags: Sequence[Any]) -> A:
         self._in_flight += 1
         try:
             return await self._send(pixels, tags)
@@ -94,7 +103,7 @@ class Coalescer:
             self._tasks.add(task)  # keep a reference until it is done
             task.add_done_callback(self._tasks.discard)
 
-    async def _answer(self, batch: list[_Waiting]) -> None:
+    async def _answer(self, batch: list[_Waiting[A]]) -> None:
         pixels = batch[0].pixels if len(batch) == 1 else np.concatenate([w.pixels for w in batch])
         try:
             answer = await self._call(pixels, [w.tag for w in batch])

@@ -47,10 +47,19 @@ class LogMetrics:
 
     def __init__(self, model_version: str) -> None:
         # Every series exists from the start at 0 (rates and ratios over them need it).
-        for outcome in OUTCOMES:
-            metrics.LABELLED_PREDICTIONS.labels(model_version, outcome)
         for status in ("matched", "pending"):
             metrics.LABELS_RECEIVED.labels(status)
+        self._versions: set[str] = set()
+        self.version_seen(model_version)
+
+    def version_seen(self, model_version: str) -> None:
+        """Create a version's series at 0 the first time it answers (a canary's, say), before
+        any of its predictions is labelled: an increase counts from a sample already there."""
+        if model_version in self._versions:
+            return
+        self._versions.add(model_version)
+        for outcome in OUTCOMES:
+            metrics.LABELLED_PREDICTIONS.labels(model_version, outcome)
         metrics.LABEL_CORRECTIONS.labels(model_version)
         metrics.LABEL_DELAY.labels(model_version)
 
@@ -91,7 +100,6 @@ class GroundTruth:
         self._pool = ThreadPoolExecutor(DATABASE_THREADS, thread_name_prefix="ground-truth")
         self.store = GroundTruthStore(self.db)
         self.model_name = model_name
-        self.model_version = model_version
         self.classes = ClassNames(names)
         self.observer = LogMetrics(model_version)
         self.log = PredictionLog(self.store, self.observer, capacity=capacity)
@@ -109,9 +117,12 @@ class GroundTruth:
         class_ids: np.ndarray,
         scores: np.ndarray,
         names: np.ndarray,
+        model_version: str,
     ) -> None:
-        """Queue one answered request's images for the log (top LOGGED_TOP_K each)."""
+        """Queue one answered request's images for the log (top LOGGED_TOP_K each), made by
+        `model_version` (the version that answered: stable or canary)."""
         created = datetime.now(UTC)
+        self.observer.version_seen(model_version)
         request_id = logged_request_id(request_id)
         ids = class_ids[:, :LOGGED_TOP_K].tolist()
         top = scores[:, :LOGGED_TOP_K].tolist()
@@ -119,7 +130,7 @@ class GroundTruth:
             [
                 ServedPrediction(
                     self.model_name,
-                    self.model_version,
+                    model_version,
                     request_id,
                     index,
                     digests[index],

@@ -72,11 +72,27 @@ class PreparedBatch:
 
 
 @dataclass(frozen=True)
-class ForwardedBatch:
-    """What predict hands postprocess: the predictor's logits for a prepared batch."""
+class Answer:
+    """The predictor's logits for some images and the model version that computed them (a
+    canary and the stable version may answer the same transformer)."""
 
     logits: np.ndarray  # [N, classes], checked
+    model_version: str
+
+    def __getitem__(self, rows: slice) -> Answer:
+        return Answer(self.logits[rows], self.model_version)
+
+
+@dataclass(frozen=True)
+class ForwardedBatch:
+    """What predict hands postprocess: the predictor's answer for a prepared batch."""
+
+    answer: Answer
     batch: PreparedBatch
+
+    @property
+    def logits(self) -> np.ndarray:
+        return self.answer.logits
 
 
 class ImageClassifierTransformer(Model):
@@ -217,8 +233,8 @@ class ImageClassifierTransformer(Model):
         503, 504 or 500 here."""
         # kserve forwards an incoming Authorization header; the client's key stays here.
         tag = (payload.request_id, without_credentials(headers))
-        logits = await self.coalescer.submit(payload.pixels, tag)
-        return ForwardedBatch(logits, payload)
+        answer = await self.coalescer.submit(payload.pixels, tag)
+        return ForwardedBatch(answer, payload)
 
     async def postprocess(
         self,
@@ -239,7 +255,13 @@ class ImageClassifierTransformer(Model):
                 else top_k(result.logits, LOGGED_TOP_K)
             )
             self.ground_truth.record(
-                batch.request_id, batch.digests, logged_ids, logged_scores, self.labels
+                batch.request_id,
+                batch.digests,
+                logged_ids,
+                logged_scores,
+                self.labels,
+                # The version that answered (a canary's, during a canary), else this one.
+                result.answer.model_version or self.repository_version,
             )
         if batch.protocol == "v1":
             return {"predictions": v1_predictions(class_ids, scores, self.labels)}
@@ -333,8 +355,9 @@ class ImageClassifierTransformer(Model):
 
     async def _forward(
         self, pixels: np.ndarray, tags: Sequence[tuple[str, dict[str, str] | None]]
-    ) -> np.ndarray:
-        """One predictor call (the coalescer's `send`): pixels in, checked logits out. A call
+    ) -> Answer:
+        """One predictor call (the coalescer's `send`): pixels in, checked logits and the
+        answering version out. A call
         for one request carries its id and forwardable headers; a call shared by several carries
         their ids joined by commas (so the predictor's log lines name every request in it)."""
         request_id, headers = tags[0] if len(tags) == 1 else (tracing.join_ids(tags), None)
@@ -345,7 +368,7 @@ class ImageClassifierTransformer(Model):
             request_id=request_id,
         )
         response = await self.predictor.infer(request, headers)
-        return self._logits(response, pixels.shape[0])
+        return Answer(self._logits(response, pixels.shape[0]), response.model_version or "")
 
     def _logits(self, response: InferResponse, count: int) -> np.ndarray:
         output = response.get_output_by_name(self.logits_output.name)
