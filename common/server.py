@@ -42,7 +42,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         parents=[kserve_compat.server_parser()],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.set_defaults(model_name=DEFAULT_MODEL_NAME)
+    # kserve logs two latency lines per request by default (and times every request for
+    # them): a log bill in a busy cluster. The flag still turns them on.
+    parser.set_defaults(model_name=DEFAULT_MODEL_NAME, enable_latency_logging=False)
     parser.add_argument(
         "--max_request_bytes",
         type=positive_int,
@@ -61,6 +63,13 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         f"{budget.DEFAULT_BUDGET_BYTES // 2**20} MiB without a limit.",
     )
     intake.add_flags(parser)
+    parser.add_argument(
+        "--access_log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="One log line per request (id, status, duration); none for probes and scrapes. "
+        "--no-access_log where traces and metrics suffice.",
+    )
     parser.add_argument(
         "--log_format",
         choices=LOG_FORMATS,
@@ -187,7 +196,7 @@ def run_server(
     metrics.initialise()
     metrics.memory_budget.set(requests_memory.budget_bytes)
     metrics.memory_held.set_function(lambda: requests_memory.held)
-    app.add_middleware(tracing.RequestMiddleware, metrics=metrics)
+    app.add_middleware(tracing.RequestMiddleware, metrics=metrics, access_log=args.access_log)
     overloaded = life.overloaded if life is not None else lambda: None
     kserve_compat.use_http_protocol(
         intake.protocol_class(
@@ -211,7 +220,7 @@ def run_server(
             overloaded=overloaded,
         )
     )
-    kserve_compat.add_grpc_interceptor(tracing.GrpcRequestInterceptor(metrics))
+    kserve_compat.add_grpc_interceptor(tracing.GrpcRequestInterceptor(metrics, args.access_log))
     kserve_compat.add_grpc_server_options(SERVER_OPTIONS)
     budget.freeze_startup_objects()
     try:

@@ -8,6 +8,8 @@ back to the client as the `x-request-id` response header (gRPC initial metadata)
 The same edge counts requests by protocol and outcome, times them and tracks how many are in
 flight (`common.metrics.ServerMetrics`): an ASGI middleware for HTTP, a gRPC server interceptor
 for `ModelInfer` (installed in kserve's gRPC server by `kserve_compat.add_grpc_interceptor`).
+It also writes the access log (`common.logs.access`): one line per request, with its id,
+status and duration, none for health probes and metrics scrapes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import grpc
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import access_log as logs
 from .ids import VALID_REQUEST_ID
 from .metrics import V2_GRPC, ServerMetrics, request_protocol
 
@@ -87,9 +90,10 @@ class RequestMiddleware:
     counted and carry the id too.
     """
 
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics):
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics, access_log: bool = True):
         self.app = app
         self.metrics = metrics
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -113,20 +117,29 @@ class RequestMiddleware:
                 message["headers"] = headers
             await send(message)
 
+        method, path = scope.get("method", ""), scope.get("path", "")
+        started = time.perf_counter()
         if protocol is None:
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
+                seconds = time.perf_counter() - started
+                if logs.is_probe(method, path):
+                    logs.probe_answered(path, status)
+                elif self.access_log:
+                    logs.access(method, path, status, seconds)
                 _CURRENT.reset(token)
             return
         self.metrics.in_flight.inc()
-        started = time.perf_counter()
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            seconds = time.perf_counter() - started
             self.metrics.in_flight.dec()
-            self.metrics.observe(protocol, time.perf_counter() - started)
+            self.metrics.observe(protocol, seconds)
             self.metrics.count(protocol, str(status))
+            if self.access_log:
+                logs.access(method, path, status, seconds)
             _CURRENT.reset(token)
 
 
@@ -151,8 +164,9 @@ def _grpc_outcome(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
 class GrpcRequestInterceptor(grpc.aio.ServerInterceptor):
     """gRPC server interceptor: request id in and out, and the metrics of `ModelInfer` calls."""
 
-    def __init__(self, metrics: ServerMetrics) -> None:
+    def __init__(self, metrics: ServerMetrics, access_log: bool = True) -> None:
         self.metrics = metrics
+        self.access_log = access_log
 
     async def intercept_service(
         self,
@@ -173,6 +187,7 @@ class GrpcRequestInterceptor(grpc.aio.ServerInterceptor):
             return handler
         behavior = handler.unary_unary
         metrics = self.metrics
+        access_log = self.access_log
 
         async def model_infer(request: Any, context: grpc.aio.ServicerContext) -> Any:
             body_id = _client_id(getattr(request, "id", None))
@@ -188,9 +203,12 @@ class GrpcRequestInterceptor(grpc.aio.ServerInterceptor):
                 code = _grpc_outcome(exc, context)
                 raise
             finally:
+                seconds = time.perf_counter() - started
                 metrics.in_flight.dec()
-                metrics.observe(V2_GRPC, time.perf_counter() - started)
+                metrics.observe(V2_GRPC, seconds)
                 metrics.count(V2_GRPC, code)
+                if access_log:
+                    logs.access("gRPC", _MODEL_INFER, code, seconds)
                 _CURRENT.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(

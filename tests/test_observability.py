@@ -257,5 +257,8 @@ def test_json_log_format_is_one_object_per_line_with_the_id(
     records = [json.loads(line) for line in logging_transformer.log.read_text().splitlines()]
     about = [r for r in records if r.get("request_id") == request_id]
     loggers = {r["logger"] for r in about}
-    # uvicorn's access log, kserve's error log for the 400 and its timing line for the 200
-    assert {"uvicorn.access", "kserve", "kserve.trace"} <= loggers, loggers
+    # Our access line for each (the 400's reason is in its answer, not in a traceback) and,
+    # with --enable_latency_logging, kserve's timing line for the 200; not uvicorn's.
+    assert {"access", "kserve.trace"} <= loggers and "uvicorn.access" not in loggers, loggers
+    access = [r["message"] for r in about if r["logger"] == "access"]
+    assert len(access) == 2 and any(" 400 " in line for line in access), access
