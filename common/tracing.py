@@ -8,7 +8,7 @@ back to the client as the `x-request-id` response header (gRPC initial metadata)
 The same edge counts requests by protocol and outcome, times them and tracks how many are in
 flight (`common.metrics.ServerMetrics`): an ASGI middleware for HTTP, a gRPC server interceptor
 for `ModelInfer` (installed in kserve's gRPC server by `kserve_compat.add_grpc_interceptor`).
-It also writes the access log (`common.logs.access`): one line per request, with its id,
+It also writes the access log (`common.access_log`): one line per request, with its id,
 status and duration, none for health probes and metrics scrapes.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import access_log as logs
+from . import access_log
 from .ids import VALID_REQUEST_ID
 from .metrics import V2_GRPC, ServerMetrics, request_protocol
 
@@ -124,10 +124,10 @@ class RequestMiddleware:
                 await self.app(scope, receive, send_with_id)
             finally:
                 seconds = time.perf_counter() - started
-                if logs.is_probe(method, path):
-                    logs.probe_answered(path, status)
+                if access_log.is_probe(method, path):
+                    access_log.probe_answered(path, status)
                 elif self.access_log:
-                    logs.access(method, path, status, seconds)
+                    access_log.access(method, path, status, seconds)
                 _CURRENT.reset(token)
             return
         self.metrics.in_flight.inc()
@@ -139,7 +139,7 @@ class RequestMiddleware:
             self.metrics.observe(protocol, seconds)
             self.metrics.count(protocol, str(status))
             if self.access_log:
-                logs.access(method, path, status, seconds)
+                access_log.access(method, path, status, seconds)
             _CURRENT.reset(token)
 
 
@@ -187,7 +187,7 @@ class GrpcRequestInterceptor(grpc.aio.ServerInterceptor):
             return handler
         behavior = handler.unary_unary
         metrics = self.metrics
-        access_log = self.access_log
+        log_access = self.access_log
 
         async def model_infer(request: Any, context: grpc.aio.ServicerContext) -> Any:
             body_id = _client_id(getattr(request, "id", None))
@@ -207,8 +207,8 @@ class GrpcRequestInterceptor(grpc.aio.ServerInterceptor):
                 metrics.in_flight.dec()
                 metrics.observe(V2_GRPC, seconds)
                 metrics.count(V2_GRPC, code)
-                if access_log:
-                    logs.access("gRPC", _MODEL_INFER, code, seconds)
+                if log_access:
+                    access_log.access("gRPC", _MODEL_INFER, code, seconds)
                 _CURRENT.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(

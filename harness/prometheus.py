@@ -15,7 +15,7 @@ import httpx
 import yaml
 
 from . import needs
-from .servers import STOP_TIMEOUT_S, free_port
+from .servers import free_port, stop_process
 
 READY_TIMEOUT_S = 30.0
 SCRAPE_INTERVAL = "1s"
@@ -70,14 +70,7 @@ class PrometheusProcess:
         self.stop()
 
     def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=STOP_TIMEOUT_S)
+        stop_process(self.process)
 
 
 def prometheus_binary() -> str:

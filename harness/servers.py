@@ -42,6 +42,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, wait, then SIGKILL if it does not exit in STOP_TIMEOUT_S."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=STOP_TIMEOUT_S)
+
+
 @dataclass
 class ServerProcess:
     """One running server: its process, ports and log file."""
@@ -110,14 +122,7 @@ class ServerProcess:
 
     def stop(self) -> None:
         """SIGTERM, wait, then SIGKILL if it does not exit in time."""
-        if self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=STOP_TIMEOUT_S)
+        stop_process(self.process)
 
 
 def start(
