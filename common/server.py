@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import TYPE_CHECKING
 
 import grpc
@@ -22,7 +23,7 @@ from kserve.predictor_config import PredictorConfig
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferResponse
 
-from . import budget, codecs, intake, kserve_compat, lean_grpc, memory, tracing
+from . import budget, codecs, events, intake, kserve_compat, lean_grpc, memory, telemetry, tracing
 from .cli import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MODEL_NAME, positive_int
 from .exposure import ExposurePolicy, install_grpc_policy, install_policy
 from .grpc_intake import MODEL_INFER, SERVER_OPTIONS, GrpcIntakeInterceptor
@@ -113,12 +114,14 @@ def run_server(
     *,
     component: str,
     metric_labels: dict[str, str] | None = None,
+    cloudevents: bool = False,
 ) -> None:
     """Start kserve's ModelServer for one ready model with our limits, REST route, exposure
     policy (common.exposure: which routes and RPCs are served, and keys), request ids and
     request metrics (`component` prefixes the metric names, `metric_labels` label every
     request series: common.metrics.ServerMetrics); serve until a signal (with
     `life`: the drain and request bounds of common.lifecycle), then release the model.
+    `cloudevents` serves CloudEvents on the REST inference routes (common.events).
 
     Every setting reaches kserve as an explicit value: the constructor's arguments here, the
     rest through `kserve_compat.apply_global_flags`.
@@ -146,6 +149,13 @@ def run_server(
     except ValueError as exc:
         raise SystemExit(f"--request_memory_budget_bytes: {exc}") from None
     intake_settings = intake.IntakeSettings.from_args(args, max_request_bytes)
+    try:
+        tracing_settings = telemetry.TelemetrySettings.from_env(
+            os.environ, f"{args.model_name}-{component}"
+        )
+    except telemetry.TelemetryError as exc:
+        raise SystemExit(f"tracing: {exc}") from None
+    telemetry.configure(tracing_settings)
     logger.info(
         "request memory budget %d MiB; at most %d connections, bodies within %g s "
         "(then %d bytes/s)",
@@ -185,7 +195,10 @@ def run_server(
     # bounds of `life` (in-flight limit, deadline) see only requests whose body is complete;
     # the intake reads bodies under their bounds; the exposure policy refuses unserved routes
     # and missing keys before any body is read; the request metrics and ids are outermost, so
-    # every refusal is counted and carries an id.
+    # every refusal is counted and carries an id. CloudEvents are unwrapped innermost: with
+    # the whole body in hand, the request id set, and inside the request bounds.
+    if cloudevents:
+        app.add_middleware(events.CloudEventsMiddleware)
     if life is not None:
         life.install(server, app)  # after the servicer changes above: it bounds the one in use
     app.add_middleware(
@@ -227,3 +240,4 @@ def run_server(
         server.start([model])
     finally:
         model.stop()
+        telemetry.shutdown()  # export the spans still buffered

@@ -9,7 +9,9 @@ The same edge counts requests by protocol and outcome, times them and tracks how
 flight (`common.metrics.ServerMetrics`): an ASGI middleware for HTTP, a gRPC server interceptor
 for `ModelInfer` (installed in kserve's gRPC server by `kserve_compat.add_grpc_interceptor`).
 It also writes the access log (`common.access_log`): one line per request, with its id,
-status and duration, none for health probes and metrics scrapes.
+status and duration, none for health probes and metrics scrapes; and, with tracing on
+(`common.telemetry`), opens each inference request's server span, continuing the client's
+`traceparent`, and ends it with the status and message the client got.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 import grpc
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import access_log
+from . import access_log, telemetry
 from .ids import VALID_REQUEST_ID
 from .metrics import V2_GRPC, ServerMetrics, request_protocol
 
@@ -35,6 +37,9 @@ _VALID_ID = VALID_REQUEST_ID
 # What the predictor accepts from the transformer: the ids of a shared call, comma-separated.
 _VALID_IDS = re.compile(r"[A-Za-z0-9._:/+=@,-]{1,8192}")
 _MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+# What a trace context travels in (W3C trace context and baggage): the only headers read for it.
+_TRACE_HEADERS = (b"traceparent", b"tracestate", b"baggage")
+_TRACE_KEYS = tuple(h.decode() for h in _TRACE_HEADERS)
 
 
 @dataclass
@@ -72,9 +77,10 @@ def adopt_v2_id(v2_id: str | None) -> str:
     return context.request_id
 
 
-def join_ids(tags: Sequence[tuple[str, Any]]) -> str:
-    """The id of a predictor call shared by several requests: their ids, comma-separated."""
-    return ",".join(request_id for request_id, _ in tags)
+def join_ids(tags: Sequence[Sequence[Any]]) -> str:
+    """The id of a predictor call shared by several requests: their ids (each tag's first
+    item), comma-separated."""
+    return ",".join(tag[0] for tag in tags)
 
 
 def _client_id(value: str | bytes | None) -> str | None:
@@ -130,9 +136,22 @@ class RequestMiddleware:
                     access_log.access(method, path, status, seconds)
                 _CURRENT.reset(token)
             return
+        server_span = (
+            _http_server_span(scope, method, path, context.request_id)
+            if telemetry.enabled()
+            else None
+        )
+        error_body = bytearray()
+
+        async def send_traced(message: Message) -> None:
+            # The error answer's body, for the span's status message.
+            if message["type"] == "http.response.body" and status >= 400:
+                error_body.extend(message.get("body", b"")[: telemetry.ERROR_MESSAGE_CHARS * 4])
+            await send_with_id(message)
+
         self.metrics.in_flight.inc()
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_traced if server_span else send_with_id)
         finally:
             seconds = time.perf_counter() - started
             self.metrics.in_flight.dec()
@@ -140,12 +159,40 @@ class RequestMiddleware:
             self.metrics.count(protocol, str(status))
             if self.access_log:
                 access_log.access(method, path, status, seconds)
+            if server_span is not None:
+                server_span.set("http.response.status_code", status)
+                server_span.set(telemetry.REQUEST_ID, context.request_id)
+                server_span.end(
+                    telemetry.error_message(bytes(error_body)) if status >= 400 else None
+                )
             _CURRENT.reset(token)
+
+
+def _http_server_span(
+    scope: Scope, method: str, path: str, request_id: str
+) -> telemetry.ServerSpan | None:
+    carrier = {
+        key.decode("latin-1"): value.decode("latin-1")
+        for key, value in scope.get("headers") or ()
+        if key in _TRACE_HEADERS
+    }
+    return telemetry.start_server_span(
+        f"{method} {path}",
+        carrier,
+        {
+            "http.request.method": method,
+            "url.path": path,
+            "url.scheme": scope.get("scheme", "http"),
+            telemetry.REQUEST_ID: request_id,
+        },
+    )
 
 
 # gRPC core's deadline timer fires up to a millisecond early (seen here: cancelled with 0.45 ms
 # left), so a call cancelled that close to its deadline was cancelled by it.
 GRPC_TIMER_SLACK_S = 0.002
+# rpc.grpc.status_code is the number (semantic conventions); 2 is UNKNOWN.
+_STATUS_NUMBERS = {code.name: code.value[0] for code in grpc.StatusCode}
 
 
 def _grpc_outcome(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
@@ -194,13 +241,28 @@ class GrpcRequestInterceptor(grpc.aio.ServerInterceptor):
             request_id = header_id or body_id or new_request_id()
             token = _CURRENT.set(RequestContext(request_id, bool(header_id or body_id)))
             await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+            server_span = (
+                telemetry.start_server_span(
+                    _MODEL_INFER[1:],
+                    {k: metadata[k] for k in _TRACE_KEYS if isinstance(metadata.get(k), str)},
+                    {
+                        "rpc.system": "grpc",
+                        "rpc.service": "inference.GRPCInferenceService",
+                        "rpc.method": "ModelInfer",
+                        telemetry.REQUEST_ID: request_id,
+                    },
+                )
+                if telemetry.enabled()
+                else None
+            )
             metrics.in_flight.inc()
             started = time.perf_counter()
-            code = "OK"
+            code, error = "OK", None
             try:
                 return await behavior(request, context)
             except BaseException as exc:
                 code = _grpc_outcome(exc, context)
+                error = context.details() or str(exc) or code
                 raise
             finally:
                 seconds = time.perf_counter() - started
@@ -209,6 +271,9 @@ class GrpcRequestInterceptor(grpc.aio.ServerInterceptor):
                 metrics.count(V2_GRPC, code)
                 if log_access:
                     access_log.access("gRPC", _MODEL_INFER, code, seconds)
+                if server_span is not None:
+                    server_span.set("rpc.grpc.status_code", _STATUS_NUMBERS.get(code, 2))
+                    server_span.end(error)
                 _CURRENT.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(

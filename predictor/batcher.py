@@ -19,6 +19,9 @@ and CPU; and at most `max_queue_size` images wait (a memory bound). A request wh
 gone or whose deadline passed leaves the queue without running. A failure anywhere in a batch
 fails exactly that batch's requests and the worker carries on; `close()` fails whatever is still
 queued.
+
+With tracing on (common.telemetry), each request's wait in the queue is a span of its own, and
+each forward pass one span, child of its first request's and linked to every request it served.
 """
 
 from __future__ import annotations
@@ -27,13 +30,15 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 from prometheus_client import Histogram
 
+from common import telemetry, tracing
 from common.pacing import BusyClock, Throughput, WaitTarget
 from runtime.tensors import Tensors, rows_of, split_rows
 
@@ -86,6 +91,9 @@ class _Pending:
     queued_at: float = field(default_factory=time.monotonic)
     queued: bool = True  # counted in the queue's images until taken or finished
     timer: asyncio.TimerHandle | None = None
+    trace: Any = None  # the submitter's trace context, with tracing on
+    request_id: str | None = None  # likewise
+    queued_ns: int = 0  # likewise: when it was queued, in wall-clock ns
 
     @cached_property
     def kind(self) -> Kind:
@@ -105,12 +113,14 @@ class AdaptiveBatcher:
         max_delay_s: float,
         max_queue_size: int | None = None,
         max_wait: WaitTarget | None = None,
+        span_attributes: Mapping[str, Any] | None = None,
     ) -> None:
         """`run` computes one batch (a ForwardWorker's `run`, say); the batcher awaits one call
         of it at a time. Several (model instances, Triton's `instance_group count`) run batches
         at once: each takes the next batch when it is free, so a batch goes to a free instance,
         the least loaded. `max_queue_size` images may wait (None: no bound; it must hold at
         least one full batch); `max_wait` bounds the expected wait in seconds (None: no time bound).
+        `span_attributes` go on every forward pass's span (the model, its version, the engine).
         Raises ValueError for impossible sizes."""
         if max_queue_size is not None and max_queue_size < max_batch_size:
             raise ValueError(
@@ -133,6 +143,7 @@ class AdaptiveBatcher:
         self._workers: list[asyncio.Task[None]] = []
         self._closed = False
         self._last_requests = 1
+        self.span_attributes = dict(span_attributes or {})
 
     @property
     def queued_images(self) -> int:
@@ -176,6 +187,9 @@ class AdaptiveBatcher:
         loop = asyncio.get_running_loop()
         self._ensure_worker(loop)
         pending = _Pending(dict(inputs), rows, loop.create_future(), deadline)
+        if telemetry.enabled():
+            pending.trace, pending.request_id = telemetry.current(), tracing.current_request_id()
+            pending.queued_ns = telemetry.now_ns()
         if deadline is not None:
             pending.timer = loop.call_at(
                 loop.time() + (deadline - time.monotonic()), self._expire, pending
@@ -297,6 +311,17 @@ class AdaptiveBatcher:
         started = time.monotonic()
         for pending in live:
             QUEUE_SECONDS.observe(started - pending.queued_at)
+        traced = telemetry.enabled()
+        if traced:
+            started_ns = telemetry.now_ns()
+            for pending in live:
+                telemetry.record_span(
+                    "queue",
+                    pending.trace,
+                    pending.queued_ns or started_ns,
+                    started_ns,
+                    {telemetry.IMAGES: pending.rows},
+                )
         inputs = live[0].inputs if len(live) == 1 else _concatenate([p.inputs for p in live])
         # torch.from_numpy wants memory it may write to (a request's buffer may be read-only).
         inputs = {n: a if a.flags.writeable else a.copy() for n, a in inputs.items()}
@@ -307,7 +332,10 @@ class AdaptiveBatcher:
         self._running_rows += rows
         self._busy.start()
         try:
-            outputs = await run(inputs)
+            if traced:
+                outputs = await self._traced(run, inputs, live, rows)
+            else:
+                outputs = await run(inputs)
         except asyncio.CancelledError:
             self._fail(live, BatcherClosed("the server is shutting down"))
             raise
@@ -331,6 +359,19 @@ class AdaptiveBatcher:
         for pending, part in zip(live, split_rows(outputs, [p.rows for p in live]), strict=True):
             if not pending.future.done():
                 pending.future.set_result(part)
+
+    async def _traced(self, run: Run, inputs: Tensors, live: list[_Pending], rows: int) -> Tensors:
+        """`run(inputs)` inside the forward pass's span, linked to every request in it."""
+        attributes = {
+            **self.span_attributes,
+            telemetry.BATCH_SIZE: rows,
+            telemetry.BATCH_REQUESTS: len(live),
+            telemetry.REQUEST_IDS: [p.request_id or "" for p in live],
+        }
+        with telemetry.shared_span(
+            "forward", telemetry.SpanKind.INTERNAL, [p.trace for p in live], attributes
+        ):
+            return await run(inputs)
 
     @staticmethod
     def _fail(batch: list[_Pending], error: BaseException) -> None:

@@ -14,9 +14,15 @@ from kserve import Model
 from kserve.errors import InvalidInput, ModelNotReady
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
-from common import admission, codecs, pacing, tracing
+from common import admission, codecs, pacing, telemetry, tracing
 from common.modelrepo import ModelVersion, resolve
-from runtime.engines import build_engine, cuda_available, describe, plan_engine
+from runtime.engines import (
+    build_engine,
+    cuda_available,
+    describe,
+    engine_name,
+    plan_engine,
+)
 from runtime.tensors import Contract, ContractError, Engine, Tensors, rows_of
 from runtime.worker import ForwardWorker
 
@@ -123,6 +129,11 @@ class RepositoryModel(Model):
             queue_size,
             # Before any rate is known: two of the largest batches a request may bring.
             pacing.target(s.max_expected_wait_s, "images", 2 * config.max_batch_size),
+            span_attributes={
+                telemetry.MODEL_NAME: s.model_name,
+                telemetry.MODEL_VERSION: version.version,
+                telemetry.ENGINE: engine_name(version, plan, engine),
+            },
         )
         batcher = self.batcher
         metrics.QUEUE_DEPTH.set_function(lambda: batcher.queued_images)

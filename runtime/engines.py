@@ -171,6 +171,13 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def engine_name(version: ModelVersion, plan: ExecutionPlan, engine: Engine) -> str:
+    """The engine, device and precision in a few words ("onnxruntime cpu fp32"): a span
+    attribute."""
+    precision = getattr(engine, "precision", plan.dtype)
+    return f"{ENGINES[version.config.platform].name} {plan.device} {precision}"
+
+
 def describe(version: ModelVersion, plan: ExecutionPlan, engine: Engine) -> str:
     """One line for the start-up log: engine, file, device, precision, threads."""
     name = ENGINES[version.config.platform].name

@@ -16,15 +16,17 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from kserve import Model
 from kserve.errors import InferenceError, InvalidInput, ModelNotFound
 from kserve.protocol.infer_type import InferRequest, InferResponse
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY
 
-from common import codecs, tracing
+from common import codecs, telemetry, tracing
 from common.cpus import DECODE_NICENESS, lower_thread_priority
 from common.modelrepo import CONFIG_FILE, ModelConfig, ModelRepositoryError, resolve
 from groundtruth.schema import LOGGED_TOP_K
@@ -81,6 +83,15 @@ class Answer:
 
     def __getitem__(self, rows: slice) -> Answer:
         return Answer(self.logits[rows], self.model_version)
+
+
+class Caller(NamedTuple):
+    """What a request hands the coalescer with its pixels: its id, the headers to forward and
+    its trace context (None with tracing off)."""
+
+    request_id: str
+    headers: dict[str, str] | None
+    trace: Context | None
 
 
 @dataclass(frozen=True)
@@ -220,7 +231,8 @@ class ImageClassifierTransformer(Model):
             raise InvalidInput(
                 f"{len(images)} images in one request, expected 1 to {self.max_images}"
             )
-        pixels, statistics, digests = await self._decode_all(images)
+        with telemetry.span("preprocess", {telemetry.IMAGES: len(images)}):
+            pixels, statistics, digests = await self._decode_all(images)
         return PreparedBatch(pixels, protocol, k, response_id, request_id, statistics, digests)
 
     async def predict(
@@ -232,7 +244,7 @@ class ImageClassifierTransformer(Model):
         """Forward the pixels to the predictor (through the coalescer); its errors become 400,
         503, 504 or 500 here."""
         # kserve forwards an incoming Authorization header; the client's key stays here.
-        tag = (payload.request_id, without_credentials(headers))
+        tag = Caller(payload.request_id, without_credentials(headers), telemetry.current())
         answer = await self.coalescer.submit(payload.pixels, tag)
         return ForwardedBatch(answer, payload)
 
@@ -243,6 +255,10 @@ class ImageClassifierTransformer(Model):
         response_headers: dict[str, str] | None = None,
     ) -> dict[str, Any] | InferResponse:
         """Top-k classes per image, shaped for the protocol the client used."""
+        with telemetry.span("postprocess", {telemetry.IMAGES: result.logits.shape[0]}):
+            return self._answer(result)
+
+    def _answer(self, result: ForwardedBatch) -> dict[str, Any] | InferResponse:
         batch = result.batch
         class_ids, scores = top_k(result.logits, batch.top_k)
         if self.drift.enabled:
@@ -353,21 +369,43 @@ class ImageClassifierTransformer(Model):
         digest = image_digest(data) if self.ground_truth is not None else ""
         return result.pixels, statistics, digest
 
-    async def _forward(
-        self, pixels: np.ndarray, tags: Sequence[tuple[str, dict[str, str] | None]]
-    ) -> Answer:
+    async def _forward(self, pixels: np.ndarray, tags: Sequence[Caller]) -> Answer:
         """One predictor call (the coalescer's `send`): pixels in, checked logits and the
-        answering version out. A call
-        for one request carries its id and forwardable headers; a call shared by several carries
-        their ids joined by commas (so the predictor's log lines name every request in it)."""
-        request_id, headers = tags[0] if len(tags) == 1 else (tracing.join_ids(tags), None)
-        headers = {**(headers or {}), tracing.REQUEST_ID_HEADER: request_id}
+        answering version out. A call for one request carries its id and forwardable headers;
+        a call shared by several carries their ids joined by commas (so the predictor's log
+        lines name every request in it). With tracing on, the call is a client span, child of
+        the first request's span and linked to every request's, whose context travels to the
+        predictor in `traceparent`."""
+        if len(tags) == 1:
+            request_id, headers = tags[0].request_id, dict(tags[0].headers or {})
+        else:
+            request_id, headers = tracing.join_ids(tags), {}
+        headers[tracing.REQUEST_ID_HEADER] = request_id
         request = InferRequest(
             model_name=self.name,
             infer_inputs=[codecs.numpy_input(self.pixel_input.name, pixels)],
             request_id=request_id,
         )
-        response = await self.predictor.infer(request, headers)
+        attributes = {
+            "rpc.system": "grpc",
+            "rpc.service": "inference.GRPCInferenceService",
+            "rpc.method": "ModelInfer",
+            "server.address": self.predictor.target,
+            telemetry.MODEL_NAME: self.name,
+            telemetry.IMAGES: pixels.shape[0],
+            telemetry.REQUEST_IDS: [tag.request_id for tag in tags],
+        }
+        trace: dict[str, str] = {}
+        with telemetry.shared_span(
+            "predictor ModelInfer",
+            SpanKind.CLIENT,
+            [tag.trace for tag in tags],
+            attributes,
+            trace,
+        ) as span:
+            response = await self.predictor.infer(request, headers, trace)
+            if span is not None and response.model_version:
+                span.set_attribute(telemetry.MODEL_VERSION, response.model_version)
         return Answer(self._logits(response, pixels.shape[0]), response.model_version or "")
 
     def _logits(self, response: InferResponse, count: int) -> np.ndarray:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 
 import grpc
 from kserve.errors import InferenceError, InvalidInput
@@ -75,9 +76,13 @@ class PredictorLink:
         return self._stub
 
     async def infer(
-        self, request: InferRequest, headers: dict[str, str] | None = None
+        self,
+        request: InferRequest,
+        headers: dict[str, str] | None = None,
+        trace: Mapping[str, str] | None = None,
     ) -> InferResponse:
-        """The predictor's answer to `request`, within the current request's deadline.
+        """The predictor's answer to `request`, within the current request's deadline; the
+        forwardable `headers` (kserve's list) and the `trace` context headers go as metadata.
 
         Raises InvalidInput (the predictor refused the input), admission.Unavailable (it is
         unreachable, overloaded, out of request memory or dropped the call: 503),
@@ -87,7 +92,7 @@ class PredictorLink:
         if timeout <= 0:
             raise admission.DeadlinePassed("the deadline passed before the predictor was called")
         timeout -= min(DEADLINE_MARGIN_S, timeout / 10)
-        metadata = tuple(append_forwardable_headers(headers).items())
+        metadata = tuple({**append_forwardable_headers(headers), **(trace or {})}.items())
         try:
             response = await self._client().ModelInfer(
                 request.to_grpc(), timeout=timeout, metadata=metadata, wait_for_ready=False
