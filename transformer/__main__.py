@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             max_wait=pacing.target(settings.max_expected_wait_s, "requests"),
         ),
         component="transformer",
+        cloudevents=True,  # Knative Eventing talks to the public entry point
     )
     return 0
 
