@@ -25,7 +25,7 @@ from common.cli import DEFAULT_MODEL_NAME, LOCAL_MODEL_REPOSITORY, positive_ints
 from common.cpus import default_engine
 from harness.servers import ROOT, Pipeline, PipelineSpec, running
 
-from . import engines, overload, prediction_log
+from . import engines, overload, prediction_log, tracing
 from .batch import BatchPlan, repeated_source
 from .images import build_image_set, describe, write_image_set
 from .load import Client, LoadRun, client_for, closed_loop
@@ -508,6 +508,7 @@ def run(settings: BenchSettings) -> Report:
     )
     overloads = measure_overload(settings, ours, blobs[0], out, log_dir)
     log_cost = measure_prediction_log(settings, blobs, log_dir)
+    tracing_cost = measure_tracing(settings, blobs, log_dir)
     triton = None if triton_install is None else measure_triton(settings, triton_install, blobs)
     ratios = compute_ratios(cells, limit, hop)
     return Report(
@@ -552,6 +553,7 @@ def run(settings: BenchSettings) -> Report:
             if log_cost is None
             else {"json": log_cost.to_json(), "table": log_cost.format_table()}
         ),
+        tracing={"json": tracing_cost.to_json(), "table": tracing_cost.format_table()},
     )
 
 
@@ -661,6 +663,13 @@ def default_engine_repository(settings: BenchSettings) -> tuple[str, Path | None
     return repositories.get(default_engine(), (engines.TORCHSCRIPT, None))
 
 
+def served_engine(settings: BenchSettings) -> tuple[str, Path]:
+    """The default engine for this CPU and its repository, TorchScript's when that one was not
+    given to this run."""
+    name, model_dir = default_engine_repository(settings)
+    return (name, model_dir) if model_dir is not None else (engines.TORCHSCRIPT, settings.model_dir)
+
+
 def measure_overload(
     settings: BenchSettings, spec: PipelineSpec, image: bytes, out: Path, log_dir: Path
 ) -> list[overload.OverloadRun]:
@@ -687,9 +696,7 @@ def measure_prediction_log(
     if settings.prediction_log_db is None:
         print("[bench] prediction log: skipped (no --prediction_log_db)", file=sys.stderr)
         return None
-    name, model_dir = default_engine_repository(settings)
-    if model_dir is None:
-        name, model_dir = engines.TORCHSCRIPT, settings.model_dir
+    name, model_dir = served_engine(settings)
     return prediction_log.measure(
         name,
         model_dir,
@@ -703,6 +710,30 @@ def measure_prediction_log(
         settings.duration_s,
         settings.max_requests,
         rounds=1 if settings.quick else prediction_log.DEFAULT_ROUNDS,
+    )
+
+
+# --- tracing's cost (issue 24) -----------------------------------------------------------------
+
+
+def measure_tracing(
+    settings: BenchSettings, blobs: list[bytes], log_dir: Path
+) -> tracing.TracingCost:
+    """Served c16 with tracing on (sampling 1.0) against off, on the default engine
+    (TorchScript when its repository was not given)."""
+    name, model_dir = served_engine(settings)
+    return tracing.measure(
+        name,
+        model_dir,
+        settings.model_name,
+        blobs,
+        log_dir / "tracing",
+        settings.served_predictor_args,
+        settings.served_transformer_args,
+        settings.warmup_s,
+        settings.duration_s,
+        settings.max_requests,
+        rounds=1 if settings.quick else tracing.DEFAULT_ROUNDS,
     )
 
 

@@ -60,6 +60,8 @@ class Report:
     overload: dict[str, Any] | None = None
     # Served c16 with the prediction log on against off ({"json": ..., "table": ...}).
     prediction_log: dict[str, Any] | None = None
+    # Served c16 with tracing on (sampling 1.0) against off ({"json": ..., "table": ...}).
+    tracing: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN becomes null)."""
@@ -83,6 +85,7 @@ class Report:
             "triton": None if self.triton is None else self.triton["json"],
             "overload": None if self.overload is None else self.overload["json"],
             "prediction_log": None if self.prediction_log is None else self.prediction_log["json"],
+            "tracing": None if self.tracing is None else self.tracing["json"],
         }
         return _without_nan(data)
 
@@ -223,6 +226,8 @@ class Report:
             lines.append(self.overload["table"])
         if self.prediction_log is not None:
             lines.append(self.prediction_log["table"])
+        if self.tracing is not None:
+            lines.append(self.tracing["table"])
         if self.runtime_s is not None:
             lines.append("")
             lines.append(f"Runtime: {self.runtime_s:.0f} s")

@@ -7,17 +7,25 @@ It is what an OpenTelemetry Collector's `otlp` receiver is to the servers: they 
 
 from __future__ import annotations
 
+import argparse
+import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from harness.servers import stop_process
 
 # The proto's span kinds and status codes, by number.
 KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
@@ -146,3 +154,51 @@ def tracing_env(receiver: OtlpReceiver, **overrides: str) -> dict[str, str]:
         "OTEL_BSP_SCHEDULE_DELAY": "50",
         **overrides,
     }
+
+
+@contextmanager
+def receiver_process(log_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A receiver in a process of its own (`python -m harness.otlp`), so its work is not
+    charged to the caller: (endpoint, process). On leaving, it is stopped; it writes the span
+    count to `log_dir/otlp-receiver.json`."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    summary = log_dir / "otlp-receiver.json"
+    summary.unlink(missing_ok=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "harness.otlp", "--summary", str(summary)],
+        stdout=subprocess.PIPE,
+        stderr=(log_dir / "otlp-receiver.log").open("wb"),
+    )
+    try:
+        assert process.stdout is not None
+        endpoint = process.stdout.readline().decode().strip()
+        if not endpoint.startswith("http://"):
+            raise RuntimeError(f"the OTLP receiver did not start (said {endpoint!r})")
+        yield endpoint, process
+    finally:
+        stop_process(process)
+
+
+def received_spans(log_dir: Path) -> int | None:
+    """How many spans the receiver process of `log_dir` received (after it stopped)."""
+    summary = log_dir / "otlp-receiver.json"
+    return int(json.loads(summary.read_text())["spans"]) if summary.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Receive until SIGTERM; print the endpoint first, write the span count at the end."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--summary", type=Path, required=True)
+    args = parser.parse_args(argv)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    with otlp_receiver() as receiver:
+        print(receiver.endpoint, flush=True)
+        stopped.wait()
+        count = len(receiver.spans())
+    args.summary.write_text(json.dumps({"spans": count, "exports": receiver.exports}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
