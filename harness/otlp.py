@@ -129,6 +129,34 @@ class OtlpReceiver:
             time.sleep(0.05)
 
 
+def format_tree(spans: list[ReceivedSpan], trace_id: str) -> str:
+    """One trace as an indented tree (service, span, duration, key attributes; links named),
+    for a reader: the README's example, a failing test's message."""
+    mine = [s for s in spans if s.trace_id == trace_id]
+    ids = {s.span_id for s in mine}
+    children: dict[str, list[ReceivedSpan]] = {}
+    for span in sorted(mine, key=lambda s: s.start_ns):
+        parent = span.parent_span_id if span.parent_span_id in ids else ""
+        children.setdefault(parent, []).append(span)
+    shown = ("request.id", "images", "batch.size", "batch.requests", "engine", "model.version")
+    lines: list[str] = []
+
+    def walk(parent: str, depth: int) -> None:
+        for span in children.get(parent, []):
+            ms = (span.end_ns - span.start_ns) / 1e6
+            details = ", ".join(f"{k}={span.attributes[k]}" for k in shown if k in span.attributes)
+            links = f", linked to {len(span.links)} request(s)" if span.links else ""
+            status = f" [{span.status}: {span.status_message}]" if span.status == "error" else ""
+            lines.append(
+                f"{'  ' * depth}{span.service}  {span.name}  {ms:.1f} ms"
+                f"{'  (' + details + links + ')' if details or links else ''}{status}"
+            )
+            walk(span.span_id, depth + 1)
+
+    walk("", 0)
+    return "\n".join(lines)
+
+
 @contextmanager
 def otlp_receiver() -> Iterator[OtlpReceiver]:
     """A receiver listening on a free loopback port for the length of the block."""
