@@ -24,6 +24,10 @@ so Knative Trigger filters written for kserve keep matching): type `RESPONSE_TYP
 `SOURCE_PREFIX` + the model name. Its id is the request id (`x-request-id` of the answer): the
 client's `x-request-id` header if any, else the event's id when it is a valid request id
 (`common.ids`), else the V2 body's `id`, else a generated one (`common.tracing`). Error
+answer also names the event it answers (`inresponseto`, the request event's id: a request id
+set by a gateway, Istio's say, would otherwise hide it) and keeps its partition key
+(`partitionkey`, or the `key` a KafkaSource gives a keyed record), so a KafkaSink writes each
+reply under its request's record key. Error
 answers (4xx, 5xx) stay plain JSON errors, as kserve's are: Knative counts any non-2xx answer as
 a failed delivery and does not read it as an event. An envelope that is not a valid event is
 answered 400 here, saying what was received and what is expected.
@@ -58,6 +62,11 @@ BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 # kserve's own answer attributes (CE_TYPE, CE_SOURCE defaults in kserve 0.21).
 RESPONSE_TYPE = "io.kserve.inference.response"
 SOURCE_PREFIX = "io.kserve.inference."
+# Extension attributes of the answer: the id of the event answered, and the record key a Kafka
+# sink writes the answer under (CloudEvents' Kafka binding maps `partitionkey` to it).
+IN_RESPONSE_TO = "inresponseto"
+PARTITION_KEY = "partitionkey"
+SOURCE_KEY = "key"  # where a KafkaSource puts a keyed record's key
 # The attributes every event has (CloudEvents 1.0, "Required Attributes").
 REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type")
 JSON_CONTENT_TYPE = "application/json"
@@ -293,8 +302,21 @@ def _json_type(value: Any) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
-def _answer_event(route: Route, request_id: str, attributes: dict[str, str]) -> dict[str, str]:
+def answer_extensions(request: CloudEvent) -> dict[str, str]:
+    """What an answer carries over from the event it answers: that event's id, and its
+    partition key (or a KafkaSource's record key) when it has one."""
+    extensions = {IN_RESPONSE_TO: str(request["id"])}
+    key = request.get(PARTITION_KEY) or request.get(SOURCE_KEY)
+    if key:
+        extensions[PARTITION_KEY] = str(key)
+    return extensions
+
+
+def _answer_event(
+    route: Route, request_id: str, extensions: dict[str, str], attributes: dict[str, str]
+) -> dict[str, str]:
     return {
+        **extensions,
         "type": RESPONSE_TYPE,
         "source": SOURCE_PREFIX + route.model_name,
         "id": request_id,
@@ -302,25 +324,32 @@ def _answer_event(route: Route, request_id: str, attributes: dict[str, str]) -> 
     }
 
 
-def binary_answer_headers(route: Route, request_id: str) -> list[tuple[bytes, bytes]]:
-    """The `ce-*` headers of a binary-mode answer with id `request_id` (its body and
-    Content-Type are the answer's own)."""
-    headers, _ = to_binary(CloudEvent(_answer_event(route, request_id, {})))
+def binary_answer_headers(
+    route: Route, request_id: str, extensions: dict[str, str] | None = None
+) -> list[tuple[bytes, bytes]]:
+    """The `ce-*` headers of a binary-mode answer with id `request_id` and `extensions` (its
+    body and Content-Type are the answer's own)."""
+    headers, _ = to_binary(CloudEvent(_answer_event(route, request_id, extensions or {}, {})))
     return [(name.encode(), value.encode()) for name, value in headers.items()]
 
 
 def structured_answer(
-    route: Route, request_id: str, content_type: str, body: bytes | bytearray
+    route: Route,
+    request_id: str,
+    content_type: str,
+    body: bytes | bytearray,
+    extensions: dict[str, str] | None = None,
 ) -> tuple[str, bytes]:
-    """The Content-Type and body of a structured-mode answer with id `request_id`: the answer
-    `body` as data (JSON) or data_base64 (anything else)."""
+    """The Content-Type and body of a structured-mode answer with id `request_id` and
+    `extensions`: the answer `body` as data (JSON) or data_base64 (anything else)."""
     data: Any = body
     if _media_type(content_type) == JSON_CONTENT_TYPE:
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
             data = body  # not the JSON it says it is: passed on as it is, in data_base64
-    event = CloudEvent(_answer_event(route, request_id, {"datacontenttype": content_type}), data)
+    attributes = {"datacontenttype": content_type}
+    event = CloudEvent(_answer_event(route, request_id, extensions or {}, attributes), data)
     headers, encoded = to_structured(event)
     return headers["content-type"], encoded
 
@@ -359,13 +388,14 @@ class CloudEventsMiddleware:
         body = None  # the event's body is not kept while the route serves what it carried
         # The event's id becomes the request's id unless the client sent x-request-id.
         request_id = tracing.adopt_v2_id(unwrapped.event["id"])
+        extensions = answer_extensions(unwrapped.event)
         plain_headers, payload = unwrapped.headers, unwrapped.body
         del unwrapped
         if payload is not None:
             receive = _receiving(payload, receive)
             payload = None
         wrap = _BinaryAnswer if mode is Mode.BINARY else _StructuredAnswer
-        answer = wrap(route, request_id, send)
+        answer = wrap(route, request_id, extensions, send)
         await self.app({**scope, "headers": plain_headers}, receive, answer.send)
 
 
@@ -404,8 +434,11 @@ def _request_id(adopted: str) -> str:
 class _BinaryAnswer:
     """Adds the answer event's `ce-*` headers to a 2xx answer."""
 
-    def __init__(self, route: Route, request_id: str, send: Send) -> None:
+    def __init__(
+        self, route: Route, request_id: str, extensions: dict[str, str], send: Send
+    ) -> None:
         self.route, self.request_id, self._send = route, request_id, send
+        self.extensions = extensions
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
@@ -413,7 +446,7 @@ class _BinaryAnswer:
             headers = [(n, v) for n, v in message.get("headers", []) if n[:3] != _CE_PREFIX]
             message = {
                 **message,
-                "headers": headers + binary_answer_headers(self.route, request_id),
+                "headers": headers + binary_answer_headers(self.route, request_id, self.extensions),
             }
         await self._send(message)
 
@@ -421,8 +454,11 @@ class _BinaryAnswer:
 class _StructuredAnswer:
     """Holds a 2xx answer whole and sends it as a structured-mode event instead."""
 
-    def __init__(self, route: Route, request_id: str, send: Send) -> None:
+    def __init__(
+        self, route: Route, request_id: str, extensions: dict[str, str], send: Send
+    ) -> None:
         self.route, self.request_id, self._send = route, request_id, send
+        self.extensions = extensions
         self._start: Message | None = None
         self._body = bytearray()
 
@@ -450,7 +486,7 @@ class _StructuredAnswer:
             JSON_CONTENT_TYPE,
         )
         event_type, body = structured_answer(
-            self.route, _request_id(self.request_id), content_type, self._body
+            self.route, _request_id(self.request_id), content_type, self._body, self.extensions
         )
         headers += [
             (_CONTENT_TYPE, event_type.encode("latin-1")),

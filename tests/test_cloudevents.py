@@ -285,7 +285,21 @@ def test_v2_json_event_gets_the_top1_back_as_an_event(transformer: Server, conve
     response = post(transformer, V2_PATH, headers, body, **{"x-request-id": "client-id-3"})
     event = answer_event(response, convert is to_structured)
     assert event["id"] == "client-id-3"  # the client's x-request-id comes first
+    assert event[events.IN_RESPONSE_TO] == "v2-event-8"  # the event answered, named all the same
+    assert event.get(events.PARTITION_KEY) is None  # the request had no key
     assert v2_top1(event.data) == TOP1
+
+
+@pytest.mark.parametrize("convert", [to_binary, to_structured], ids=["binary", "structured"])
+def test_the_answer_keeps_the_record_key_of_a_kafka_event(
+    transformer: Server, convert: Any
+) -> None:
+    # A KafkaSource names a keyed record's key in `key`; a Kafka sink writes `partitionkey`.
+    headers, body = convert(request_event(v1_body(), "partition:0/offset:41", key="camera-7"))
+    event = answer_event(post(transformer, V1_PATH, headers, body), convert is to_structured)
+    assert event[events.PARTITION_KEY] == "camera-7"
+    assert event[events.IN_RESPONSE_TO] == "partition:0/offset:41"
+    assert v1_top1(event.data) == TOP1
 
 
 def test_v2_binary_tensors_in_a_binary_mode_event(transformer: Server) -> None:
