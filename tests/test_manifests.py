@@ -28,12 +28,28 @@ import pytest
 import yaml
 from conftest import Stack
 
-from common import budget, lifecycle, memory
+from common import budget, lifecycle, memory, telemetry
 from common.cli import DEFAULT_MAX_REQUEST_BYTES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO_ROOT / "manifests"
 OVERLAYS_DIR = MANIFESTS / "overlays"
+EXAMPLES_DIR = MANIFESTS / "examples"
+# Every example under manifests/examples, each checked by a test of its own (here, or
+# tests/test_eventing_manifests.py for kafka-eventing) and rendered by
+# test_every_example_renders_with_valid_core_kinds.
+EXAMPLES = ("gateway-auth", "kafka-eventing", "prediction-log", "tracing")
+# Core API groups, whose kinds kubernetes-validate checks strictly (the rest are CRDs: Istio,
+# Knative, KServe, each checked by its example's own test).
+CORE_API_VERSIONS = (
+    "v1",
+    "apps/v1",
+    "batch/v1",
+    "networking.k8s.io/v1",
+    "rbac.authorization.k8s.io/v1",
+)
+# The ConfigMap both servers take their OTEL_* variables from (manifests/base, optional).
+TRACING_CONFIG_MAP = "image-classifier-tracing"
 KUBECTL = shutil.which("kubectl")
 
 GPU = "nvidia.com/gpu"
@@ -746,3 +762,53 @@ def test_every_transformer_reads_the_prediction_log_url_from_the_optional_secret
         source["name"],
         [source["key"]],
     )
+
+
+@needs_kubectl
+@each_overlay
+def test_every_server_reads_tracing_settings_from_the_optional_config_map(overlay: str) -> None:
+    """Tracing costs nothing unless asked for: both servers' containers (a canary's too) take
+    their OTEL_* variables from a ConfigMap that may be absent, and from nowhere else."""
+    expect, isvc = OVERLAYS[overlay], isvc_of(overlay)
+    reference = {"configMapRef": {"name": TRACING_CONFIG_MAP, "optional": True}}
+    checked = []
+    for label, container in isvc_containers(isvc):
+        if expect.triton and label != "transformer":
+            continue  # Triton reads no OTEL_* variables (its tracing is --trace-config)
+        assert container.get("envFrom") == [reference], label
+        assert not [e for e in container.get("env", []) if e["name"].startswith("OTEL_")], label
+        checked.append(label)
+    assert "transformer" in checked and ("predictor" in checked or expect.triton)
+
+
+@needs_kubectl
+def test_the_tracing_example_turns_tracing_on_and_leaves_the_names_to_the_servers() -> None:
+    """The example ConfigMap has the name the containers read, and its variables, as the
+    servers read them (common.telemetry), turn tracing on, sample by the caller's decision,
+    and leave each server its own service name."""
+    [config_map] = render("examples/tracing")
+    assert (config_map["kind"], config_map["metadata"]["name"]) == ("ConfigMap", TRACING_CONFIG_MAP)
+    variables = config_map["data"]
+    assert all(name.startswith("OTEL_") for name in variables), sorted(variables)
+    assert "OTEL_SERVICE_NAME" not in variables
+    assert variables["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+    for component in ("predictor", "transformer"):
+        default = f"image-classifier-{component}"
+        settings = telemetry.TelemetrySettings.from_env(variables, default)
+        assert settings.enabled, settings.why
+        assert settings.service_name == default
+
+
+def test_every_example_on_disk_is_checked() -> None:
+    on_disk = {path.parent.name for path in EXAMPLES_DIR.glob("*/kustomization.yaml")}
+    assert on_disk == set(EXAMPLES), "add new examples to EXAMPLES, and a test of what they render"
+
+
+@needs_kubectl
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_every_example_renders_with_valid_core_kinds(example: str) -> None:
+    docs = render(f"examples/{example}")
+    assert docs
+    for doc in docs:
+        if doc["apiVersion"] in CORE_API_VERSIONS:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
