@@ -23,7 +23,7 @@ import kserve
 import kserve.model_server
 import kserve.protocol.grpc.server as kserve_grpc_server
 from fastapi import FastAPI
-from grpc_interceptor.exceptions import Unauthenticated, Unimplemented
+from grpc_interceptor.exceptions import GrpcException, Unauthenticated, Unimplemented
 from kserve.errors import InferenceError
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest
@@ -423,13 +423,16 @@ def bound_grpc_infer(inflight: admission.InflightLimit, timeout_s: float) -> Non
                 loop = asyncio.get_running_loop()
                 async with asyncio.timeout_at(loop.time() + (due - time.monotonic())):
                     return await original(self, request, context)
+        # Raised, not context.abort(): kserve's error interceptor (around this) answers a
+        # GrpcException's code and details as they are. An abort here would reach it as an
+        # unknown error: logged at ERROR with a traceback, then a second abort that fails.
         except admission.Unavailable as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            raise GrpcException(str(exc), grpc.StatusCode.UNAVAILABLE) from None
         except (admission.DeadlinePassed, TimeoutError) as exc:
             detail = str(exc) or f"no answer within the deadline ({timeout_s:g} s at most)"
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, detail)
+            raise GrpcException(detail, grpc.StatusCode.DEADLINE_EXCEEDED) from None
         except InferenceError as exc:
-            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+            raise GrpcException(str(exc), grpc.StatusCode.INTERNAL) from exc
 
     model_infer.__wrapped__ = original  # type: ignore[attr-defined]
     servicer.ModelInfer = model_infer

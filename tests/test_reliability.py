@@ -378,6 +378,8 @@ def test_a_grpc_deadline_reaches_the_predictor_and_the_request_leaves_its_queue_
     assert HELD_IMAGES + len(calls) <= QUEUE  # never refused for capacity
     before = scrape(predictor)
     front_before = requests_by(scrape(pipeline.transformer), "transformer_requests_total")
+    servers = (pipeline.transformer, predictor)
+    log_starts = [server.log.stat().st_size for server in servers]
     with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client, ThreadPoolExecutor(1) as pool:
         with held_forward.holding(pipeline.gate):
             holder = pool.submit(
@@ -416,6 +418,12 @@ def test_a_grpc_deadline_reaches_the_predictor_and_the_request_leaves_its_queue_
     assert while_held == outcomes == {"DEADLINE_EXCEEDED": len(calls)}, outcomes
     assert images == HELD_IMAGES  # only the held request ever ran: the others left unrun
     assert total(after, "predictor_queue_depth") == 0
+    # An expected outcome, in both servers: its access line, no ERROR and no traceback (kserve's
+    # error interceptor once logged both for each, then failed aborting the call a second time).
+    for server, offset in zip(servers, log_starts, strict=True):
+        logged = server.log.read_bytes()[offset:].decode(errors="replace")
+        assert "ModelInfer DEADLINE_EXCEEDED" in logged, logged[-3000:]
+        assert "Traceback" not in logged and " ERROR " not in logged, logged[-3000:]
 
 
 def test_past_max_inflight_requests_a_grpc_call_is_refused_unavailable_at_once(
@@ -426,6 +434,7 @@ def test_past_max_inflight_requests_a_grpc_call_is_refused_unavailable_at_once(
     naming the flag; the held requests are served once the pass runs."""
     transformer = pipeline.transformer
     body = image_body()
+    log_start = transformer.log.stat().st_size
     with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client, ThreadPoolExecutor(INFLIGHT) as pool:
         with held_forward.holding(pipeline.gate):
             held = [
@@ -443,6 +452,10 @@ def test_past_max_inflight_requests_a_grpc_call_is_refused_unavailable_at_once(
     assert "--max_inflight_requests" in refused["message"], refused
     assert refused["seconds"] < 2.0, refused
     assert served == [200] * INFLIGHT
+    # An expected state: no ERROR and no traceback (kserve's error interceptor once logged both
+    # for every refusal, then failed aborting a second time).
+    logged = transformer.log.read_bytes()[log_start:].decode(errors="replace")
+    assert "Traceback" not in logged and " ERROR " not in logged, logged[-3000:]
 
 
 def test_predictor_sigterm_under_load_drains_then_exits_and_the_transformer_says_so(
