@@ -55,7 +55,7 @@ SERVE_MODEL_torchscript := $(MODEL)
 SERVE_MODEL_openvino := $(OPENVINO_MODEL)
 SERVE_MODEL_openvino-int8 := $(OPENVINO_INT8_MODEL)
 
-.PHONY: mlflow help venv model-repo model-repo-int8 model-repo-openvino serve test fuzz lint unit bench bench-ceiling soak images clean triton
+.PHONY: mlflow help venv model-repo model-repo-int8 model-repo-openvino serve test fuzz lint unit bench bench-ceiling soak images image-test clean triton
 
 help:
 	@echo "make serve       create the venv, build the model repository, run predictor + transformer"
@@ -162,12 +162,18 @@ bench-ceiling: $(STAMP) $(MODEL)
 soak: $(STAMP) $(SERVE_MODEL_$(ENGINE))
 	$(BIN)/python -m bench.soak --model_dir $(SERVE_REPO) --minutes $(SOAK_MINUTES) --out soak-results
 
-images:
-	@if docker info >/dev/null 2>&1; then \
-		docker build -f docker/predictor.Dockerfile -t image-classifier-predictor:dev . && \
-		docker build -f docker/transformer.Dockerfile -t image-classifier-transformer:dev . && \
-		docker build -f docker/batch.Dockerfile -t image-classifier-batch:dev . ; \
-	else echo "make images: no container engine reachable (docker info failed)"; exit 1; fi
+# The images in docker/, each on its own default base, with docker or podman (whichever is
+# here; harness/containers.py says how podman is run on machines like CI's).
+images: $(STAMP)
+	$(BIN)/python -m harness.containers
+
+# The transformer, CPU predictor and batch images built on a Debian base made with debootstrap,
+# then run as the cpu overlay and the batch Job run them, with real clients (tests/test_containers.py).
+image-test: $(STAMP) $(OPENVINO_INT8_MODEL) $(ONNX_MODEL)
+	PG_URL=$$(.ci/postgres 2>/dev/null || true); \
+	MODEL_REPOSITORY_OPENVINO_INT8=$(OPENVINO_INT8_REPO) MODEL_REPOSITORY_ONNX=$(ONNX_REPO) \
+		$${PG_URL:+TEST_POSTGRES_URL=$$PG_URL} \
+		$(BIN)/python -m pytest -m containers tests/test_containers.py -v
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) $(MLFLOW_VENV) $(MODEL_REPO) $(ONNX_REPO) $(INT8_REPO) $(OPENVINO_REPO) $(OPENVINO_INT8_REPO) bench-results soak-results .pytest_cache .mypy_cache .ruff_cache

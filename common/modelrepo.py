@@ -28,6 +28,11 @@ TORCHSCRIPT_PLATFORM = "pytorch_libtorch"
 ONNX_PLATFORM = "onnxruntime_onnx"
 # Triton's OpenVINO backend has no platform name: configs say `backend: "openvino"`.
 OPENVINO = "openvino"
+# The config parameter naming the torch that exported a TorchScript model.pt (`python -m
+# modelbuild torchscript` writes it): TorchScript files load in the same or a newer torch only,
+# so the predictor refuses an older one at load with a message instead of failing inside
+# torch.jit.load. Triton's PyTorch backend ignores parameters it does not know.
+EXPORTED_WITH_TORCH = "exported_with_torch"
 # Triton's default model file name per platform (`default_model_filename` overrides it).
 PLATFORM_FILES = {
     TORCHSCRIPT_PLATFORM: MODEL_FILE,

@@ -20,6 +20,7 @@ from torch import nn
 from common.cli import DEFAULT_MODEL_NAME, LOCAL_MODEL_REPOSITORY
 from common.modelrepo import (
     CONFIG_FILE,
+    EXPORTED_WITH_TORCH,
     MODEL_FILE,
     TORCHSCRIPT_PLATFORM,
     ModelConfig,
@@ -80,8 +81,10 @@ def imagenet_labels() -> list[str]:
 
 def model_config(name: str, platform: str = TORCHSCRIPT_PLATFORM) -> ModelConfig:
     """The Triton model configuration of the exported model (written as config.pbtxt); the
-    same tensors on every platform."""
+    same tensors on every platform. A TorchScript model's names the torch exporting it."""
+    torchscript = platform == TORCHSCRIPT_PLATFORM
     return ModelConfig(
+        parameters={EXPORTED_WITH_TORCH: torch.__version__} if torchscript else {},
         name=name,
         platform=platform,
         max_batch_size=MAX_BATCH_SIZE,

@@ -18,7 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from common.modelrepo import ONNX_PLATFORM, OPENVINO, TORCHSCRIPT_PLATFORM, ModelVersion
+from common.modelrepo import (
+    EXPORTED_WITH_TORCH,
+    ONNX_PLATFORM,
+    OPENVINO,
+    TORCHSCRIPT_PLATFORM,
+    ModelVersion,
+)
 
 from . import normalized
 from .plan import ExecutionPlan, plan_execution
@@ -121,8 +127,9 @@ def _build_onnx(version: ModelVersion, plan: ExecutionPlan, contract: Contract) 
 
 
 def _build_torchscript(version: ModelVersion, plan: ExecutionPlan, contract: Contract) -> Engine:
-    from .torchscript import TorchScriptEngine
+    from .torchscript import TorchScriptEngine, check_torch_version
 
+    check_torch_version(version.config.parameters.get(EXPORTED_WITH_TORCH))
     methods = (normalized.NORMALIZED_METHOD,)
     engine = TorchScriptEngine.warmed(version.artifact, plan, contract, methods)
     return normalized.with_entrance(engine, normalized.torchscript_entrance)

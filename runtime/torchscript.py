@@ -11,12 +11,15 @@ and the same thread: `runtime.worker.ForwardWorker` owns that thread (and says w
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from common.modelrepo import CONFIG_FILE, EXPORTED_WITH_TORCH, ModelRepositoryError
 
 from .plan import ExecutionPlan
 from .tensors import Contract, Tensors
@@ -25,6 +28,30 @@ logger = logging.getLogger(__name__)
 
 # Batch sizes captured as CUDA graphs; a batch runs in the smallest graph that holds it.
 GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def check_torch_version(exported_with: str | None, runtime: str = torch.__version__) -> None:
+    """Raise ModelRepositoryError when `runtime` torch is older than the torch that exported the
+    model (TorchScript loads in the same or a newer torch only); nothing when the repository
+    does not say (an export older than the parameter)."""
+    if not exported_with:
+        return
+    if _release(runtime) < _release(exported_with):
+        raise ModelRepositoryError(
+            f"model.pt was exported with torch {exported_with} ({CONFIG_FILE} parameter "
+            f"{EXPORTED_WITH_TORCH}) but this predictor has torch {runtime}: TorchScript files "
+            "load only in the same or a newer torch. Serve it from an image whose torch is at "
+            f"least {'.'.join(map(str, _release(exported_with)))} (docker/predictor.Dockerfile's "
+            "BASE_IMAGE), or export the model with this torch"
+        )
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The numeric release of a version string ("2.13.0+cpu" -> (2, 13, 0))."""
+    match = re.match(r"\d+(?:\.\d+)*", version.strip())
+    if match is None:
+        raise ModelRepositoryError(f"torch version {version!r}: expected numbers like 2.13.0")
+    return tuple(int(part) for part in match.group().split("."))
 
 
 class TorchScriptEngine:

@@ -60,6 +60,7 @@ CPU_URI = "gs://YOUR-BUCKET/models/image-classifier/v1-openvino-int8"  # the def
 CANARY_PERCENT = 10
 IMAGE_PATTERNS = {
     "predictor": re.compile(r"ghcr\.io/example/image-classifier-predictor:\d+\.\d+\.\d+"),
+    "predictor-cpu": re.compile(r"ghcr\.io/example/image-classifier-predictor-cpu:\d+\.\d+\.\d+"),
     "transformer": re.compile(r"ghcr\.io/example/image-classifier-transformer:\d+\.\d+\.\d+"),
     "triton": re.compile(r"nvcr\.io/nvidia/tritonserver:\d{2}\.\d{2}-py3"),
 }
@@ -398,9 +399,10 @@ def test_images_are_pinned(overlay: str) -> None:
     images += [
         c["image"] for d in docs if d["kind"] == "ServingRuntime" for c in d["spec"]["containers"]
     ]
-    expected = (
-        {"transformer", "triton"} if OVERLAYS[overlay].triton else {"predictor", "transformer"}
-    )
+    # Overlays with the cpu component run the CPU predictor image (no torch), the others the
+    # CUDA one.
+    predictor = "predictor" if OVERLAYS[overlay].gpu else "predictor-cpu"
+    expected = {"transformer", "triton"} if OVERLAYS[overlay].triton else {predictor, "transformer"}
     for image in images:
         assert any(IMAGE_PATTERNS[kind].fullmatch(image) for kind in expected), image
     assert {

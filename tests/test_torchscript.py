@@ -75,3 +75,37 @@ def test_cpu_engine_gives_same_logits_for_pixels_and_normalised_input(
     assert built_on and built_on[0] is not threading.current_thread()
     assert from_pixels.shape == (2, 1000) and from_pixels.dtype == np.float32
     np.testing.assert_allclose(from_pixels, from_float, atol=1e-3)
+
+
+def test_the_export_names_its_torch_and_an_older_runtime_is_refused_at_load(
+    model_repository: Path, tmp_path: Path
+) -> None:
+    import dataclasses
+    import shutil
+
+    import torch
+
+    from common.modelrepo import CONFIG_FILE, EXPORTED_WITH_TORCH, ModelRepositoryError
+    from modelbuild.export import model_config
+    from runtime.torchscript import check_torch_version
+
+    # What `make model-repo` writes: the torch that exported model.pt.
+    assert model_config("m").parameters == {EXPORTED_WITH_TORCH: torch.__version__}
+    assert model_config("m", "onnxruntime_onnx").parameters == {}
+    check_torch_version(torch.__version__)  # the same torch: loads
+    check_torch_version("2.4.1", runtime="2.13.0+cpu")  # a newer runtime: loads
+    check_torch_version(None)  # an export from before the parameter: not checked
+    with pytest.raises(
+        ModelRepositoryError, match=r"exported with torch 2\.13\.0\+cu130 .* 2\.7\.1"
+    ):
+        check_torch_version("2.13.0+cu130", runtime="2.7.1")
+
+    # A repository exported by a newer torch than this one: refused before torch.jit.load.
+    copy = tmp_path / "repository"
+    shutil.copytree(model_repository, copy)
+    exported = resolve(copy, "image-classifier").config
+    newer = dataclasses.replace(exported, parameters={EXPORTED_WITH_TORCH: "99.0.0"})
+    (copy / "image-classifier" / CONFIG_FILE).write_text(newer.to_pbtxt())
+    version = resolve(copy, "image-classifier")
+    with pytest.raises(ModelRepositoryError, match=r"least 99\.0\.0 \(docker/predictor"):
+        build_engine(version, plan_execution("cpu", "auto", "auto", 1, False), 4)
