@@ -170,10 +170,9 @@ images: $(STAMP)
 # The transformer, CPU predictor and batch images built on a Debian base made with debootstrap,
 # then run as the cpu overlay and the batch Job run them, with real clients (tests/test_containers.py).
 image-test: $(STAMP) $(OPENVINO_INT8_MODEL) $(ONNX_MODEL)
-	PG_URL=$$(.ci/postgres 2>/dev/null || true); \
+	PG_URL=$${TEST_POSTGRES_URL:-$$(.ci/postgres 2>/dev/null || true)}; \
 	MODEL_REPOSITORY_OPENVINO_INT8=$(OPENVINO_INT8_REPO) MODEL_REPOSITORY_ONNX=$(ONNX_REPO) \
-		$${PG_URL:+TEST_POSTGRES_URL=$$PG_URL} \
-		$(BIN)/python -m pytest -m containers tests/test_containers.py -v
+		TEST_POSTGRES_URL=$$PG_URL $(BIN)/python -m pytest -m containers tests/test_containers.py -v
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) $(MLFLOW_VENV) $(MODEL_REPO) $(ONNX_REPO) $(INT8_REPO) $(OPENVINO_REPO) $(OPENVINO_INT8_REPO) bench-results soak-results .pytest_cache .mypy_cache .ruff_cache
