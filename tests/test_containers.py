@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,9 +25,9 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-import yaml
 from batch_db import POSTGRES_ENV
 from conftest import DATA, MODEL_NAME, grpc_calls
+from test_manifests import one, render
 from test_observability import b64
 
 from harness import containers, needs
@@ -38,7 +37,6 @@ from harness.servers import free_port
 
 pytestmark = pytest.mark.containers
 
-ROOT = Path(__file__).resolve().parent.parent
 OVERLAY = "cpu"
 USER_ID = 1000
 TOP1 = "espresso"
@@ -65,14 +63,10 @@ class Deployed:
 
 
 def rendered(path: str) -> list[dict[str, Any]]:
-    kubectl = needs.kubectl()
-    text = subprocess.run(
-        [kubectl, "kustomize", str(ROOT / "manifests" / path)],
-        capture_output=True,
-        check=True,
-        text=True,
-    ).stdout
-    return [doc for doc in yaml.safe_load_all(text) if doc]
+    """The rendered documents of manifests/<path> (test_manifests' renderer), or missing()
+    without kubectl."""
+    needs.kubectl()
+    return render(path)
 
 
 def container_of(spec: dict[str, Any]) -> dict[str, Any]:
@@ -115,7 +109,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def deployed(
     images: Images, repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployed]:
-    [service] = [d for d in rendered(f"overlays/{OVERLAY}") if d["kind"] == "InferenceService"]
+    service = one(rendered(f"overlays/{OVERLAY}"), "InferenceService")
     predictor_spec, transformer_spec = service["spec"]["predictor"], service["spec"]["transformer"]
     predictor_c, transformer_c = container_of(predictor_spec), container_of(transformer_spec)
     for container in (predictor_c, transformer_c):
@@ -287,7 +281,7 @@ def test_the_batch_job_writes_its_predictions_to_postgresql(
     admin_url = os.environ.get(POSTGRES_ENV)
     if not admin_url:
         needs.missing(f"no PostgreSQL for the batch image (${POSTGRES_ENV}; .ci/postgres)")
-    [job] = [d for d in rendered("batch") if d["kind"] == "Job"]
+    job = one(rendered("batch"), "Job")
     container = container_of(job["spec"]["template"]["spec"])
     shards = int(job["spec"]["completions"])
     with fresh_postgresql_database(admin_url, "image_test") as url:
