@@ -23,7 +23,15 @@ from vision.imaging import DecodeLimits, ImageError, preprocess
 from vision.postprocess import top_k
 from vision.preprocessing import Preprocessing
 
-from .outcomes import Failure, Finished, Outcome, Prediction, read_unless_stored, top_up
+from .outcomes import (
+    ClassifierConfigError,
+    Failure,
+    Finished,
+    Outcome,
+    Prediction,
+    read_unless_stored,
+    top_up,
+)
 from .runner import ForwardRunner, plan_runner
 from .settings import DEFAULT_BATCH_SIZE, DEFAULT_CPU_BATCH_SIZE, BatchSettings
 from .sources import Image, Work
@@ -60,7 +68,18 @@ class LocalClassifier:
         self.limits = DecodeLimits(max_pixels=settings.max_image_pixels)
         self.max_image_bytes = settings.max_image_bytes
         self.top_k = min(settings.top_k, len(self.labels))
-        plan = plan_runner(version, available_cpus(), settings.instances, settings.num_threads)
+        try:
+            plan = plan_runner(
+                version,
+                available_cpus(),
+                settings.instances,
+                settings.num_threads,
+                settings.device,
+                settings.precision,
+                settings.cuda_graphs,
+            )
+        except ValueError as exc:
+            raise ClassifierConfigError(str(exc)) from exc
         default_batch = DEFAULT_CPU_BATCH_SIZE if plan.on_cpu else DEFAULT_BATCH_SIZE
         self.batch_size = settings.batch_size or min(
             version.config.max_batch_size or 1, default_batch

@@ -26,8 +26,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from common.modelrepo import ModelVersion
-from runtime.engines import build_engine, cuda_available, plan_engine
-from runtime.plan import ExecutionPlan
+from runtime.engines import build_engine, cuda_info, plan_engine
+from runtime.plan import CudaInfo, ExecutionPlan
 from runtime.tensors import Engine
 from runtime.worker import ForwardWorker
 
@@ -53,12 +53,22 @@ MAX_DEFAULT_INSTANCES = 8
 
 
 def plan_runner(
-    version: ModelVersion, cpus: int, instances: int | None, num_threads: int | None
+    version: ModelVersion,
+    cpus: int,
+    instances: int | None,
+    num_threads: int | None,
+    device: str = "auto",
+    precision: str = "auto",
+    cuda_graphs: str = "auto",
+    cuda: CudaInfo | None = None,
 ) -> RunnerPlan:
     """The flags where given, else on the CPU one single-thread instance per CPU (at most
     MAX_DEFAULT_INSTANCES, sharing the CPUs' threads), on a GPU one instance (the GPU is then
-    what limits, not the CPUs). Raises ValueError for an unknown platform."""
-    plan = plan_engine(version.config.platform, "auto", "auto", "auto", 1, cuda_available())
+    what limits, not the CPUs). The device, precision and graph flags are the predictor's
+    (`cuda`: what torch sees, read here when not given). Raises ValueError for an unknown
+    platform or an impossible choice."""
+    cuda = cuda_info() if cuda is None else cuda
+    plan = plan_engine(version.config.platform, device, precision, cuda_graphs, 1, cuda)
     count = instances or (min(cpus, MAX_DEFAULT_INSTANCES) if plan.device == "cpu" else 1)
     threads = num_threads or max(1, cpus // count)
     return RunnerPlan(replace(plan, num_threads=threads), count)

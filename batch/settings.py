@@ -13,6 +13,7 @@ from pathlib import Path
 
 from common.cli import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MODEL_NAME, positive_int
 from common.cpus import available_cpus
+from runtime import plan
 
 DEFAULT_DB = "sqlite:///predictions.db"
 DB_ENV = "BATCH_DB_URL"  # the manifests fill it from a Secret, so the URL is never in args
@@ -65,6 +66,9 @@ class BatchSettings:
     decode_workers: int
     instances: int | None  # None: batch.runner.plan_instances decides
     num_threads: int | None
+    device: str  # --model_dir: as the predictor's flags (runtime.plan)
+    precision: str
+    cuda_graphs: str
     timeout_s: float
     retries: int
     max_image_pixels: int
@@ -199,6 +203,7 @@ def parser() -> argparse.ArgumentParser:
         help="--model_dir: intra-op threads of each instance (default: the CPUs available "
         "divided among the instances, at least 1).",
     )
+    plan.add_flags(p, "--model_dir, as the predictor's flag: ")
     p.add_argument(
         "--timeout",
         type=positive_float,
@@ -282,6 +287,9 @@ def parse(argv: list[str] | None = None, environ: Mapping[str, str] | None = Non
         decode_workers=args.decode_workers or cpus,
         instances=args.instances,
         num_threads=args.num_threads,
+        device=args.device,
+        precision=args.precision,
+        cuda_graphs=args.cuda_graphs,
         timeout_s=args.timeout,
         retries=args.retries,
         max_image_pixels=args.max_image_pixels,

@@ -30,6 +30,7 @@ from common.cli import DEFAULT_MODEL_NAME, positive_ints  # noqa: E402
 from common.cpus import available_cpus  # noqa: E402
 from common.modelrepo import resolve  # noqa: E402
 from runtime.engines import build_engine, plan_engine  # noqa: E402
+from runtime.plan import NO_CUDA  # noqa: E402
 from runtime.tensors import run_one  # noqa: E402
 from vision.imaging import DecodeLimits, preprocess  # noqa: E402
 
@@ -57,7 +58,7 @@ def measure(argv: list[str] | None = None) -> dict[str, object]:
     if not paths:
         raise SystemExit(f"bench.limit: no .jpg images in {args.images}")
     blobs = [path.read_bytes() for path in paths]
-    plan = plan_engine(version.config.platform, "cpu", "auto", "auto", threads, False)
+    plan = plan_engine(version.config.platform, "cpu", "auto", "auto", threads, NO_CUDA)
     runner = build_engine(version, plan, max(args.batch_sizes))
 
     # Warm the decoder and record each image's top-1 class, for agreement checks.

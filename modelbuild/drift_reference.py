@@ -18,7 +18,7 @@ import numpy as np
 from common.cli import DEFAULT_MODEL_NAME
 from common.cpus import available_cpus
 from common.modelrepo import resolve
-from runtime.plan import plan_execution
+from runtime.plan import NO_CUDA, plan_execution
 from runtime.tensors import Contract, run_one
 from runtime.torchscript import TorchScriptEngine
 from vision.drift import PROFILE_FILENAME, ReferenceProfile, input_statistics
@@ -40,7 +40,7 @@ def reference_rows(
     version = resolve(model_dir, model_name)
     params = Preprocessing.read(version.model_dir)
     limits = DecodeLimits(max_pixels=max_pixels)
-    plan = plan_execution("cpu", "fp32", "off", available_cpus(), cuda_available=False)
+    plan = plan_execution("cpu", "fp32", "off", available_cpus(), NO_CUDA)
     contract = replace(Contract.of(version.config), max_batch_size=BATCH)
     engine = TorchScriptEngine(version.artifact, plan, contract)  # one thread: this one
     rows: list[np.ndarray] = []

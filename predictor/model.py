@@ -18,7 +18,7 @@ from common import admission, codecs, pacing, telemetry, tracing
 from common.modelrepo import ModelVersion, resolve
 from runtime.engines import (
     build_engine,
-    cuda_available,
+    cuda_info,
     describe,
     engine_name,
     plan_engine,
@@ -98,7 +98,7 @@ class RepositoryModel(Model):
         self.version = resolve(s.model_dir, s.model_name, s.model_version)
         config = self.version.config
         plan = plan_engine(
-            config.platform, s.device, s.precision, s.cuda_graphs, s.num_threads, cuda_available()
+            config.platform, s.device, s.precision, s.cuda_graphs, s.num_threads, cuda_info()
         )
         # config.pbtxt decides; a flag given on the command line overrides the forward-pass size
         # only. A request may carry up to config.max_batch_size rows whatever the flag says

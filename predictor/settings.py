@@ -10,6 +10,7 @@ from common import lifecycle, pacing
 from common.cli import DEFAULT_MODEL_DIR, non_negative_float, positive_int
 from common.cpus import available_cpus
 from common.server import base_parser
+from runtime import plan
 
 # Model instances. Measured in process, batch 8, AMD EPYC AVX2, 2 CPUs: 2 x 1 thread against
 # 1 x 2 threads gave the same images/s with ONNX Runtime FP32 (143/135 vs 137/140) and 1.13x
@@ -62,21 +63,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model_dir", default=DEFAULT_MODEL_DIR, help="Model repository root.")
     p.add_argument("--model_version", default=None, help="Version directory (default: newest).")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "fp16", "bf16"],
-        help="auto: fp16 on CUDA (TorchScript); else fp32, or what the repository's config says "
-        "(OpenVINO's HINT_BF16, written by a BF16 build that passed its fidelity gate). ONNX "
-        "Runtime runs its file's precision (fp32, or int8).",
-    )
-    p.add_argument(
-        "--cuda_graphs",
-        default="auto",
-        choices=["auto", "on", "off"],
-        help="Capture CUDA graphs for common batch sizes (auto: on with CUDA).",
-    )
+    plan.add_flags(p)
     p.add_argument(
         "--instances",
         type=positive_int,

@@ -14,6 +14,7 @@ engine here, so all serve a repository the same way.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,11 +28,12 @@ from common.modelrepo import (
 )
 
 from . import normalized
-from .plan import ExecutionPlan, plan_execution
+from .plan import NO_CUDA, CudaInfo, ExecutionPlan, plan_execution
 from .tensors import Contract, Engine
 
-# (device, precision, cuda_graphs, num_threads, cuda_available) -> the plan, or ValueError.
-Planner = Callable[[str, str, str, int, bool], ExecutionPlan]
+# (device, precision, cuda_graphs, num_threads, what torch sees of CUDA) -> the plan, or
+# ValueError.
+Planner = Callable[[str, str, str, int, CudaInfo], ExecutionPlan]
 # (version, plan, contract with the forward pass's batch size) -> a warmed engine.
 Builder = Callable[[ModelVersion, ExecutionPlan, Contract], Engine]
 
@@ -51,7 +53,7 @@ def _refused(*checks: tuple[str, str, bool]) -> list[str]:
 
 
 def _plan_cpu_only(
-    device: str, precision: str, cuda_graphs: str, num_threads: int, cuda_available: bool
+    device: str, precision: str, cuda_graphs: str, num_threads: int, cuda: CudaInfo
 ) -> ExecutionPlan:
     """The plan of an engine that runs on the CPU at its file's precision."""
     wrong = _refused(
@@ -69,7 +71,7 @@ def _plan_cpu_only(
 
 
 def _plan_openvino(
-    device: str, precision: str, cuda_graphs: str, num_threads: int, cuda_available: bool
+    device: str, precision: str, cuda_graphs: str, num_threads: int, cuda: CudaInfo
 ) -> ExecutionPlan:
     """OpenVINO's plan: the CPU, FP32, or BF16 when asked for where the CPU computes it natively.
 
@@ -156,10 +158,10 @@ def plan_engine(
     precision: str,
     cuda_graphs: str,
     num_threads: int,
-    cuda_available: bool,
+    cuda: CudaInfo,
 ) -> ExecutionPlan:
     """Resolve the flags for the platform's engine; raises ValueError for impossible choices."""
-    return engine_type(platform).plan(device, precision, cuda_graphs, num_threads, cuda_available)
+    return engine_type(platform).plan(device, precision, cuda_graphs, num_threads, cuda)
 
 
 def build_engine(version: ModelVersion, plan: ExecutionPlan, max_batch_size: int) -> Engine:
@@ -169,13 +171,15 @@ def build_engine(version: ModelVersion, plan: ExecutionPlan, max_batch_size: int
     return engine_type(version.config.platform).build(version, plan, contract)
 
 
-def cuda_available() -> bool:
-    """Whether torch is installed and sees a CUDA device (False without torch)."""
+def cuda_info() -> CudaInfo:
+    """What torch sees of CUDA here (NO_CUDA's counts without torch); initialises no device."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:
         import torch
     except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
+        return replace(NO_CUDA, visible_devices=visible)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return CudaInfo(count, torch.__version__, torch.version.cuda, visible)
 
 
 def engine_name(version: ModelVersion, plan: ExecutionPlan, engine: Engine) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from .tensors import Contract, Tensors
+from .tensors import Contract, EngineLoadError, Tensors
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ _LOAD_ERRORS = (
 )
 
 
-class OnnxEngineError(RuntimeError):
+class OnnxEngineError(EngineLoadError):
     """The ONNX file cannot be served as the model repository declares it."""
 
 

@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from .tensors import Contract, Tensors
+from .tensors import Contract, EngineLoadError, Tensors
 
 # Triton's OpenVINO backend parameters that map onto OpenVINO's CPU properties one to one.
 PASSED_THROUGH = ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT", "ENABLE_CPU_PINNING")
 QUANTIZE_OPS = ("FakeQuantize", "FakeConvert")
 
 
-class OpenVinoEngineError(RuntimeError):
+class OpenVinoEngineError(EngineLoadError):
     """The model file cannot be served as the model repository declares it."""
 
 
@@ -90,8 +90,9 @@ class OpenVinoEngine:
         options = compile_options(num_threads, precision, parameters or {})
         self.compiled = core.compile_model(model, "CPU", options)
         self.request = self.compiled.create_infer_request()
-        hint = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
-        self.precision = "int8" if quantized else ("bf16" if "bf16" in hint else "fp32")
+        # What the plugin compiled to (a Type: its str is "bfloat16", not "bf16").
+        bf16 = self.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
+        self.precision = "int8" if quantized else ("bf16" if bf16 else "fp32")
 
     @classmethod
     def warmed(

@@ -21,6 +21,11 @@ from common.modelrepo import ModelConfig, TensorSpec, datatype_name
 Tensors = dict[str, np.ndarray]
 
 
+class EngineLoadError(RuntimeError):
+    """An engine could not be built as configured (its file, its device, a self-check): the
+    model must not become ready."""
+
+
 class ContractError(ValueError):
     """A request's tensors are not what the model declares; the message says what differs."""
 
@@ -106,6 +111,25 @@ class Contract:
             )
             for spec in self.inputs
         }
+
+    def sample(self, rows: int, seed: int = 0) -> Tensors:
+        """Inputs of `rows` rows with a different non-zero value in every element (a variable
+        dimension taken as 1): for self-checks, where all-zero input would hide a wrong
+        answer. Raises ContractError for BYTES inputs."""
+        rng = np.random.default_rng(seed)
+        sampled: Tensors = {}
+        for spec in self.inputs:
+            shape = (rows, *(max(d, 1) for d in spec.dims))
+            if spec.datatype == "BYTES":
+                raise ContractError(f"input {spec.name!r}: no sample of BYTES")
+            if spec.datatype == "BOOL":
+                sampled[spec.name] = np.ones(shape, dtype=bool)
+            elif np.issubdtype(spec.dtype, np.integer):
+                high = min(int(np.iinfo(spec.dtype).max), 255)
+                sampled[spec.name] = rng.integers(1, high, shape, endpoint=True).astype(spec.dtype)
+            else:
+                sampled[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        return sampled
 
 
 class Runner(Protocol):

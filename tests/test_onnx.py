@@ -18,10 +18,14 @@ from modelbuild.export import PREPROCESSING
 from modelbuild.quantize import saturating_cpu
 from runtime.engines import build_engine, plan_engine
 from runtime.onnx_engine import OnnxEngine, OnnxEngineError
+from runtime.plan import NO_CUDA, CudaInfo
 from runtime.tensors import Contract, run_one
 from vision.preprocessing import Preprocessing
 
 PHOTOS = sorted(p.name for p in DATA.iterdir())
+
+
+ONE_GPU = CudaInfo(1, "2.13.0+cu128", "12.8")  # what torch reports on a one-GPU node
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +61,7 @@ def test_onnx_repository_keeps_the_tensor_contract(
 
 def test_onnx_fp32_matches_the_eager_model(onnx_repository: Path) -> None:
     version = resolve(onnx_repository, MODEL_NAME)
-    plan = plan_engine(ONNX_PLATFORM, "cpu", "auto", "auto", 2, cuda_available=False)
+    plan = plan_engine(ONNX_PLATFORM, "cpu", "auto", "auto", 2, NO_CUDA)
     engine = build_engine(version, plan, 8)
     pixels = np.stack([reference.decode((DATA / n).read_bytes()) for n in PHOTOS])
     expected = reference.logits(pixels)
@@ -99,14 +103,14 @@ def test_onnx_plan_refuses_gpu_flags(
     device: str, precision: str, graphs: str, message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
-        plan_engine(ONNX_PLATFORM, device, precision, graphs, 2, cuda_available=True)
+        plan_engine(ONNX_PLATFORM, device, precision, graphs, 2, ONE_GPU)
 
 
 def test_onnx_plan_runs_on_the_cpu_even_where_cuda_is() -> None:
-    plan = plan_engine(ONNX_PLATFORM, "auto", "auto", "auto", 3, cuda_available=True)
+    plan = plan_engine(ONNX_PLATFORM, "auto", "auto", "auto", 3, ONE_GPU)
     assert (plan.device, plan.cuda_graphs, plan.num_threads) == ("cpu", False, 3)
     with pytest.raises(ValueError, match="platform 'tensorflow_savedmodel'"):
-        plan_engine("tensorflow_savedmodel", "auto", "auto", "auto", 1, False)
+        plan_engine("tensorflow_savedmodel", "auto", "auto", "auto", 1, NO_CUDA)
 
 
 # --- fidelity: pure functions --------------------------------------------------------------

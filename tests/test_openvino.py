@@ -24,9 +24,13 @@ from runtime.openvino_engine import (
     compile_options,
     cpu_capabilities,
 )
+from runtime.plan import NO_CUDA, CudaInfo
 from runtime.tensors import Contract, run_one
 
 PHOTOS = sorted(p.name for p in DATA.iterdir())
+
+
+ONE_GPU = CudaInfo(1, "2.13.0+cu128", "12.8")  # what torch reports on a one-GPU node
 
 
 @pytest.fixture(scope="module")
@@ -46,21 +50,21 @@ def test_the_plan_refuses_what_openvino_on_a_cpu_cannot_do(
     device: str, precision: str, graphs: str, flag: str
 ) -> None:
     with pytest.raises(ValueError, match=flag):
-        plan_engine(OPENVINO, device, precision, graphs, 2, cuda_available=True)
+        plan_engine(OPENVINO, device, precision, graphs, 2, ONE_GPU)
 
 
 def test_auto_precision_is_fp32_and_bf16_is_only_where_the_cpu_computes_it() -> None:
     """BF16 comes from a gated repository (HINT_BF16) or an explicit flag, never from auto."""
     native = "BF16" in cpu_capabilities()
-    auto = plan_engine(OPENVINO, "auto", "auto", "auto", 2, cuda_available=False)
+    auto = plan_engine(OPENVINO, "auto", "auto", "auto", 2, NO_CUDA)
     assert auto.device == "cpu" and auto.num_threads == 2
     assert auto.dtype == "fp32"
     if native:
-        assert plan_engine(OPENVINO, "cpu", "bf16", "off", 1, False).dtype == "bf16"
+        assert plan_engine(OPENVINO, "cpu", "bf16", "off", 1, NO_CUDA).dtype == "bf16"
     else:
         with pytest.raises(ValueError, match="no native BF16"):
-            plan_engine(OPENVINO, "cpu", "bf16", "off", 1, False)
-    assert plan_engine(OPENVINO, "cpu", "fp32", "off", 1, False).dtype == "fp32"
+            plan_engine(OPENVINO, "cpu", "bf16", "off", 1, NO_CUDA)
+    assert plan_engine(OPENVINO, "cpu", "fp32", "off", 1, NO_CUDA).dtype == "fp32"
 
 
 def test_config_parameters_win_as_in_triton() -> None:

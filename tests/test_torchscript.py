@@ -12,48 +12,78 @@ import pytest
 
 from common.modelrepo import resolve
 from runtime.engines import build_engine
-from runtime.plan import ExecutionPlan, plan_execution
+from runtime.plan import NO_CUDA, CudaInfo, ExecutionPlan, plan_execution
 from runtime.tensors import Engine
 from runtime.worker import ForwardWorker
 
+ONE_GPU = CudaInfo(1, "2.13.0+cu128", "12.8", None)
+TWO_GPUS = CudaInfo(2, "2.13.0+cu128", "12.8", "2,3")
 
-def test_auto_picks_cuda_fp16_and_graphs_when_cuda_is_present() -> None:
-    plan = plan_execution("auto", "auto", "auto", 4, cuda_available=True)
-    assert plan == ExecutionPlan("cuda", "fp16", cuda_graphs=True, num_threads=4)
+
+def test_auto_picks_the_first_gpu_fp16_and_graphs_when_cuda_is_present() -> None:
+    plan = plan_execution("auto", "auto", "auto", 4, ONE_GPU)
+    assert plan == ExecutionPlan("cuda:0", "fp16", cuda_graphs=True, num_threads=4)
 
 
 def test_auto_picks_cpu_fp32_without_cuda() -> None:
-    plan = plan_execution("auto", "auto", "auto", 2, cuda_available=False)
+    plan = plan_execution("auto", "auto", "auto", 2, NO_CUDA)
     assert plan == ExecutionPlan("cpu", "fp32", cuda_graphs=False, num_threads=2)
 
 
 def test_explicit_choices_are_honoured() -> None:
-    plan = plan_execution("cuda:1", "fp32", "off", 2, cuda_available=True)
+    plan = plan_execution("cuda:1", "fp32", "off", 2, TWO_GPUS)
     assert (plan.device, plan.dtype, plan.cuda_graphs) == ("cuda:1", "fp32", False)
+    assert plan_execution("cuda", "auto", "on", 2, TWO_GPUS).device == "cuda:0"
+    assert plan_execution("cuda", "auto", "on", 2, TWO_GPUS).graphs_required
+    assert not plan_execution("cuda", "auto", "auto", 2, TWO_GPUS).graphs_required
 
 
 @pytest.mark.parametrize(
-    ("device", "precision", "graphs", "message"),
+    ("device", "precision", "graphs", "cuda", "message"),
     [
-        ("cuda", "auto", "auto", "CUDA is not available"),
-        ("cpu", "fp16", "auto", "fp16 needs a CUDA device"),
-        ("cpu", "auto", "on", "needs a CUDA device"),
-        ("tpu", "auto", "auto", "expected auto, cpu"),
-        ("cpu", "bf16", "auto", "bf16 is the OpenVINO engine's"),
+        (
+            "cuda",
+            "auto",
+            "auto",
+            NO_CUDA,
+            r"CUDA is not available \(torch is not installed, CUDA_VISIBLE_DEVICES is unset, 0",
+        ),
+        (
+            "cuda:0",
+            "auto",
+            "auto",
+            CudaInfo(0, "2.13.0+cpu", None, None),
+            "torch 2.13.0\\+cpu is a CPU-only build",
+        ),
+        (
+            "cuda:2",
+            "auto",
+            "auto",
+            TWO_GPUS,
+            r"no CUDA device 2; expected an index from 0 to 1 \(torch 2.13.0\+cu128 built with "
+            r"CUDA 12.8, CUDA_VISIBLE_DEVICES='2,3', 2 CUDA device\(s\) visible\)",
+        ),
+        ("cuda:-1", "auto", "auto", TWO_GPUS, "expected auto, cpu, cuda or cuda:N"),
+        ("cuda1", "auto", "auto", TWO_GPUS, "expected auto, cpu, cuda or cuda:N"),
+        ("cudax", "auto", "auto", TWO_GPUS, "expected auto, cpu, cuda or cuda:N"),
+        ("cpu", "fp16", "auto", NO_CUDA, "fp16 needs a CUDA device"),
+        ("cpu", "auto", "on", NO_CUDA, "needs a CUDA device"),
+        ("tpu", "auto", "auto", NO_CUDA, "expected auto, cpu"),
+        ("cpu", "bf16", "auto", NO_CUDA, "bf16 is the OpenVINO engine's"),
     ],
 )
 def test_impossible_choices_are_refused(
-    device: str, precision: str, graphs: str, message: str
+    device: str, precision: str, graphs: str, cuda: CudaInfo, message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
-        plan_execution(device, precision, graphs, 1, cuda_available=False)
+        plan_execution(device, precision, graphs, 1, cuda)
 
 
 def test_cpu_engine_gives_same_logits_for_pixels_and_normalised_input(
     model_repository: Path,
 ) -> None:
     version = resolve(model_repository, "image-classifier")
-    plan = plan_execution("cpu", "auto", "auto", 2, False)
+    plan = plan_execution("cpu", "auto", "auto", 2, NO_CUDA)
     built_on: list[threading.Thread] = []
 
     def build() -> Engine:
@@ -108,4 +138,4 @@ def test_the_export_names_its_torch_and_an_older_runtime_is_refused_at_load(
     (copy / "image-classifier" / CONFIG_FILE).write_text(newer.to_pbtxt())
     version = resolve(copy, "image-classifier")
     with pytest.raises(ModelRepositoryError, match=r"least 99\.0\.0 \(docker/predictor"):
-        build_engine(version, plan_execution("cpu", "auto", "auto", 1, False), 4)
+        build_engine(version, plan_execution("cpu", "auto", "auto", 1, NO_CUDA), 4)

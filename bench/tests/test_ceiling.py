@@ -105,7 +105,7 @@ def test_report_ratios_targets_json_and_plot(tmp_path: Path) -> None:
 
 def test_zero_cost_model_keeps_the_contract(model_repository: Path, tmp_path: Path) -> None:
     from runtime.engines import build_engine
-    from runtime.plan import plan_execution
+    from runtime.plan import NO_CUDA, plan_execution
     from runtime.tensors import run_one
 
     model_dir = export_zero_cost(model_repository, tmp_path, MODEL_NAME)
@@ -113,7 +113,7 @@ def test_zero_cost_model_keeps_the_contract(model_repository: Path, tmp_path: Pa
     assert zero.config == real.config
     assert zero.labels() == real.labels()
     assert (model_dir / "1" / "model.pt").is_file()
-    runner = build_engine(zero, plan_execution("cpu", "auto", "auto", 1, False), 8)
+    runner = build_engine(zero, plan_execution("cpu", "auto", "auto", 1, NO_CUDA), 8)
     pixels = np.zeros((3, *real.config.inputs[0].dims), dtype=np.uint8)
     pixels[1, 0, 0, 0] = 200
     logits = run_one(runner, pixels)

@@ -40,6 +40,7 @@ from common.modelrepo import ModelConfig, TensorSpec, resolve
 from harness.repositories import engine_repository
 from harness.servers import ROOT
 from runtime.engines import build_engine, plan_engine
+from runtime.plan import NO_CUDA
 from runtime.tensors import run_one
 from vision.imaging import DecodeLimits, preprocess
 from vision.preprocessing import Preprocessing
@@ -240,7 +241,7 @@ def pixels_and_logits(onnx_repository: Path) -> tuple[np.ndarray, np.ndarray]:
             for name in IMAGES
         ]
     )
-    plan = plan_engine(version.config.platform, "cpu", "auto", "auto", THREADS, False)
+    plan = plan_engine(version.config.platform, "cpu", "auto", "auto", THREADS, NO_CUDA)
     engine = build_engine(version, plan, version.config.max_batch_size)
     logits = np.concatenate([run_one(engine, row[None]) for row in pixels])
     return pixels, logits
