@@ -310,6 +310,7 @@ def test_gpu_only_on_the_predictor_and_only_in_gpu_overlays(overlay: str) -> Non
                 )
         tolerations = {t["key"] for t in predictor.get("tolerations", [])}
         assert (GPU in tolerations) == expect.gpu, label
+        assert predictor.get("runtimeClassName") == ("nvidia" if expect.gpu else None), label
         assert ("nvidia.com/gpu.present" in predictor.get("nodeSelector", {})) == expect.gpu, label
     transformer = isvc["spec"]["transformer"]
     for container in transformer["containers"]:
@@ -689,10 +690,9 @@ def test_shutdown_fits_inside_the_grace_period(overlay: str) -> None:
         assert needed + 5 <= grace, f"{name}: shutdown takes up to {needed:g} s, grace {grace}"
 
 
-# Host memory the CUDA context takes beyond the CPU process, which no test here can measure
-# (the base manifest's sizing: CUDA context and torch libraries ~2-3 GiB; the libraries are in
-# the measured CPU figure).
-CUDA_CONTEXT_BYTES = 2 * 1024**3
+# Host memory the CUDA context takes beyond the CPU process, which no test here can measure:
+# 2-3 GiB resident with cuBLAS and cuDNN loaded (published figures), the upper end taken.
+CUDA_CONTEXT_BYTES = 3 * 1024**3
 MEMORY_UNITS = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
 
 
