@@ -10,6 +10,7 @@ graph PyTorch only warns about, nothing at all).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import warnings
@@ -266,3 +267,45 @@ def test_asking_for_cuda_on_a_cpu_machine_exits_2_with_the_reason(
     assert "CUDA is not available" in done.stderr
     assert "CUDA_VISIBLE_DEVICES" in done.stderr and "0 CUDA device(s) visible" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_gpu_smoke_test_passes_its_dry_run_on_the_cpu(
+    model_repository: Path, tmp_path: Path
+) -> None:
+    """scripts/gpu_smoke.py --dry-run: every check but CUDA, on the CPU, in FP32."""
+    report = tmp_path / "smoke.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "scripts/gpu_smoke.py",
+            "--dry-run",
+            "--model_repository",
+            str(model_repository),
+            "--submits",
+            "40",
+            "--seconds",
+            "0.5",
+            "--report",
+            str(report),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    document = json.loads(report.read_text())
+    assert document["passed"] and document["environment"]["dry_run"]
+    assert list(document["checks"]) == [
+        "load",
+        "build",
+        "distinct",
+        "reference",
+        "partial",
+        "graphs",
+        "normalized",
+        "batcher",
+        "throughput",
+    ]
+    assert all(check["passed"] for check in document["checks"].values())
+    assert document["checks"]["batcher"]["submits"] == 40
