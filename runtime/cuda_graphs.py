@@ -23,7 +23,6 @@ and stream each call gets is tested on a CPU.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,8 +31,6 @@ from typing import Any
 import torch
 
 from .tensors import EngineLoadError
-
-logger = logging.getLogger(__name__)
 
 Forward = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 # Passes on the side stream before each capture: lazy initialisation (cuBLAS handles, cuDNN
@@ -64,15 +61,21 @@ def graph_size(sizes: Sequence[int], rows: int) -> int:
     return min(fitting)
 
 
+def relative_difference(got: torch.Tensor, want: torch.Tensor) -> float:
+    """The largest |got - want| over want's largest magnitude (taken as at least 1): how far
+    two passes over the same input are apart (NaN when either has a NaN)."""
+    difference = (got.double() - want.double()).abs().max().item()
+    return float(difference / max(1.0, want.double().abs().max().item()))
+
+
 def disagreement(replayed: torch.Tensor, eager: torch.Tensor, rtol: float) -> str | None:
-    """How `replayed` differs from `eager` beyond rtol times eager's largest magnitude (at
-    least rtol), or None when it does not."""
+    """How `replayed` differs from `eager` beyond `rtol` (a relative_difference), or None when
+    it does not."""
     if replayed.shape != eager.shape:
         return f"shape {tuple(replayed.shape)}, eager {tuple(eager.shape)}"
-    difference = (replayed.float() - eager.float()).abs().max().item()
-    bound = rtol * max(1.0, eager.float().abs().max().item())
-    if not difference <= bound:  # also true for NaN
-        return f"largest difference {difference:.4g}, allowed {bound:.4g}"
+    difference = relative_difference(replayed, eager)
+    if not difference <= rtol:  # also true for NaN
+        return f"largest difference {difference:.4g} of the largest output, allowed {rtol:.4g}"
     return None
 
 
@@ -149,7 +152,3 @@ class CudaGraphs:
             slot[rows:].zero_()
         chosen.graph.replay()
         return [out[:rows] for out in chosen.outputs]
-
-    def clear(self) -> None:
-        """Drop every graph (and the memory it holds)."""
-        self._graphs.clear()

@@ -120,7 +120,6 @@ class TorchScriptEngine:
         # Recorded after the copies out of the staging buffers: they are reused only once it
         # has completed.
         self._staged = torch.cuda.Event() if self.on_cuda else None
-        self.cuda_graphs = False  # whether batches replay captured graphs (set by warm_up)
 
     @classmethod
     def warmed(
@@ -130,6 +129,11 @@ class TorchScriptEngine:
         engine = cls(artifact, plan, contract, methods)
         engine.warm_up()
         return engine
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether batches replay captured CUDA graphs (set up by warm_up)."""
+        return self._graphs is not None
 
     @property
     def warm_sizes(self) -> list[int]:
@@ -263,7 +267,6 @@ class TorchScriptEngine:
                 GRAPH_RTOL[self.dtype],
             )
         self._graphs = graphs
-        self.cuda_graphs = True
         logger.info(
             "captured CUDA graphs on %s for batch sizes %s, each checked against the eager pass",
             self.device,
