@@ -55,7 +55,7 @@ SERVE_MODEL_torchscript := $(MODEL)
 SERVE_MODEL_openvino := $(OPENVINO_MODEL)
 SERVE_MODEL_openvino-int8 := $(OPENVINO_INT8_MODEL)
 
-.PHONY: mlflow help venv model-repo model-repo-int8 model-repo-openvino serve test fuzz lint unit bench bench-ceiling soak images image-test clean triton
+.PHONY: gpu-smoke-kit mlflow help venv model-repo model-repo-int8 model-repo-openvino serve test fuzz lint unit bench bench-ceiling soak images image-test clean triton
 
 help:
 	@echo "make serve       create the venv, build the model repository, run predictor + transformer"
@@ -135,11 +135,29 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy common runtime vision modelbuild predictor transformer rollout scripts harness tests bench batch edge groundtruth
 
-test: lint $(MODEL) $(ONNX_MODEL) $(INT8_MODEL) $(OPENVINO_MODEL) $(OPENVINO_INT8_MODEL) $(MLFLOW_STAMP)
+test: lint $(MODEL) $(ONNX_MODEL) $(INT8_MODEL) $(OPENVINO_MODEL) $(OPENVINO_INT8_MODEL) $(MLFLOW_STAMP) \
+		$(GPU_SMOKE_KIT)
 	MODEL_REPOSITORY=$(MODEL_REPO) MODEL_REPOSITORY_ONNX=$(ONNX_REPO) \
 		MODEL_REPOSITORY_INT8=$(INT8_REPO) MODEL_REPOSITORY_OPENVINO=$(OPENVINO_REPO) \
 		MODEL_REPOSITORY_OPENVINO_INT8=$(OPENVINO_INT8_REPO) \
 		$(BIN)/python -m pytest
+
+# What scripts/gpu_smoke.py needs beyond the GPU image's torch, numpy, pillow and
+# prometheus-client, as pure-Python packages it puts on its path: protobuf and Triton's config
+# proto (config.pbtxt), opentelemetry-api (the batcher's spans). Carried to the GPU machine with
+# model_repository; versions as installed here, Python 3.10 or later.
+GPU_SMOKE_SITE := .gpu-smoke/site
+GPU_SMOKE_KIT := $(GPU_SMOKE_SITE)/tritonclient/grpc/model_config_pb2.py
+gpu-smoke-kit: $(GPU_SMOKE_KIT)
+$(GPU_SMOKE_KIT): $(STAMP)
+	rm -rf $(GPU_SMOKE_SITE) && mkdir -p $(GPU_SMOKE_SITE)/tritonclient/grpc
+	$(BIN)/python -m pip install --quiet --target $(GPU_SMOKE_SITE) --no-deps \
+		--only-binary=:all: --platform any --implementation py --python-version 3.10 \
+		$$($(BIN)/python -c 'from importlib.metadata import version as v; \
+			print(*(f"{p}=={v(p)}" for p in ("protobuf", "opentelemetry-api")))')
+	touch $(GPU_SMOKE_SITE)/tritonclient/__init__.py
+	cp "$$($(BIN)/python -c 'import importlib.util as u; \
+		print(u.find_spec("tritonclient").submodule_search_locations[0])')/grpc/model_config_pb2.py" $@
 
 # The long fuzzing run (make test runs the same properties briefly). Failures are kept in
 # .hypothesis/ and replayed first on the next run.

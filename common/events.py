@@ -53,7 +53,7 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import admission, tracing
+from . import admission, ids
 from .codecs import JSON_LENGTH_HEADER
 
 SPECVERSION = "1.0"
@@ -387,7 +387,7 @@ class CloudEventsMiddleware:
             return
         body = None  # the event's body is not kept while the route serves what it carried
         # The event's id becomes the request's id unless the client sent x-request-id.
-        request_id = tracing.adopt_v2_id(unwrapped.event["id"])
+        request_id = ids.adopt_v2_id(unwrapped.event["id"])
         extensions = answer_extensions(unwrapped.event)
         plain_headers, payload = unwrapped.headers, unwrapped.body
         del unwrapped
@@ -428,7 +428,7 @@ def _receiving(body: bytes, receive: Receive) -> Receive:
 
 def _request_id(adopted: str) -> str:
     # Read when the answer starts: a V2 body's id may have become the request id since.
-    return tracing.current_request_id() or adopted
+    return ids.current_request_id() or adopted
 
 
 class _BinaryAnswer:

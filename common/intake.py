@@ -36,9 +36,9 @@ from . import admission, budget, codecs
 from .admission import RETRY_AFTER_S
 from .budget import REST_COPIES, RequestMemory
 from .cli import positive_float, positive_int
+from .ids import new_request_id
 from .logs import Throttled
 from .metrics import request_protocol
-from .tracing import new_request_id
 
 logger = logging.getLogger(__name__)
 _refusals = Throttled(logger)

@@ -29,8 +29,8 @@ from kserve.errors import (
 from kserve.logging import KSERVE_LOG_CONFIG, KSERVE_LOGGER_NAME, configure_logging
 
 from .access_log import ACCESS_LOGGER, readiness
+from .ids import current_request_id
 from .throttled import Throttled
-from .tracing import current_request_id
 
 __all__ = ["Throttled", "configure", "logging_config"]
 

@@ -17,64 +17,26 @@ status and duration, none for health probes and metrics scrapes; and, with traci
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import access_log, telemetry
-from .ids import VALID_REQUEST_ID
+from .ids import CURRENT_REQUEST as _CURRENT
+from .ids import RequestContext, new_request_id
 from .metrics import V2_GRPC, ServerMetrics, request_protocol
 
 REQUEST_ID_HEADER = "x-request-id"
-_VALID_ID = VALID_REQUEST_ID
 # What the predictor accepts from the transformer: the ids of a shared call, comma-separated.
 _VALID_IDS = re.compile(r"[A-Za-z0-9._:/+=@,-]{1,8192}")
 _MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 # What a trace context travels in (W3C trace context and baggage): the only headers read for it.
 _TRACE_HEADERS = (b"traceparent", b"tracestate", b"baggage")
 _TRACE_KEYS = tuple(h.decode() for h in _TRACE_HEADERS)
-
-
-@dataclass
-class RequestContext:
-    """The id of the request being served, and whether the client chose it."""
-
-    request_id: str
-    from_client: bool
-
-
-_CURRENT: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
-    "request_context", default=None
-)
-
-
-def new_request_id() -> str:
-    """A fresh request id (32 hex digits)."""
-    return uuid.uuid4().hex
-
-
-def current_request_id() -> str | None:
-    """The id of the request this code runs for, None outside a request."""
-    context = _CURRENT.get()
-    return context.request_id if context is not None else None
-
-
-def adopt_v2_id(v2_id: str | None) -> str:
-    """The request's id once the V2 body is read: the header's, else the body's `id`, else the
-    one generated at the edge (or a new one outside any request)."""
-    context = _CURRENT.get()
-    if context is None:
-        return v2_id if v2_id and _VALID_ID.fullmatch(v2_id) else new_request_id()
-    if not context.from_client and v2_id and _VALID_ID.fullmatch(v2_id):
-        context.request_id, context.from_client = v2_id, True
-    return context.request_id
 
 
 def join_ids(tags: Sequence[Sequence[Any]]) -> str:

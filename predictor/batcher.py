@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import Histogram
 
-from common import telemetry, tracing
+from common import ids, telemetry
 from common.pacing import BusyClock, Throughput, WaitTarget
 from runtime.tensors import Tensors, rows_of, split_rows
 
@@ -188,7 +188,7 @@ class AdaptiveBatcher:
         self._ensure_worker(loop)
         pending = _Pending(dict(inputs), rows, loop.create_future(), deadline)
         if telemetry.enabled():
-            pending.trace, pending.request_id = telemetry.current(), tracing.current_request_id()
+            pending.trace, pending.request_id = telemetry.current(), ids.current_request_id()
             pending.queued_ns = telemetry.now_ns()
         if deadline is not None:
             pending.timer = loop.call_at(

@@ -14,7 +14,7 @@ from kserve import Model
 from kserve.errors import InvalidInput, ModelNotReady
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
-from common import admission, codecs, pacing, telemetry, tracing
+from common import admission, codecs, ids, pacing, telemetry
 from common.modelrepo import ModelVersion, resolve
 from runtime.engines import (
     build_engine,
@@ -196,7 +196,7 @@ class RepositoryModel(Model):
         if not isinstance(payload, InferRequest):
             return {"predictions": codecs.v1_predictions(outputs)}
         return InferResponse(
-            response_id=tracing.adopt_v2_id(payload.id),
+            response_id=ids.adopt_v2_id(payload.id),
             model_name=self.name,
             # As Triton's: which version answered (a transformer in front of a canary and its
             # stable version logs it, rollout/analysis.py compares them).

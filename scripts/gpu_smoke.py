@@ -13,11 +13,12 @@ off), normalized (the FP32 NCHW entrance equal to the UINT8 path), batcher (the 
 batcher under concurrent mixed submits, each equal to its standalone answer), throughput
 (images/s at the max batch size, peak GPU memory).
 
-`--dry-run` runs every check on the CPU in FP32 without graphs: everything but CUDA. The
-script needs what the predictor's engine needs (torch, numpy, pillow, protobuf and
-tritonclient's config proto for config.pbtxt) and, for the batcher check, the predictor's
-batcher's imports (prometheus-client, opentelemetry-api, grpcio, starlette); a missing one
-fails the checks that need it and names it. Exit status: 0 when every check passed, else 1.
+`--dry-run` runs every check on the CPU in FP32 without graphs: everything but CUDA. Beyond
+the GPU image's torch, numpy, pillow and prometheus-client, the script needs protobuf, Triton's
+config proto and opentelemetry-api: `make gpu-smoke-kit` puts them, pure Python, in
+.gpu-smoke/site, which the script puts first on its path (carry it with model_repository). A
+missing one fails the checks that need it and names it. Exit status: 0 when every check passed,
+else 1.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# `make gpu-smoke-kit`: pure-Python protobuf, Triton's config proto and opentelemetry-api, ahead
+# of the image's own packages (the config proto's generated code wants its protobuf version).
+KIT = ROOT / ".gpu-smoke" / "site"
+sys.path[:0] = [str(ROOT)] + ([str(KIT)] if KIT.is_dir() else [])
 
 PHOTOS = ROOT / "tests" / "data"
 MODEL_NAME = "image-classifier"

@@ -272,11 +272,15 @@ def test_asking_for_cuda_on_a_cpu_machine_exits_2_with_the_reason(
 def test_the_gpu_smoke_test_passes_its_dry_run_on_the_cpu(
     model_repository: Path, tmp_path: Path
 ) -> None:
-    """scripts/gpu_smoke.py --dry-run: every check but CUDA, on the CPU, in FP32."""
+    """scripts/gpu_smoke.py --dry-run: every check but CUDA, on the CPU, in FP32, importing only
+    what the GPU image has (tests/gpu_image.py) and the kit `make gpu-smoke-kit` builds."""
+    kit = ROOT / ".gpu-smoke" / "site"
+    assert kit.is_dir(), f"{kit} is missing: `make gpu-smoke-kit` (make test builds it)"
     report = tmp_path / "smoke.json"
     done = subprocess.run(
         [
             sys.executable,
+            "tests/gpu_image.py",
             "scripts/gpu_smoke.py",
             "--dry-run",
             "--model_repository",
@@ -309,3 +313,41 @@ def test_the_gpu_smoke_test_passes_its_dry_run_on_the_cpu(
     ]
     assert all(check["passed"] for check in document["checks"].values())
     assert document["checks"]["batcher"]["submits"] == 40
+
+
+def test_the_gpu_image_stand_in_refuses_what_the_image_lacks(tmp_path: Path) -> None:
+    """tests/gpu_image.py, which the dry run above runs under, hides site-packages beyond torch,
+    numpy, pillow and prometheus-client: otherwise that test would prove nothing about imports."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import importlib, json\n"
+        "found = {}\n"
+        "for name in ['torch', 'numpy', 'PIL', 'prometheus_client', 'kserve', 'grpc',\n"
+        "             'starlette', 'google.protobuf', 'tritonclient', 'opentelemetry.trace']:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "        found[name] = True\n"
+        "    except ImportError:\n"
+        "        found[name] = False\n"
+        "print(json.dumps(found))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "tests/gpu_image.py", str(probe)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == {
+        "torch": True,
+        "numpy": True,
+        "PIL": True,
+        "prometheus_client": True,
+        "kserve": False,
+        "grpc": False,
+        "starlette": False,
+        "google.protobuf": False,
+        "tritonclient": False,
+        "opentelemetry.trace": False,
+    }

@@ -26,7 +26,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY
 
-from common import codecs, telemetry, tracing
+from common import codecs, ids, telemetry, tracing
 from common.cpus import DECODE_NICENESS, lower_thread_priority
 from common.modelrepo import CONFIG_FILE, ModelConfig, ModelRepositoryError, resolve
 from groundtruth.schema import LOGGED_TOP_K
@@ -215,11 +215,11 @@ class ImageClassifierTransformer(Model):
         """Decode every image of a V1 or V2 request (in the decode pool); raises InvalidInput."""
         if isinstance(payload, InferRequest):
             images, parameters = self._v2_images(payload), payload.parameters
-            request_id = tracing.adopt_v2_id(payload.id)
+            request_id = ids.adopt_v2_id(payload.id)
             protocol, response_id = "v2", payload.id or request_id
         elif isinstance(payload, dict):
             images, parameters = self._v1_images(payload), payload.get("parameters")
-            request_id = tracing.adopt_v2_id(None)
+            request_id = ids.adopt_v2_id(None)
             protocol, response_id = "v1", request_id
         else:
             raise InvalidInput(
