@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from common.cli import DEFAULT_MODEL_NAME, LOCAL_MODEL_REPOSITORY, positive_ints
-from common.cpus import default_engine
+from common.cpus import cpu_kind, default_engine
 from harness.servers import ROOT, Pipeline, PipelineSpec, running
 
 from . import engines, overload, prediction_log, tracing
@@ -641,7 +641,9 @@ def measure_engines(
             log_dir / "fidelity.log",
         )
     ratios = engines.engine_ratios(runs)
+    default = default_engine_repository(settings)[0]
     targets = engines.engine_targets(ratios, fidelity)
+    targets += engines.default_engine_targets(runs, default, cpu_kind())
     return {
         "json": engines.to_json(runs, ratios, targets, fidelity),
         "table": engines.format_engines(runs, ratios, targets, fidelity),

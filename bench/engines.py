@@ -99,7 +99,12 @@ def engine_targets(
         key = f"forward_b{size}_onnx_fp32_over_int8"
         if key in ratios:
             targets.append(
-                Target(f"forward batch {size}: INT8 speed-up over FP32", ratios[key], 1.8, True)
+                Target(
+                    f"forward batch {size}: ONNX INT8 speed-up over ONNX FP32",
+                    ratios[key],
+                    1.8,
+                    at_least=True,
+                )
             )
     if fidelity is not None:
         targets.append(
@@ -112,6 +117,68 @@ def engine_targets(
             )
         )
     return targets
+
+
+# Issue 21's targets for the default engine (common.cpus picks it for this CPU kind): served
+# V2 gRPC c16 against its own in-process limit, p50 at c1 against its in-process single image,
+# and, on the CPUs with INT8 and BF16 units (AMX, AVX-512 VNNI), its forward pass at batch 8
+# against ONNX Runtime FP32 and OpenVINO's INT8 against its FP32.
+SERVED_OVER_OWN_LIMIT_MIN = 0.95
+C1_OVER_OWN_SINGLE_MAX = 1.25
+DEFAULT_OVER_ONNX_FP32_MIN = 2.0
+OPENVINO_INT8_OVER_FP32_MIN = 1.8
+VECTOR_INT8_KINDS = ("amx", "avx512_vnni")
+
+
+def default_engine_targets(runs: list[EngineRun], default: str, cpu_kind: str) -> list[Target]:
+    """Issue 21's targets for the engine `default` (a label of `runs`) on a CPU of `cpu_kind`;
+    the forward-pass targets only where the CPU has INT8/BF16 units."""
+    by = {r.engine: r for r in runs}
+    if default not in by:
+        return []
+    run = by[default]
+    c16, c1 = run.served(TARGET_PROTOCOL, TARGET_CONCURRENCY), run.served(TARGET_PROTOCOL, 1)
+    targets = [
+        Target(
+            f"served c16 V2 gRPC / in-process limit, {default}",
+            _ratio(c16.images_per_s if c16 else None, run.limit.best.images_per_s),
+            SERVED_OVER_OWN_LIMIT_MIN,
+            at_least=True,
+        ),
+        Target(
+            f"p50 c1 V2 gRPC / in-process single image, {default}",
+            _ratio(c1.latency.p50_ms if c1 else None, _batch1_ms(run)),
+            C1_OVER_OWN_SINGLE_MAX,
+            at_least=False,
+        ),
+    ]
+    if cpu_kind in VECTOR_INT8_KINDS:
+        size = max(FORWARD_BATCHES)
+        if ONNX_FP32 in by:
+            targets.append(
+                Target(
+                    f"forward batch {size}: {default} speed-up over ONNX FP32 ({cpu_kind})",
+                    _ratio(by[ONNX_FP32].forward_ms(size), run.forward_ms(size)),
+                    DEFAULT_OVER_ONNX_FP32_MIN,
+                    at_least=True,
+                )
+            )
+        if OPENVINO_FP32 in by and OPENVINO_INT8 in by:
+            targets.append(
+                Target(
+                    f"forward batch {size}: OpenVINO INT8 speed-up over OpenVINO FP32 ({cpu_kind})",
+                    _ratio(by[OPENVINO_FP32].forward_ms(size), by[OPENVINO_INT8].forward_ms(size)),
+                    OPENVINO_INT8_OVER_FP32_MIN,
+                    at_least=True,
+                )
+            )
+    return targets
+
+
+def _batch1_ms(run: EngineRun) -> float | None:
+    """The engine's in-process single image (decode + preprocess + forward, batch 1, median)."""
+    point = next((p for p in run.limit.points if p.batch_size == 1), None)
+    return point.batch_p50_ms if point is not None else None
 
 
 def format_engines(
@@ -159,7 +226,8 @@ def format_engines(
     for target in targets:
         value = "n/a" if target.value is None else f"{target.value:.2f}"
         verdict = "PASS" if target.passed else "FAIL"
-        lines.append(f"  {verdict}  {target.name}: {value} (target >= {target.threshold})")
+        bound = ">=" if target.at_least else "<="
+        lines.append(f"  {verdict}  {target.name}: {value} (target {bound} {target.threshold})")
     return "\n".join(lines)
 
 

@@ -35,8 +35,9 @@ FORWARD_NICENESS = 10
 #   ONNX Runtime FP32 by 1.2x at batch 8 in process and served, gate 96% where FP32 is sure;
 # - amx (Intel Xeon Sapphire Rapids, AMX + AVX-512 VNNI + BF16; issue 21's table): OpenVINO
 #   INT8 3.0x ONNX Runtime FP32 at batch 8, ahead of OpenVINO BF16 (2.5x);
-# - avx512_vnni without AMX: not measured; OpenVINO INT8, since VNNI is what INT8 kernels use
-#   and both measured kinds agree;
+# - avx512_vnni without AMX (AMD EPYC Zen 4: AVX-512 VNNI + BF16; `make bench` there): OpenVINO
+#   INT8 2.5x ONNX Runtime FP32 at batch 8 (17.4 vs 43.9 ms), ahead of OpenVINO BF16 (26-40 ms,
+#   `python -m bench.limit`; its gate passed at 100% where FP32 is sure);
 # - anything else (no AVX2; another architecture): not measured; ONNX Runtime FP32, the
 #   portable one.
 DEFAULT_ENGINES = {

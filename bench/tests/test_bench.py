@@ -16,6 +16,14 @@ import pytest
 from PIL import Image
 
 from bench.batch import BatchResult, BatchRun, Pair, median_pair
+from bench.engines import (
+    ONNX_FP32,
+    OPENVINO_FP32,
+    OPENVINO_INT8,
+    TORCHSCRIPT,
+    EngineRun,
+    default_engine_targets,
+)
 from bench.images import (
     ORIGINAL,
     PHONE,
@@ -334,3 +342,39 @@ def test_batch_ratio_without_url_runs_or_yardstick() -> None:
     assert result.in_process_over_limit == 0.0
     assert result.url_over_served is None
     assert "median of the runs: n/a" in "\n".join(result.format_lines())
+
+
+def engine_run(engine: str, b8_forward_ms: float, served_c16: float, p50_c1: float) -> EngineRun:
+    points = (
+        LimitPoint(1, 30, 1.0, 30.0, 20.0, forward_p50_ms=b8_forward_ms / 4),
+        LimitPoint(8, 400, 4.0, 100.0, 80.0, forward_p50_ms=b8_forward_ms),
+    )
+    limit = LimitResult(points, 20.0, 12.0, b8_forward_ms / 4, 2)
+    return EngineRun(engine, limit, cells(served_c16, 10.0, p50_c1))
+
+
+def test_default_engine_targets_are_against_its_own_limit_and_onnx_fp32() -> None:
+    """Issue 21's targets: served c16 >= 0.95x and p50 c1 <= 1.25x of the default engine's own
+    in-process figures (100 images/s, 20 ms single); forward speed-ups only on INT8 CPUs."""
+    runs = [
+        engine_run(ONNX_FP32, 44.0, 70.0, 30.0),
+        engine_run(OPENVINO_FP32, 48.0, 66.0, 30.0),
+        engine_run(OPENVINO_INT8, 20.0, 95.0, 25.0),
+    ]
+    targets = {t.name: t for t in default_engine_targets(runs, OPENVINO_INT8, "avx512_vnni")}
+    served = targets["served c16 V2 gRPC / in-process limit, OpenVINO INT8"]
+    assert served.value == pytest.approx(0.95) and served.passed
+    c1 = targets["p50 c1 V2 gRPC / in-process single image, OpenVINO INT8"]
+    assert c1.value == pytest.approx(1.25) and c1.passed and not c1.at_least
+    forward = targets["forward batch 8: OpenVINO INT8 speed-up over ONNX FP32 (avx512_vnni)"]
+    assert forward.value == pytest.approx(2.2) and forward.passed
+    own = targets["forward batch 8: OpenVINO INT8 speed-up over OpenVINO FP32 (avx512_vnni)"]
+    assert own.value == pytest.approx(2.4) and own.passed
+    slower = [engine_run(ONNX_FP32, 44.0, 70.0, 30.0), engine_run(OPENVINO_INT8, 23.0, 90.0, 26.0)]
+    assert not any(t.passed for t in default_engine_targets(slower, OPENVINO_INT8, "amx"))
+    on_avx2 = default_engine_targets(runs, OPENVINO_INT8, "avx2")
+    assert [t.name.split(",")[0] for t in on_avx2] == [
+        "served c16 V2 gRPC / in-process limit",
+        "p50 c1 V2 gRPC / in-process single image",
+    ]
+    assert default_engine_targets(runs, TORCHSCRIPT, "avx2") == []
