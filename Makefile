@@ -9,6 +9,12 @@ TRANSFORMER_GRPC_PORT ?= 8081
 PREDICTOR_HTTP_PORT ?= 9080
 PREDICTOR_GRPC_PORT ?= 9081
 STAMP := $(VENV)/.installed
+# What scripts/gpu_smoke.py needs beyond the GPU image's torch, numpy, pillow and
+# prometheus-client, as pure-Python packages it puts on its path: protobuf and Triton's config
+# proto (config.pbtxt), opentelemetry-api (the batcher's spans). Carried to the GPU machine with
+# model_repository; versions as installed here, Python 3.10 or later.
+GPU_SMOKE_SITE := .gpu-smoke/site
+GPU_SMOKE_KIT := $(GPU_SMOKE_SITE)/tritonclient/grpc/model_config_pb2.py
 MODEL := $(MODEL_REPO)/$(MODEL_NAME)/1/model.pt
 SOAK_MINUTES ?= 10
 # The same model for the onnxruntime engine: FP32, and INT8 (opt-in, gated by its fidelity).
@@ -142,12 +148,6 @@ test: lint $(MODEL) $(ONNX_MODEL) $(INT8_MODEL) $(OPENVINO_MODEL) $(OPENVINO_INT
 		MODEL_REPOSITORY_OPENVINO_INT8=$(OPENVINO_INT8_REPO) \
 		$(BIN)/python -m pytest
 
-# What scripts/gpu_smoke.py needs beyond the GPU image's torch, numpy, pillow and
-# prometheus-client, as pure-Python packages it puts on its path: protobuf and Triton's config
-# proto (config.pbtxt), opentelemetry-api (the batcher's spans). Carried to the GPU machine with
-# model_repository; versions as installed here, Python 3.10 or later.
-GPU_SMOKE_SITE := .gpu-smoke/site
-GPU_SMOKE_KIT := $(GPU_SMOKE_SITE)/tritonclient/grpc/model_config_pb2.py
 gpu-smoke-kit: $(GPU_SMOKE_KIT)
 $(GPU_SMOKE_KIT): $(STAMP)
 	rm -rf $(GPU_SMOKE_SITE) && mkdir -p $(GPU_SMOKE_SITE)/tritonclient/grpc
