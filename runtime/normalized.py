@@ -23,7 +23,6 @@ from .tensors import Contract, Engine, Tensors
 
 NORMALIZED_TENSOR = "normalized"  # the backbone's input inside an exported ONNX graph
 NORMALIZED_METHOD = "forward_normalized"  # the same entrance of an exported TorchScript module
-WARM_PASSES = 2
 
 
 def pixel_input(contract: Contract) -> TensorSpec | None:
@@ -59,11 +58,10 @@ class NormalizedEntrance:
         return getattr(self.engine, name)  # precision, plan, ...: what the engine says
 
     def warm_up(self) -> None:
-        """Run the entrance at every batch size the engine warms its own path at (its
-        `warm_sizes`, else 1), twice: a TorchScript module optimises a shape on its second
-        run."""
+        """Run the entrance as the engine warmed its own path: at its `warm_sizes` (else 1),
+        its `warm_passes` times each (else once)."""
         for size in getattr(self.engine, "warm_sizes", (1,)):
-            for _ in range(WARM_PASSES):
+            for _ in range(getattr(self.engine, "warm_passes", 1)):
                 self.run({self._pixels: np.zeros((size, *self._form.dims), np.float32)})
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors:

@@ -137,17 +137,21 @@ class TorchScriptEngine:
 
     @property
     def warm_sizes(self) -> list[int]:
-        """The batch sizes to run once before ready: on CUDA every size a pass runs at, on the
-        CPU 1 and the max batch size."""
+        """The batch sizes to run before ready (warm_passes times each): on CUDA every size a
+        pass runs at, on the CPU 1 and the max batch size."""
         return self.batch_sizes if self.on_cuda else sorted({1, self.max_batch_size})
+
+    @property
+    def warm_passes(self) -> int:
+        """How many times each of warm_sizes runs before ready."""
+        return CUDA_WARM_PASSES if self.on_cuda else 1
 
     def warm_up(self) -> None:
         """Run every batch size a pass will see (and capture and check CUDA graphs) before the
         model reports ready; raises GraphMismatch when a graph disagrees with the eager pass,
         GraphCaptureError when a capture fails under --cuda_graphs on."""
-        passes = CUDA_WARM_PASSES if self.on_cuda else 1
         for size in self.warm_sizes:
-            for _ in range(passes):
+            for _ in range(self.warm_passes):
                 self.run(self.contract.zeros(size))
         if self.plan.cuda_graphs:
             self._capture_graphs()
