@@ -10,8 +10,8 @@ the eager pass), distinct (two different images give different logits: the empty
 reference (top-1 equal to CPU FP32 on the test photos, logits within REFERENCE_RTOL of the
 largest), partial (every batch size's rows equal to the full batch's), graphs (on equal to
 off), normalized (the FP32 NCHW entrance equal to the UINT8 path), batcher (the predictor's
-batcher under concurrent mixed submits, each equal to its standalone answer), throughput
-(images/s at the max batch size, peak GPU memory).
+forward thread and batcher under concurrent mixed submits, each equal to its standalone
+answer), throughput (images/s at the max batch size, peak GPU memory).
 
 `--dry-run` runs every check on the CPU in FP32 without graphs: everything but CUDA. Beyond
 the GPU image's torch, numpy, pillow and prometheus-client, the script needs protobuf, Triton's
@@ -31,7 +31,6 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         report.check("partial", lambda: partial(engine, state["pixels"], rtol))
         report.check("graphs", lambda: graphs_on_off(args, state, rtol))
         report.check("normalized", lambda: normalized_entrance(state, rtol))
-        report.check("batcher", lambda: batcher(engine, state["pixels"], args.submits, rtol))
+        report.check("batcher", lambda: batcher(state, args.submits, rtol))
         report.check("throughput", lambda: throughput(engine, state["pixels"], args.seconds))
     report.write(args.report)
     print(f"{'passed' if report.passed else 'FAILED'}; report: {args.report}")
@@ -269,43 +268,32 @@ def normalized_entrance(state: dict[str, Any], rtol: float) -> dict[str, Any]:
     return {"relative_difference": difference}
 
 
-def batcher(engine: Any, pixels: np.ndarray, submits: int, rtol: float) -> dict[str, Any]:
-    """The predictor's adaptive batcher under `submits` concurrent requests of 1-4 images
-    each: every answer equal to that request run alone."""
-    import torch
-
+def batcher(state: dict[str, Any], submits: int, rtol: float) -> dict[str, Any]:
+    """The predictor's forward thread (an engine of the same plan built on it) and adaptive
+    batcher under `submits` concurrent requests of 1-4 images each: every answer equal to that
+    request run alone."""
     from predictor.batcher import AdaptiveBatcher
+    from runtime.engines import build_engine
+    from runtime.worker import ForwardWorker
 
+    engine, pixels, version = state["engine"], state["pixels"], state["version"]
     name = engine.contract.input_names[0]
     output = engine.contract.output_names[0]
     rng = np.random.default_rng(0)
     requests = [pixels[rng.integers(0, len(pixels), rng.integers(1, 5))] for _ in range(submits)]
     alone = [logits(engine, request) for request in requests]
-
-    # One forward thread, as the predictor's, with the engine's CUDA device current on it.
-    device = getattr(engine, "device", None)
-    on_cuda = device is not None and device.type == "cuda"
-
-    def current_device() -> None:
-        if on_cuda:
-            torch.cuda.set_device(device)
-
-    thread = ThreadPoolExecutor(1, initializer=current_device)
+    max_batch = version.config.max_batch_size
+    worker = ForwardWorker(lambda: build_engine(version, state["plan"], max_batch))
 
     async def run() -> list[np.ndarray]:
-        loop = asyncio.get_running_loop()
-
-        async def forward(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return await loop.run_in_executor(thread, engine.run, batch)
-
-        queue = AdaptiveBatcher(forward, engine.max_batch_size, 0.002, max_queue_size=10_000)
+        queue = AdaptiveBatcher(worker.run, max_batch, 0.002, max_queue_size=10_000)
         answers = await asyncio.gather(*(queue.submit({name: r}) for r in requests))
         queue.close()
         return [answer[output] for answer in answers]
 
     started = time.monotonic()
     answers = asyncio.run(run())
-    thread.shutdown()
+    worker.close()
     worst = max(relative_difference(got, want) for got, want in zip(answers, alone, strict=True))
     if worst > rtol:
         raise AssertionError(f"a batched answer differs from its own by {worst:.4g} (> {rtol})")
