@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .stats import CellResult, LimitResult, Target
+from .stats import CellResult, LimitPoint, LimitResult, Target
 
 TORCHSCRIPT, ONNX_FP32, ONNX_INT8 = "TorchScript", "ONNX FP32", "ONNX INT8"
 OPENVINO_FP32, OPENVINO_INT8 = "OpenVINO FP32", "OpenVINO INT8"
@@ -30,12 +30,14 @@ class EngineRun:
     limit: LimitResult
     cells: list[CellResult]
 
+    def point(self, batch_size: int) -> LimitPoint | None:
+        """The limit measured at `batch_size`, None when not measured."""
+        return next((p for p in self.limit.points if p.batch_size == batch_size), None)
+
     def forward_ms(self, batch_size: int) -> float | None:
         """Median forward pass at `batch_size`, None when not measured."""
-        for point in self.limit.points:
-            if point.batch_size == batch_size:
-                return point.forward_p50_ms
-        return None
+        point = self.point(batch_size)
+        return point.forward_p50_ms if point is not None else None
 
     def served(self, protocol: str, concurrency: int) -> CellResult | None:
         """The served cell for one protocol and concurrency."""
@@ -138,6 +140,7 @@ def default_engine_targets(runs: list[EngineRun], default: str, cpu_kind: str) -
         return []
     run = by[default]
     c16, c1 = run.served(TARGET_PROTOCOL, TARGET_CONCURRENCY), run.served(TARGET_PROTOCOL, 1)
+    single = run.point(1)  # decode + preprocess + forward of one image, in process
     targets = [
         Target(
             f"served c16 V2 gRPC / in-process limit, {default}",
@@ -147,7 +150,7 @@ def default_engine_targets(runs: list[EngineRun], default: str, cpu_kind: str) -
         ),
         Target(
             f"p50 c1 V2 gRPC / in-process single image, {default}",
-            _ratio(c1.latency.p50_ms if c1 else None, _batch1_ms(run)),
+            _ratio(c1.latency.p50_ms if c1 else None, single.batch_p50_ms if single else None),
             C1_OVER_OWN_SINGLE_MAX,
             at_least=False,
         ),
@@ -173,12 +176,6 @@ def default_engine_targets(runs: list[EngineRun], default: str, cpu_kind: str) -
                 )
             )
     return targets
-
-
-def _batch1_ms(run: EngineRun) -> float | None:
-    """The engine's in-process single image (decode + preprocess + forward, batch 1, median)."""
-    point = next((p for p in run.limit.points if p.batch_size == 1), None)
-    return point.batch_p50_ms if point is not None else None
 
 
 def format_engines(
