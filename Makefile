@@ -71,6 +71,7 @@ help:
 	@echo "make fuzz        the long fuzzing run of every input path (minutes)"
 	@echo "make bench       benchmark: in-process limit vs served pipeline vs stock pattern"
 	@echo "make triton      NVIDIA Triton (nvidia-pytriton $(PYTRITON_VERSION)) in $(TRITON_VENV)/ for make bench"
+	@echo "make gpu-smoke-kit  what scripts/gpu_smoke.py needs beyond a GPU image's torch (README: GPU smoke test)"
 	@echo "make bench-ceiling  request-path ceiling with a zero-cost model (DURATION=5 s per cell)"
 	@echo "make soak        $(SOAK_MINUTES) min at concurrency 16: errors, latency, memory (not in CI)"
 	@echo "make model-repo  export the default model to $(MODEL_REPO)/ (TorchScript), $(ONNX_REPO)/"
