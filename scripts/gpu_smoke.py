@@ -2,23 +2,28 @@
 
     python scripts/gpu_smoke.py --model_repository model_repository [--device cuda:0]
     python scripts/gpu_smoke.py --model_repository model_repository --dry-run   # on a CPU
+    python scripts/gpu_smoke.py --model_repository model_repository --export    # older torch
 
 Checks, each recorded in the JSON report (`--report`) as passed or failed with its figures:
-load (model.pt under this torch, the exporter's torch named), build (FP16 with CUDA graphs
+export (`--export` only: model.pt exported with this machine's torch into a temporary
+repository that the later checks use, and what the carried model.pt does under this torch; for
+a GPU image whose torch is older than the exporter's, which refuses the carried file), load
+(model.pt under this torch, the exporter's torch named), build (FP16 with CUDA graphs
 required: warnings during capture are errors, every batch size captured and checked against
 the eager pass), distinct (two different images give different logits: the empty graph),
 reference (top-1 equal to CPU FP32 on the test photos, logits within REFERENCE_RTOL of the
 largest), partial (every batch size's rows equal to the full batch's), graphs (on equal to
 off), normalized (the FP32 NCHW entrance equal to the UINT8 path), batcher (the predictor's
 forward thread and batcher under concurrent mixed submits, each equal to its standalone
-answer), throughput (images/s at the max batch size, peak GPU memory).
+answer), throughput (images/s at the max batch size, and at 1 and 8; peak GPU memory and peak
+resident host memory).
 
 `--dry-run` runs every check on the CPU in FP32 without graphs: everything but CUDA. Beyond
 the GPU image's torch, numpy, pillow and prometheus-client, the script needs protobuf, Triton's
-config proto and opentelemetry-api: `make gpu-smoke-kit` puts them, pure Python, in
-.gpu-smoke/site, which the script puts first on its path (carry it with model_repository). A
-missing one fails the checks that need it and names it. Exit status: 0 when every check passed,
-else 1.
+config proto and opentelemetry-api (and, for `--export`, the exporter's EfficientNet
+packages): `make gpu-smoke-kit` puts them, pure Python, in .gpu-smoke/site, which the script
+puts first on its path (carry it with model_repository). A missing one fails the checks that
+need it and names it. Exit status: 0 when every check passed, else 1.
 """
 
 from __future__ import annotations
@@ -134,9 +139,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--submits", type=int, default=500, help="Concurrent batcher submits.")
     p.add_argument("--seconds", type=float, default=5.0, help="Throughput measurement time.")
     p.add_argument("--report", type=Path, default=Path("gpu_smoke.json"))
+    p.add_argument(
+        "--export",
+        action="store_true",
+        help="First export model.pt with this machine's torch (for an image whose torch is "
+        "older than the exporter's); the other checks use that export.",
+    )
     args = p.parse_args(argv)
     report = Report(environment(args.dry_run))
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"repository": args.model_repository}
+    if args.export:
+        report.check("export", lambda: export_here(args.model_repository, state))
     report.check("load", lambda: load(args, state))
     if "version" in state:
         report.check("build", lambda: build(args, state))
@@ -155,6 +168,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report.passed else 1
 
 
+def export_here(carried: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """model.pt exported with this torch into a temporary repository, which the later checks
+    use; what the carried repository's model.pt does under this torch is recorded."""
+    import tempfile
+
+    from common.modelrepo import EXPORTED_WITH_TORCH, ModelRepositoryError, resolve
+    from modelbuild.export import export
+    from runtime.torchscript import check_torch_version
+
+    figures: dict[str, Any] = {}
+    try:
+        exported = resolve(carried, MODEL_NAME).config.parameters.get(EXPORTED_WITH_TORCH)
+        figures["carried_exported_with_torch"] = exported
+        check_torch_version(exported)
+        figures["carried"] = "loads under this torch"
+    except ModelRepositoryError as exc:
+        figures["carried"] = str(exc)
+    here = Path(tempfile.mkdtemp(prefix="gpu-smoke-repository-"))
+    export(here, MODEL_NAME)
+    state["repository"] = here
+    return {**figures, "exported_to": str(here)}
+
+
 def load(args: argparse.Namespace, state: dict[str, Any]) -> dict[str, Any]:
     """model.pt under this torch, and the CPU FP32 reference engine."""
     import torch
@@ -163,7 +199,7 @@ def load(args: argparse.Namespace, state: dict[str, Any]) -> dict[str, Any]:
     from runtime.engines import build_engine, cuda_info
     from runtime.plan import NO_CUDA, plan_execution
 
-    version = resolve(args.model_repository, MODEL_NAME)
+    version = resolve(state["repository"], MODEL_NAME)
     exported = version.config.parameters.get(EXPORTED_WITH_TORCH)
     if not args.dry_run and not torch.cuda.is_available():
         raise RuntimeError(f"no CUDA here ({cuda_info().describe()}); --dry-run runs on a CPU")
@@ -306,18 +342,33 @@ def batcher(state: dict[str, Any], submits: int, rtol: float) -> dict[str, Any]:
 
 
 def throughput(engine: Any, pixels: np.ndarray, seconds: float) -> dict[str, Any]:
-    """Images/s at the max batch size, and the GPU memory the process peaked at."""
+    """Images/s at the max batch size (and at 1 and 8, a third of the time each), the GPU memory
+    the process peaked at, and its peak resident host memory (this whole process: the CPU
+    reference engine included, so an upper bound for a predictor's)."""
+    import resource
+
     import torch
 
-    passes, started = 0, time.monotonic()
-    while time.monotonic() - started < seconds:
-        logits(engine, pixels)
-        passes += 1
-    elapsed = time.monotonic() - started
+    def rate(batch: np.ndarray, budget: float) -> tuple[float, float]:
+        passes, started = 0, time.monotonic()
+        while time.monotonic() - started < budget:
+            logits(engine, batch)
+            passes += 1
+        elapsed = time.monotonic() - started
+        return passes * len(batch) / elapsed, 1000 * elapsed / passes
+
+    images_per_s, ms_per_pass = rate(pixels, seconds)
     figures: dict[str, Any] = {
         "batch_size": len(pixels),
-        "images_per_s": round(passes * len(pixels) / elapsed, 1),
-        "ms_per_pass": round(1000 * elapsed / passes, 2),
+        "images_per_s": round(images_per_s, 1),
+        "ms_per_pass": round(ms_per_pass, 2),
+        "images_per_s_by_batch_size": {
+            size: round(rate(pixels[:size], seconds / 3)[0], 1)
+            for size in (1, 8)
+            if size < len(pixels)
+        },
+        # ru_maxrss is in KiB on Linux.
+        "peak_process_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     if torch.cuda.is_available():
         figures["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -272,8 +272,9 @@ def test_asking_for_cuda_on_a_cpu_machine_exits_2_with_the_reason(
 def test_the_gpu_smoke_test_passes_its_dry_run_on_the_cpu(
     model_repository: Path, tmp_path: Path
 ) -> None:
-    """scripts/gpu_smoke.py --dry-run: every check but CUDA, on the CPU, in FP32, importing only
-    what the GPU image has (tests/gpu_image.py) and the kit `make gpu-smoke-kit` builds."""
+    """scripts/gpu_smoke.py --dry-run --export: every check but CUDA, on the CPU, in FP32, on a
+    model.pt exported in the run (as on a GPU image with an older torch), importing only what
+    the GPU image has (tests/gpu_image.py) and the kit `make gpu-smoke-kit` builds."""
     kit = ROOT / ".gpu-smoke" / "site"
     assert kit.is_dir(), f"{kit} is missing: `make gpu-smoke-kit` (make test builds it)"
     report = tmp_path / "smoke.json"
@@ -283,6 +284,7 @@ def test_the_gpu_smoke_test_passes_its_dry_run_on_the_cpu(
             "tests/gpu_image.py",
             "scripts/gpu_smoke.py",
             "--dry-run",
+            "--export",
             "--model_repository",
             str(model_repository),
             "--submits",
@@ -301,6 +303,7 @@ def test_the_gpu_smoke_test_passes_its_dry_run_on_the_cpu(
     document = json.loads(report.read_text())
     assert document["passed"] and document["environment"]["dry_run"]
     assert list(document["checks"]) == [
+        "export",
         "load",
         "build",
         "distinct",
@@ -313,6 +316,41 @@ def test_the_gpu_smoke_test_passes_its_dry_run_on_the_cpu(
     ]
     assert all(check["passed"] for check in document["checks"].values())
     assert document["checks"]["batcher"]["submits"] == 40
+    export = document["checks"]["export"]
+    assert export["carried"] == "loads under this torch"
+    exported = Path(export["exported_to"])
+    assert exported != model_repository
+    assert (exported / "image-classifier" / "1" / "model.pt").is_file()
+
+
+def test_the_gpu_smoke_kit_keeps_its_protobuf_pure_python_beside_another(tmp_path: Path) -> None:
+    """The GPU image has its own protobuf, C extension and all, of another version; through the
+    shared `google` namespace the kit's pure-Python protobuf would load that extension and fail
+    (it did, on the first GPU run). The kit's empty google/_upb shadows it: here the venv's
+    protobuf, extension included, stands beside the kit, and the pure-Python one is used."""
+    from google.protobuf.internal import api_implementation
+
+    assert api_implementation.Type() == "upb", "this test needs the venv's C extension beside it"
+    kit = ROOT / ".gpu-smoke" / "site"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys; sys.path.insert(0, {str(kit)!r})\n"
+            "from google.protobuf import text_format\n"
+            "from google.protobuf.internal import api_implementation\n"
+            "import google.protobuf\n"
+            "print(api_implementation.Type(), google.protobuf.__file__)",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    implementation, location = done.stdout.split()
+    assert implementation == "python"
+    assert location.startswith(str(kit))
 
 
 def test_the_gpu_image_stand_in_refuses_what_the_image_lacks(tmp_path: Path) -> None:
