@@ -16,8 +16,11 @@ _NO_LIMIT = 1 << 60
 # mallopt() parameter numbers from glibc's malloc.h.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-# Blocks from this size up get pages of their own, handed back to the kernel when freed.
-RETURN_BLOCKS_FROM_BYTES = 1 << 20
+# Blocks from this size up get pages of their own, handed back to the kernel when freed. Not
+# lower: decoding a 12 MP phone JPEG (at draft scale) allocates scratch blocks of 1-4 MiB, and
+# from 1 MiB up they were mapped and page-faulted anew on every decode: 10-15% more CPU per
+# decode than with them kept (`python -m bench.decode_rate --compare_return_from_mib 1,4`).
+RETURN_BLOCKS_FROM_BYTES = 4 << 20
 
 
 def status_bytes(field: str = "VmRSS", pid: int | str = "self") -> int | None:
@@ -76,14 +79,13 @@ def set_malloc_thresholds(mmap_bytes: int, trim_bytes: int) -> bool:
     )
 
 
-def return_freed_memory() -> bool:
-    """Make memory that request-sized blocks (a body, a message, an image's bytes: 1 MiB and
-    more) held go back to the kernel when they are freed, so a burst of large requests leaves
-    no resident memory behind; False where not glibc. Blocks that size are few per request, so
-    mapping their pages anew costs little next to decoding them."""
-    return set_malloc_thresholds(
-        mmap_bytes=RETURN_BLOCKS_FROM_BYTES, trim_bytes=2 * RETURN_BLOCKS_FROM_BYTES
-    )
+def return_freed_memory(from_bytes: int = RETURN_BLOCKS_FROM_BYTES) -> bool:
+    """Make memory that large blocks (a large body or message, a decoded image: from
+    `from_bytes`, default RETURN_BLOCKS_FROM_BYTES) held go back to the kernel when they are
+    freed, so a burst of large requests leaves little resident memory behind (what is smaller
+    is reused from the heap, and its top is trimmed past twice the size); False where not
+    glibc."""
+    return set_malloc_thresholds(mmap_bytes=from_bytes, trim_bytes=2 * from_bytes)
 
 
 def trim_heap() -> None:

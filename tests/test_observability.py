@@ -243,6 +243,48 @@ def test_grpc_request_id_in_metadata_reaches_the_predictor(
     assert _log_lines_with(predictor, request_id)
 
 
+def test_grpc_answers_carry_the_request_id_in_their_trailers(transformer: Server) -> None:
+    """Over gRPC the id comes back as `x-request-id` trailing metadata, on an answer and on an
+    error alike: the client's header, else the V2 `id`, else a generated one (the answer's
+    `id` then)."""
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    from common.codecs import serialize_bytes
+
+    def request(request_id: str = "", input_name: str = "image") -> pb.ModelInferRequest:
+        import numpy as np
+
+        tensor = pb.ModelInferRequest.InferInputTensor(name=input_name, datatype="BYTES", shape=[1])
+        return pb.ModelInferRequest(
+            model_name=MODEL_NAME,
+            id=request_id,
+            inputs=[tensor],
+            raw_input_contents=[serialize_bytes(np.array([COFFEE.read_bytes()], np.object_))],
+        )
+
+    def trailers(call: grpc.Call) -> dict[str, str]:
+        return {key: str(value) for key, value in call.trailing_metadata() or ()}
+
+    with grpc.insecure_channel(transformer.grpc_target) as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        answer, call = infer.with_call(request(), metadata=(("x-request-id", "trailer-1"),))
+        assert trailers(call)["x-request-id"] == "trailer-1"
+        answer, call = infer.with_call(request(request_id="trailer-2"), timeout=30)
+        assert trailers(call)["x-request-id"] == "trailer-2" == answer.id
+        answer, call = infer.with_call(request(), timeout=30)
+        generated = trailers(call)["x-request-id"]
+        assert re.fullmatch(r"[0-9a-f]{32}", generated) and answer.id == generated
+        with pytest.raises(grpc.RpcError) as refused:
+            infer(request(input_name="nope"), metadata=(("x-request-id", "trailer-3"),))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert trailers(refused.value)["x-request-id"] == "trailer-3"
+
+
 def test_json_log_format_is_one_object_per_line_with_the_id(
     logging_transformer: Server, logging_predictor: Server
 ) -> None:
