@@ -372,6 +372,16 @@ def test_default_engine_targets_are_against_its_own_limit_and_onnx_fp32() -> Non
     assert own.value == pytest.approx(2.4) and own.passed
     slower = [engine_run(ONNX_FP32, 44.0, 70.0, 30.0), engine_run(OPENVINO_INT8, 23.0, 90.0, 26.0)]
     assert not any(t.passed for t in default_engine_targets(slower, OPENVINO_INT8, "amx"))
+    by_kind = engine_run(OPENVINO_INT8, 20.0, 95.0, 25.0)
+    by_kind.limit.single_image_ms_by_kind.update(phone=30.0, original=10.0)
+    for cell_result in by_kind.cells:
+        cell_result.p50_ms_by_kind.update(original=14.0, phone=33.0)
+    [_, worst] = default_engine_targets([by_kind], OPENVINO_INT8, "avx2")
+    assert worst.value == pytest.approx(1.4) and not worst.passed
+    assert worst.name == (
+        "p50 c1 V2 gRPC / in-process single image, OpenVINO INT8, "
+        "worst kind of: original 1.40x, phone 1.10x"
+    )
     on_avx2 = default_engine_targets(runs, OPENVINO_INT8, "avx2")
     assert [t.name.split(",")[0] for t in on_avx2] == [
         "served c16 V2 gRPC / in-process limit",
