@@ -152,7 +152,7 @@ test: lint $(MODEL) $(ONNX_MODEL) $(INT8_MODEL) $(OPENVINO_MODEL) $(OPENVINO_INT
 		$(BIN)/python -m pytest
 
 gpu-smoke-kit: $(GPU_SMOKE_KIT)
-$(GPU_SMOKE_KIT): $(STAMP)
+$(GPU_SMOKE_KIT): $(STAMP) Makefile
 	rm -rf $(GPU_SMOKE_SITE) && mkdir -p $(GPU_SMOKE_SITE)/tritonclient/grpc
 	$(BIN)/python -m pip install --quiet --target $(GPU_SMOKE_SITE) --no-deps \
 		--only-binary=:all: --platform any --implementation py --python-version 3.10 \
