@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +37,20 @@ def process_cpu_seconds(pid: int) -> float | None:
 
 def free_port() -> int:
     """A loopback port nobody listens on right now (the kernel picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different loopback ports nobody listens on right now. Each is held while the
+    next is picked: one at a time, the kernel may hand the same port out twice (seen in CI: a
+    server's HTTP and gRPC ports were equal, and it could not bind the second)."""
+    with ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
@@ -137,7 +148,7 @@ def start(
     """Start `python [launcher] -m module` on free ports (or `ports`: HTTP, gRPC) without
     latency logging; does not wait. `launcher` is a script that runs the module
     (tests/without_torch.py, say); `env` replaces this process's environment."""
-    http_port, grpc_port = ports or (free_port(), free_port())
+    http_port, grpc_port = ports or free_ports(2)
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
     command = [

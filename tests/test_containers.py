@@ -33,7 +33,7 @@ from test_observability import b64
 from harness import containers, needs
 from harness.databases import fresh_postgresql_database
 from harness.repositories import engine_repository
-from harness.servers import free_port
+from harness.servers import free_ports
 
 pytestmark = pytest.mark.containers
 
@@ -118,7 +118,7 @@ def deployed(
         assert context["capabilities"]["drop"] == ["ALL"]
     engine = images.engine
     # Each pod has its own ports; on the host's network each server gets free ones instead.
-    p_http, p_grpc, t_http, t_grpc = (free_port() for _ in range(4))
+    p_http, p_grpc, t_http, t_grpc = free_ports(4)
     predictor_args = with_flag(
         with_flag(list(predictor_c["args"]), "--http_port", str(p_http)),
         "--grpc_port",

@@ -16,7 +16,7 @@ import pytest
 from conftest import DATA, MODEL_NAME, Server
 
 from common.modelrepo import CONFIG_FILE, ModelConfig, ModelRepositoryError, resolve
-from harness.servers import ROOT, free_port
+from harness.servers import ROOT, free_ports
 from predictor.batcher import AdaptiveBatcher
 from predictor.model import forward_in_passes
 from runtime.tensors import Tensors
@@ -36,7 +36,8 @@ def test_a_config_typo_stops_the_server_at_load(
     config.write_text(text.replace("max_batch_size:", "max_batch_sise:"))
     line = next(i for i, t in enumerate(text.splitlines(), 1) if t.startswith("max_batch_size"))
     command = [sys.executable, "-m", server, "--model_dir", str(tmp_path)]
-    command += ["--http_port", str(free_port()), "--grpc_port", str(free_port())]
+    http_port, grpc_port = free_ports(2)
+    command += ["--http_port", str(http_port), "--grpc_port", str(grpc_port)]
     if server == "transformer":
         command += ["--predictor_host", "127.0.0.1:1"]
     done = subprocess.run(

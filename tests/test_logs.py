@@ -14,7 +14,7 @@ import httpx
 from conftest import DATA, MODEL_NAME, TEST_MAX_REQUEST_BYTES
 from test_observability import b64
 
-from harness.servers import ServerProcess, free_port, start
+from harness.servers import ServerProcess, free_ports, start
 
 PREDICTIONS, BAD_INPUTS, PROBES, SCRAPES = 10, 2, 10, 5
 READY, LIVE = "/v2/health/ready", "/v2/health/live"
@@ -42,7 +42,8 @@ def status(url: str) -> int | None:
 def test_a_fixed_mix_writes_one_access_line_per_request_and_nothing_per_probe(
     model_repository: Path, tmp_path: Path
 ) -> None:
-    predictor_ports = (free_port(), free_port())
+    http_port, grpc_port = free_ports(2)
+    predictor_ports = (http_port, grpc_port)
     transformer = start(
         "transformer",
         "transformer",

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from conftest import DATA, MODEL_NAME, ROOT, engine_repository
 
-from harness.servers import free_port
+from harness.servers import free_ports
 from harness.v1 import JSON_HEADERS, v1_body
 
 STARTUP_S = 180.0  # model load and warm-up, both components, on a slow shared machine
@@ -89,10 +89,8 @@ def status(url: str) -> int | None:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """scripts/serve.py on free ports with the ONNX repository (what `make serve` runs)."""
     repository = engine_repository("onnx", tmp_path_factory)
-    ports = {
-        name: free_port()
-        for name in ("transformer_http", "transformer_grpc", "predictor_http", "predictor_grpc")
-    }
+    names = ("transformer_http", "transformer_grpc", "predictor_http", "predictor_grpc")
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     gate = log.with_name("forward.gate")
     command = [sys.executable, str(ROOT / "scripts" / "serve.py"), "--model_dir", str(repository)]
