@@ -201,4 +201,4 @@ image-test: $(STAMP) $(OPENVINO_INT8_MODEL) $(ONNX_MODEL)
 		TEST_POSTGRES_URL=$$PG_URL $(BIN)/python -m pytest -m containers tests/test_containers.py -v
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) $(MLFLOW_VENV) $(MODEL_REPO) $(ONNX_REPO) $(INT8_REPO) $(OPENVINO_REPO) $(OPENVINO_INT8_REPO) bench-results soak-results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TRITON_VENV) $(MLFLOW_VENV) $(MODEL_REPO) $(ONNX_REPO) $(INT8_REPO) $(OPENVINO_REPO) $(OPENVINO_INT8_REPO) bench-results soak-results .pytest_cache .mypy_cache .ruff_cache .gpu-smoke
