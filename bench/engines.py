@@ -137,8 +137,8 @@ def c1_over_single(c1: CellResult | None, run: EngineRun) -> tuple[float | None,
     taken. Per image kind where both sides have kinds: the worst kind's ratio, every kind's
     named (", worst kind of: phone 1.40x, original 1.90x"). The image set is bimodal (small
     originals, 12 MP phone photos), and the median of the whole set falls in the gap between
-    the two: on the same code it read 1.18x in one run and 1.76x in the next. Without kinds,
-    the whole set's medians ("")."""
+    the two: two runs a few minutes apart read 1.76x and 1.18x while by kind they were no
+    better. Without kinds, the whole set's medians ("")."""
     single = run.point(1)  # decode + preprocess + forward of one image, in process
     if c1 is None:
         return None, ""
