@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import io
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -330,8 +331,10 @@ def test_predictor_v1_and_grpc(
 
 
 def test_inference_runs_off_the_event_loop(predictor: Server) -> None:
-    """Health checks answer fast while full batches are computed back to back: each within a
-    fraction of one batch's time, which a forward pass run on the event loop would hold up."""
+    """Health checks answer fast while full batches are computed back to back: their median
+    within a quarter of one batch's time. A forward pass run on the event loop would hold each
+    one up by half a batch on average; one slow answer alone (a hiccup of this machine, seen
+    once in CI at 0.3 s with a 0.14 s batch) says nothing about where the forward runs."""
     batch = np.repeat(coffee_pixels(), 32, axis=0)
 
     def infer_several() -> None:
@@ -358,7 +361,7 @@ def test_inference_runs_off_the_event_loop(predictor: Server) -> None:
             future.result(timeout=120)
         per_batch = (time.perf_counter() - started) / 6
     assert len(latencies) >= 5, (latencies, per_batch)  # asked all along the load
-    assert max(latencies) < per_batch / 2, (max(latencies), per_batch)
+    assert statistics.median(latencies) < per_batch / 4, (sorted(latencies), per_batch)
 
 
 def test_concurrent_requests_are_batched(predictor: Server) -> None:
