@@ -5,8 +5,8 @@
     python scripts/gpu_smoke.py --model_repository model_repository --export    # older torch
 
 Checks, each recorded in the JSON report (`--report`) as passed or failed with its figures:
-export (`--export` only: model.pt exported with this machine's torch into a temporary
-repository that the later checks use, and what the carried model.pt does under this torch; for
+export (`--export` only: model.pt exported with this machine's torch into a repository that the
+later checks use, `--export_to` or a temporary one removed at exit, and what the carried model.pt does under this torch; for
 a GPU image whose torch is older than the exporter's, which refuses the carried file), load
 (model.pt under this torch, the exporter's torch named), build (FP16 with CUDA graphs
 required: warnings during capture are errors, every batch size captured and checked against
@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import platform
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -145,11 +147,27 @@ def main(argv: list[str] | None = None) -> int:
         help="First export model.pt with this machine's torch (for an image whose torch is "
         "older than the exporter's); the other checks use that export.",
     )
+    p.add_argument(
+        "--export_to",
+        type=Path,
+        default=None,
+        help="Where --export writes its repository, kept (default: a temporary directory, "
+        "removed at exit).",
+    )
     args = p.parse_args(argv)
+    with contextlib.ExitStack() as cleanup:
+        return run_checks(args, cleanup)
+
+
+def run_checks(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
+    """Every check in order; the report written; 0 when all passed."""
     report = Report(environment(args.dry_run))
     state: dict[str, Any] = {"repository": args.model_repository}
     if args.export:
-        report.check("export", lambda: export_here(args.model_repository, state))
+        target = args.export_to or Path(
+            cleanup.enter_context(tempfile.TemporaryDirectory(prefix="gpu-smoke-repository-"))
+        )
+        report.check("export", lambda: export_here(args.model_repository, target, state))
     report.check("load", lambda: load(args, state))
     if "version" in state:
         report.check("build", lambda: build(args, state))
@@ -168,11 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report.passed else 1
 
 
-def export_here(carried: Path, state: dict[str, Any]) -> dict[str, Any]:
-    """model.pt exported with this torch into a temporary repository, which the later checks
+def export_here(carried: Path, here: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """model.pt exported with this torch into the repository `here`, which the later checks
     use; what the carried repository's model.pt does under this torch is recorded."""
-    import tempfile
-
     from common.modelrepo import EXPORTED_WITH_TORCH, ModelRepositoryError, resolve
     from modelbuild.export import export
     from runtime.torchscript import check_torch_version
@@ -185,7 +201,6 @@ def export_here(carried: Path, state: dict[str, Any]) -> dict[str, Any]:
         figures["carried"] = "loads under this torch"
     except ModelRepositoryError as exc:
         figures["carried"] = str(exc)
-    here = Path(tempfile.mkdtemp(prefix="gpu-smoke-repository-"))
     export(here, MODEL_NAME)
     state["repository"] = here
     return {**figures, "exported_to": str(here)}

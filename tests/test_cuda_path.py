@@ -11,6 +11,7 @@ graph PyTorch only warns about, nothing at all).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -269,15 +270,21 @@ def test_asking_for_cuda_on_a_cpu_machine_exits_2_with_the_reason(
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("export_to", ["kept", "temporary"])
 def test_the_gpu_smoke_test_passes_its_dry_run_on_the_cpu(
-    model_repository: Path, tmp_path: Path
+    model_repository: Path, tmp_path: Path, export_to: str
 ) -> None:
     """scripts/gpu_smoke.py --dry-run --export: every check but CUDA, on the CPU, in FP32, on a
     model.pt exported in the run (as on a GPU image with an older torch), importing only what
-    the GPU image has (tests/gpu_image.py) and the kit `make gpu-smoke-kit` builds."""
+    the GPU image has (tests/gpu_image.py) and the kit `make gpu-smoke-kit` builds. The export
+    goes where --export_to says and stays; without it, to a temporary directory removed at
+    exit."""
     kit = ROOT / ".gpu-smoke" / "site"
     assert kit.is_dir(), f"{kit} is missing: `make gpu-smoke-kit` (make test builds it)"
     report = tmp_path / "smoke.json"
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    exported = tmp_path / "exported" if export_to == "kept" else None
     done = subprocess.run(
         [
             sys.executable,
@@ -285,6 +292,7 @@ def test_the_gpu_smoke_test_passes_its_dry_run_on_the_cpu(
             "scripts/gpu_smoke.py",
             "--dry-run",
             "--export",
+            *(["--export_to", str(exported)] if exported else []),
             "--model_repository",
             str(model_repository),
             "--submits",
@@ -298,6 +306,7 @@ def test_the_gpu_smoke_test_passes_its_dry_run_on_the_cpu(
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "TMPDIR": str(temporary)},
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     document = json.loads(report.read_text())
@@ -318,9 +327,12 @@ def test_the_gpu_smoke_test_passes_its_dry_run_on_the_cpu(
     assert document["checks"]["batcher"]["submits"] == 40
     export = document["checks"]["export"]
     assert export["carried"] == "loads under this torch"
-    exported = Path(export["exported_to"])
-    assert exported != model_repository
-    assert (exported / "image-classifier" / "1" / "model.pt").is_file()
+    if exported:
+        assert export["exported_to"] == str(exported)
+        assert (exported / "image-classifier" / "1" / "model.pt").is_file()
+    else:
+        assert Path(export["exported_to"]).parent == temporary
+    assert not list(temporary.iterdir()), "the smoke test left files in its temporary directory"
 
 
 def test_the_gpu_smoke_kit_keeps_its_protobuf_pure_python_beside_another(tmp_path: Path) -> None:
