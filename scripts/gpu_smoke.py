@@ -5,9 +5,10 @@
     python scripts/gpu_smoke.py --model_repository model_repository --export    # older torch
 
 Checks, each recorded in the JSON report (`--report`) as passed or failed with its figures:
-export (`--export` only: model.pt exported with this machine's torch into a repository that the
-later checks use, `--export_to` or a temporary one removed at exit, and what the carried model.pt does under this torch; for
-a GPU image whose torch is older than the exporter's, which refuses the carried file), load
+export (`--export` only: model.pt exported with this machine's torch into a repository
+that the later checks use, at `--export_to` or in a temporary directory removed at exit, and
+what the carried model.pt does under this torch; for a GPU image whose torch is older than the
+exporter's, which refuses the carried file), load
 (model.pt under this torch, the exporter's torch named), build (FP16 with CUDA graphs
 required: warnings during capture are errors, every batch size captured and checked against
 the eager pass), distinct (two different images give different logits: the empty graph),
