@@ -10,6 +10,7 @@ one model repository for both components, and the canary split. No YAML snapshot
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import re
@@ -30,6 +31,7 @@ from conftest import Stack
 
 from common import budget, lifecycle, memory, telemetry
 from common.cli import DEFAULT_MAX_REQUEST_BYTES
+from harness.repositories import engine_repository
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO_ROOT / "manifests"
@@ -57,6 +59,7 @@ BASE_URI = "gs://YOUR-BUCKET/models/image-classifier/v1"
 CANARY_URI = "gs://YOUR-BUCKET/models/image-classifier/v2"
 # The ONNX repository (python -m modelbuild onnx) the CPU overlay serves by default.
 CPU_URI = "gs://YOUR-BUCKET/models/image-classifier/v1-openvino-int8"  # the default CPU engine
+ONNX_URI = "gs://YOUR-BUCKET/models/image-classifier/v1-onnx"  # what Triton serves
 CANARY_PERCENT = 10
 IMAGE_PATTERNS = {
     "predictor": re.compile(r"ghcr\.io/example/image-classifier-predictor:\d+\.\d+\.\d+"),
@@ -87,7 +90,7 @@ OVERLAYS: dict[str, Expect] = {
     "standard": Expect(mode="Standard", gpu=True),
     "canary/knative": Expect(mode="Knative", gpu=True, canary=True),
     "canary/standard": Expect(mode="Standard", gpu=True, canary=True),
-    "triton": Expect(mode=None, gpu=True, triton=True),
+    "triton": Expect(mode=None, gpu=True, triton=True, storage=ONNX_URI),
     "payload-logging": Expect(mode=None, gpu=False, storage=CPU_URI),
 }
 
@@ -493,11 +496,17 @@ def test_mode_and_autoscaling_fit_together(overlay: str) -> None:
 
 @needs_kubectl
 def test_triton_runs_the_same_transformer_against_triton_grpc() -> None:
+    """The base's transformer, reading the repository Triton serves: the ONNX one."""
     docs = render("overlays/triton")
     isvc, runtime = one(docs, "InferenceService"), one(docs, "ServingRuntime")
     base = one(render("base"), "InferenceService")
-    assert isvc["spec"]["transformer"] == base["spec"]["transformer"]
     model = isvc["spec"]["predictor"]["model"]
+    transformer = copy.deepcopy(isvc["spec"]["transformer"])
+    env = transformer["containers"][0]["env"]
+    assert env[0]["name"] == "STORAGE_URI" and env[0]["value"] == model["storageUri"]
+    env[0]["value"] = base["spec"]["transformer"]["containers"][0]["env"][0]["value"]
+    assert transformer == base["spec"]["transformer"]
+    assert model["modelFormat"]["name"] == "onnx"
     assert model["runtime"] == runtime["metadata"]["name"]
     assert model["modelFormat"]["name"] in {
         f["name"] for f in runtime["spec"]["supportedModelFormats"]
@@ -506,6 +515,33 @@ def test_triton_runs_the_same_transformer_against_triton_grpc() -> None:
     (server,) = runtime["spec"]["containers"]
     assert flag_value(server["args"], "--model-store") == "/mnt/models"
     assert flag_value(server["args"], "--grpc-port") == str(model["ports"][0]["containerPort"])
+
+
+# ONNX Runtime in each Triton image the triton overlay may pin (the image's release notes),
+# and the newest opset that ONNX Runtime reads (its docs' versioning table).
+TRITON_ONNXRUNTIME = {"24.12-py3": ("1.19.2", 21)}
+
+
+def test_the_pinned_triton_reads_the_exported_onnx_opset(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The overlay's Triton image loads the ONNX file `make model-repo` writes: its opset is
+    one the image's ONNX Runtime reads. A new tag needs its row above."""
+    import onnx
+
+    onnx_repository = engine_repository("onnx", tmp_path_factory)
+    kustomization = yaml.safe_load((MANIFESTS / "overlays/triton/kustomization.yaml").read_text())
+    (image,) = [i for i in kustomization["images"] if i["name"] == "nvcr.io/nvidia/tritonserver"]
+    assert image["newTag"] in TRITON_ONNXRUNTIME, f"{image['newTag']}: add its ONNX Runtime"
+    onnxruntime, newest_opset = TRITON_ONNXRUNTIME[image["newTag"]]
+    model = onnx.load(
+        onnx_repository / "image-classifier" / "1" / "model.onnx", load_external_data=False
+    )
+    (opset,) = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    assert opset <= newest_opset, (
+        f"model.onnx has opset {opset}; Triton {image['newTag']}'s ONNX Runtime {onnxruntime} "
+        f"reads up to {newest_opset}"
+    )
 
 
 BATCHING_FLAGS = ("--max_batch_size", "--max_batch_delay_ms", "--max_images")
