@@ -246,7 +246,16 @@ KSERVE_KINDS = {
     "InferenceService": "V1beta1InferenceService",
     "ServingRuntime": "V1alpha1ServingRuntime",
 }
-KUBERNETES_VERSION = "1.33.0"
+# Core kinds are checked against the oldest Kubernetes KServe 0.21 supports (per its docs: no
+# field newer than the cluster) and the newest kubernetes-validate knows (no removed field).
+KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+
+
+def validate_core(doc: dict[str, Any]) -> None:
+    """Strict schema validation of one core-kind document at every version above; raises
+    kubernetes_validate's ValidationError."""
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(doc, version, strict=True)
 
 
 @needs_kubectl
@@ -262,7 +271,7 @@ def test_overlay_has_only_declared_fields_of_the_right_types(overlay: str) -> No
             found = kube_schema.problems(doc, KSERVE_KINDS[doc["kind"]], name)
             assert not found, "\n".join(found)
         else:
-            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+            validate_core(doc)
 
 
 @needs_kubectl
@@ -561,7 +570,6 @@ def test_batching_is_left_to_the_model_config(overlay: str) -> None:
 
 # ---------------------------------------------------------------------------- security
 
-KUBERNETES_VERSION = "1.30.0"  # the oldest Kubernetes KServe 0.21 supports, per its docs
 RBAC_DIR = "rbac/rollout"
 ALLOWED_NAMESPACES = {
     # Knative's activator and autoscaler; the ingress / local gateway; Prometheus.
@@ -579,10 +587,8 @@ def kubernetes_documents(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @needs_kubectl
 @pytest.mark.parametrize("path", [*(f"overlays/{o}" for o in sorted(OVERLAYS)), RBAC_DIR])
 def test_kubernetes_kinds_pass_strict_schema_validation(path: str) -> None:
-    import kubernetes_validate
-
     for doc in kubernetes_documents(render(path)):
-        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        validate_core(doc)
 
 
 @needs_kubectl
@@ -849,4 +855,4 @@ def test_every_example_renders_with_valid_core_kinds(example: str) -> None:
     assert docs
     for doc in docs:
         if doc["apiVersion"] in CORE_API_VERSIONS:
-            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+            validate_core(doc)
