@@ -85,7 +85,7 @@ def fake() -> Iterator[FakeKube]:
     server = FakeKube().start()
     yield server
     server.stop()
-    SENT.update(r for r in map(rbac_request, server.requests) if r is not None)
+    SENT.update(r for r in map(rbac_request, server.every_request) if r is not None)
 
 
 @pytest.fixture

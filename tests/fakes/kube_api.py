@@ -94,7 +94,8 @@ class FakeKube:
 
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], Obj] = {}
-        self.requests: list[Recorded] = []
+        self.requests: list[Recorded] = []  # tests may clear it to look at what came next
+        self.every_request: list[Recorded] = []  # never cleared: what RBAC must allow
         self.crd_installed = True
         self.settle_polls = 2
         self.frozen = False
@@ -297,7 +298,9 @@ class FakeKube:
         query = parse_qs(parts.query)
         body: Any = json.loads(raw_body) if raw_body else {}
         with self._lock:
-            self.requests.append(Recorded(method, parts.path, query, content_type, body))
+            recorded = Recorded(method, parts.path, query, content_type, body)
+            self.requests.append(recorded)
+            self.every_request.append(recorded)
             if not parts.path.startswith(GROUP_PATH) or not self.crd_installed:
                 return 404, "404 page not found"
             version, *rest = [p for p in parts.path[len(GROUP_PATH) :].split("/") if p] or [""]
