@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import threading
 import time
 from collections import Counter
@@ -512,3 +513,48 @@ def test_a_missing_canary_version_and_an_unreachable_prometheus_change_nothing(
     )
     assert code == 3 and "Prometheus http://127.0.0.1:1 unreachable" in capsys.readouterr().err
     assert fake.writes() == []
+
+
+def test_sigterm_during_the_analysis_rolls_the_canary_back(
+    fake: FakeKube,  # noqa: F811
+    run: Any,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A cancelled CI job stops `canary --analysis` with SIGTERM: the canary it put in place is
+    rolled back before it exits 143. The signal is sent once the fake API server holds the
+    canary, while the analysis waits for its first window (Prometheus is real and reachable;
+    what it would answer does not matter here)."""
+    fake.seed(knative_isvc())
+    caught: list[int] = []
+    # Ours while the CLI is not: a signal that came late would otherwise end pytest itself.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: caught.append(signum))
+
+    def terminate_once_the_canary_is_in() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and canary_percent(fake) is None:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    prometheus = start_prometheus({}, tmp_path / "prometheus")
+    try:
+        killer = threading.Thread(target=terminate_once_the_canary_is_in)
+        killer.start()
+        code = run(*canary_args(prometheus), timeout=60)
+        killer.join()
+    finally:
+        prometheus.stop()
+        signal.signal(signal.SIGTERM, previous)
+    err = capsys.readouterr().err
+    assert code == 143, err
+    assert caught == [], "SIGTERM arrived after the CLI had stopped listening for it"
+    assert "terminated by SIGTERM" in err and "rolling back the canary" in err, err
+    percents = [
+        w.body["spec"]["predictor"].get("canaryTrafficPercent", "unset")
+        for w in fake.writes()
+        if w.method == "PATCH" and "predictor" in (w.body.get("spec") or {})
+    ]
+    # The canary's first step was in place, then the rollback: all traffic on the stable
+    # revision, as after a failed analysis.
+    assert percents == [25, 0], percents
+    assert canary_percent(fake) == 0
