@@ -70,6 +70,9 @@ class PredictionLog:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        # Set by close() once it has counted what is left: a chunk in flight then (its write
+        # outlived close's wait) is counted by the writer, written or dropped, never twice.
+        self._closed = False
         self._drops = Throttled(logger, LOG_INTERVAL_S)
         self._failures = Throttled(logger, LOG_INTERVAL_S)
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -99,11 +102,14 @@ class PredictionLog:
             self._wake.set()
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Write what is queued within `timeout_s`, then stop; counts and logs what is left."""
+        """Write what is queued within `timeout_s`, then stop; counts and logs what is left.
+        A chunk still being written then is counted when its write ends: written, or dropped
+        if it fails."""
         self._stopping.set()
         self._wake.set()
         self._thread.join(timeout_s)
         with self._lock:
+            self._closed = True
             left = len(self._rows)
             self._rows.clear()
         if left:
@@ -117,12 +123,16 @@ class PredictionLog:
             return [self._rows.popleft() for _ in range(count)]
 
     def _put_back(self, rows: list[ServedPrediction]) -> None:
-        """Return an unwritten chunk to the front; past capacity the newest rows are dropped."""
+        """Return an unwritten chunk to the front; past capacity the newest rows are dropped,
+        and all of them once close() has counted what was left (nothing writes them now)."""
         with self._lock:
-            self._rows.extendleft(reversed(rows))
-            excess = len(self._rows) - self.capacity
-            for _ in range(max(0, excess)):
-                self._rows.pop()
+            if self._closed:
+                excess = len(rows)
+            else:
+                self._rows.extendleft(reversed(rows))
+                excess = len(self._rows) - self.capacity
+                for _ in range(max(0, excess)):
+                    self._rows.pop()
         if excess > 0:
             self.observer.dropped(excess)
 
