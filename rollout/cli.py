@@ -619,11 +619,38 @@ def _schedule(args: argparse.Namespace) -> progressive.Schedule:
 
 
 def _check_percent(args: argparse.Namespace) -> None:
-    """--percent without --analysis, --steps with it; raises UsageError."""
+    """--percent without --analysis, --steps with it, and no analysis flag without it (it
+    would be ignored); raises UsageError."""
     if args.analysis and args.percent is not None:
         raise UsageError("--analysis sets the canary's traffic from --steps: drop --percent")
     if not args.analysis and args.percent is None:
         raise UsageError("give --percent N (or --analysis to step through --steps)")
+    if not args.analysis and (ignored := _analysis_flags_set(args)):
+        raise UsageError(f"{', '.join(ignored)} only apply with --analysis: add it or drop them")
+
+
+def _analysis_flags_set(args: argparse.Namespace) -> list[str]:
+    """The `canary` flags that only --analysis reads, set to other than their defaults (a
+    default given explicitly changes nothing either way)."""
+    defaults = build_parser().parse_args(["canary"])
+    analysis_only = [
+        action
+        for action in [*_analysis_parser()._actions, *_canary_step_actions()]
+        if action.option_strings
+    ]
+    return [
+        action.option_strings[0]
+        for action in analysis_only
+        if getattr(args, action.dest) != getattr(defaults, action.dest)
+    ]
+
+
+def _canary_step_actions() -> list[argparse.Action]:
+    """`canary`'s own --analysis-only flags (--steps, --waits)."""
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    canary = sub.choices["canary"]
+    return [a for a in canary._actions if {"--steps", "--waits"} & set(a.option_strings)]
 
 
 def _registry(args: argparse.Namespace) -> MlflowRegistry:

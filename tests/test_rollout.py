@@ -602,6 +602,24 @@ def test_missing_kubeconfig_says_which(tmp_path: Path, capsys: pytest.CaptureFix
     assert f"no kubeconfig at {missing}" in capsys.readouterr().err
 
 
+def test_analysis_flags_without_analysis_are_refused_not_ignored(
+    fake: FakeKube, run: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`canary --percent` would step nothing and judge nothing: flags only --analysis reads
+    are refused (usage), so nobody believes a canary is being judged when it is not."""
+    fake.seed(knative_isvc())
+    code = run("canary", "--storage-uri", V2, "--percent", "10", "--min-requests", "30")
+    assert code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "--min-requests only apply with --analysis" in err, err
+    code = run("canary", "--storage-uri", V2, "--percent", "10", "--steps", "5,10", "--waits", "1")
+    assert code == ExitCode.USAGE
+    assert "--steps, --waits only apply with --analysis" in capsys.readouterr().err
+    assert fake.writes() == []
+    # Their defaults, given explicitly, change nothing: the canary goes ahead.
+    assert run("canary", "--storage-uri", V2, "--percent", "10", "--waits", "3") == ExitCode.OK
+
+
 def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
