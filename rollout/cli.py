@@ -13,8 +13,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -271,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=io.err)
         return 130
+    except Terminated as exc:  # before anything needed rolling back
+        print(f"error: {exc}", file=io.err)
+        return 143
 
 
 def _run(args: argparse.Namespace, settings: Settings, io: Io) -> int:
@@ -559,9 +562,10 @@ def _canary_with_analysis(
 
     started = False  # whether this run's canary patch was applied: only then is it rolled back
     try:
-        with _sigterm_raises():
-            updated = _send(api, settings, plan, kube_io)
-            started = True
+        with _sigterm_raises() as held:
+            with held():  # whether the patch took is known only once its answer is read
+                updated = _send(api, settings, plan, kube_io)
+                started = True
             snap = _wait(api, settings, updated, plan.expect, kube_io)
             print(report.as_text(snap), file=kube_io.out)
             result = progressive.run(schedule, set_percent, judge.evaluate, reporter)
@@ -594,19 +598,36 @@ class Terminated(Exception):
 
 
 @contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """Turn SIGTERM into Terminated inside the block (so the canary is rolled back)."""
+def _sigterm_raises() -> Iterator[Callable[[], AbstractContextManager[None]]]:
+    """Turn SIGTERM into Terminated inside the block (so the canary is rolled back). Yields
+    `held`: a block run under `with held():` is not interrupted; a SIGTERM that arrives during
+    it raises Terminated as it ends (a patch in flight: cut off, nobody would know whether
+    the canary was applied, so nothing would roll it back)."""
+    holding, pending = [False], [False]
 
     def raise_terminated(signum: int, frame: object) -> None:
+        if holding[0]:
+            pending[0] = True
+            return
         raise Terminated("terminated by SIGTERM")
+
+    @contextmanager
+    def held() -> Iterator[None]:
+        holding[0] = True
+        try:
+            yield
+        finally:
+            holding[0] = False
+        if pending[0]:
+            raise Terminated("terminated by SIGTERM")
 
     try:
         previous = signal.signal(signal.SIGTERM, raise_terminated)
     except ValueError:  # not the main thread: leave signals alone
-        yield
+        yield nullcontext
         return
     try:
-        yield
+        yield held
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -515,39 +515,65 @@ def test_a_missing_canary_version_and_an_unreachable_prometheus_change_nothing(
     assert fake.writes() == []
 
 
+@pytest.mark.parametrize("when", ["patch in flight", "canary in place"])
 def test_sigterm_during_the_analysis_rolls_the_canary_back(
     fake: FakeKube,  # noqa: F811
     run: Any,  # noqa: F811
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    when: str,
 ) -> None:
     """A cancelled CI job stops `canary --analysis` with SIGTERM: the canary it put in place is
-    rolled back before it exits 143. The signal is sent once the fake API server holds the
-    canary, while the analysis waits for its first window (Prometheus is real and reachable;
-    what it would answer does not matter here)."""
+    rolled back before it exits 143. "patch in flight": the signal comes while the fake API
+    server has stored the canary but not yet answered the PATCH (the CLI holds the signal until
+    it knows the patch took); "canary in place": once the canary is stored, while the analysis
+    waits for its first window. Prometheus is real and reachable; what it would answer does
+    not matter here."""
     fake.seed(knative_isvc())
     caught: list[int] = []
-    # Ours while the CLI is not: a signal that came late would otherwise end pytest itself.
+    # Ours while the CLI's is not installed: a stray signal must not end pytest itself.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: caught.append(signum))
+    done = threading.Event()
+    killer: threading.Thread | None = None
+    if when == "patch in flight":
+        handle = fake.handle
 
-    def terminate_once_the_canary_is_in() -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and canary_percent(fake) is None:
-            time.sleep(0.02)
-        os.kill(os.getpid(), signal.SIGTERM)
+        def answer_after_sigterm(
+            method: str, raw_path: str, content_type: str, raw_body: bytes
+        ) -> tuple[int, Any]:
+            answer = handle(method, raw_path, content_type, raw_body)
+            if method == "PATCH" and canary_percent(fake) == 25 and not done.is_set():
+                done.set()  # once: the rollback's PATCH is answered normally
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)  # the CLI is still waiting for this answer
+            return answer
 
-    prometheus = start_prometheus({}, tmp_path / "prometheus")
-    try:
+        monkeypatch.setattr(fake, "handle", answer_after_sigterm)
+    else:
+
+        def terminate_once_the_canary_is_in() -> None:
+            deadline = time.monotonic() + 30
+            while not done.is_set() and time.monotonic() < deadline:
+                if canary_percent(fake) is not None:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+                time.sleep(0.02)
+
         killer = threading.Thread(target=terminate_once_the_canary_is_in)
         killer.start()
+    prometheus = start_prometheus({}, tmp_path / "prometheus")
+    try:
         code = run(*canary_args(prometheus), timeout=60)
-        killer.join()
     finally:
+        done.set()
+        if killer is not None:
+            killer.join()
         prometheus.stop()
         signal.signal(signal.SIGTERM, previous)
     err = capsys.readouterr().err
     assert code == 143, err
-    assert caught == [], "SIGTERM arrived after the CLI had stopped listening for it"
+    assert caught == [], "SIGTERM arrived while the CLI was not listening for it"
     assert "terminated by SIGTERM" in err and "rolling back the canary" in err, err
     percents = [
         w.body["spec"]["predictor"].get("canaryTrafficPercent", "unset")
