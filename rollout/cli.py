@@ -647,22 +647,18 @@ def _check_percent(args: argparse.Namespace) -> None:
     if not args.analysis and args.percent is None:
         raise UsageError("give --percent N (or --analysis to step through --steps)")
     if not args.analysis and (ignored := _analysis_flags_set(args)):
-        raise UsageError(f"{', '.join(ignored)} only apply with --analysis: add it or drop them")
+        verb = "applies" if len(ignored) == 1 else "apply"
+        raise UsageError(f"{', '.join(ignored)} only {verb} with --analysis: add it, or drop it")
 
 
 def _analysis_flags_set(args: argparse.Namespace) -> list[str]:
     """The `canary` flags that only --analysis reads, set to other than their defaults (a
     default given explicitly changes nothing either way)."""
-    defaults = build_parser().parse_args(["canary"])
-    analysis_only = [
-        action
-        for action in [*_analysis_parser()._actions, *_canary_step_actions()]
-        if action.option_strings
-    ]
+    analysis_only = [*_analysis_parser()._actions, *_canary_step_actions()]
     return [
         action.option_strings[0]
         for action in analysis_only
-        if getattr(args, action.dest) != getattr(defaults, action.dest)
+        if action.option_strings and getattr(args, action.dest) != action.default
     ]
 
 

@@ -527,22 +527,22 @@ def test_triton_runs_the_same_transformer_against_triton_grpc() -> None:
 
 
 # ONNX Runtime in each Triton image the triton overlay may pin (the image's release notes),
-# and the newest opset that ONNX Runtime reads (its docs' versioning table).
-TRITON_ONNXRUNTIME = {"24.12-py3": ("1.19.2", 21)}
+# and the newest opset and ONNX IR version that ONNX Runtime reads (its versioning table).
+TRITON_ONNXRUNTIME = {"24.12-py3": ("1.19.2", 21, 10)}
 
 
-def test_the_pinned_triton_reads_the_exported_onnx_opset(
+def test_the_pinned_triton_reads_the_exported_onnx_file(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    """The overlay's Triton image loads the ONNX file `make model-repo` writes: its opset is
-    one the image's ONNX Runtime reads. A new tag needs its row above."""
+    """The overlay's Triton image loads the ONNX file `make model-repo` writes: its opset and
+    IR version are ones the image's ONNX Runtime reads. A new tag needs its row above."""
     import onnx
 
     onnx_repository = engine_repository("onnx", tmp_path_factory)
     kustomization = yaml.safe_load((MANIFESTS / "overlays/triton/kustomization.yaml").read_text())
     (image,) = [i for i in kustomization["images"] if i["name"] == "nvcr.io/nvidia/tritonserver"]
     assert image["newTag"] in TRITON_ONNXRUNTIME, f"{image['newTag']}: add its ONNX Runtime"
-    onnxruntime, newest_opset = TRITON_ONNXRUNTIME[image["newTag"]]
+    onnxruntime, newest_opset, newest_ir = TRITON_ONNXRUNTIME[image["newTag"]]
     model = onnx.load(
         onnx_repository / "image-classifier" / "1" / "model.onnx", load_external_data=False
     )
@@ -550,6 +550,10 @@ def test_the_pinned_triton_reads_the_exported_onnx_opset(
     assert opset <= newest_opset, (
         f"model.onnx has opset {opset}; Triton {image['newTag']}'s ONNX Runtime {onnxruntime} "
         f"reads up to {newest_opset}"
+    )
+    assert model.ir_version <= newest_ir, (
+        f"model.onnx has IR version {model.ir_version}; ONNX Runtime {onnxruntime} reads up to "
+        f"{newest_ir}"
     )
 
 
@@ -751,13 +755,13 @@ def test_memory_limits_hold_the_request_memory_budget_over_the_measured_baseline
     overlay: str, stacks: Stack
 ) -> None:
     """Every container of ours has a memory limit that holds what the server itself takes
-    (measured now: the running servers of this session, TorchScript or OpenVINO INT8 as the
-    overlay's repository says, plus the CUDA context on a GPU) and its request memory budget on
+    (measured now: the running servers of this session, TorchScript, ONNX or OpenVINO INT8 as
+    the overlay's repository says, plus the CUDA context on a GPU) and its request memory budget on
     top (the one its flags set, or the default it derives from that limit), and the budget
     holds the two largest gRPC messages the server must be able to read (one inference, one
     control call)."""
     expect, isvc = OVERLAYS[overlay], isvc_of(overlay)
-    engine = "openvino-int8" if expect.storage == CPU_URI else "torchscript"
+    engine = {CPU_URI: "openvino-int8", ONNX_URI: "onnx"}.get(expect.storage, "torchscript")
     predictor, transformer = stacks(engine)
     measured = {
         name: memory.status_bytes("VmRSS", server.process.pid) or 0

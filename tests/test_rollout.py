@@ -611,7 +611,7 @@ def test_analysis_flags_without_analysis_are_refused_not_ignored(
     code = run("canary", "--storage-uri", V2, "--percent", "10", "--min-requests", "30")
     assert code == ExitCode.USAGE
     err = capsys.readouterr().err
-    assert "--min-requests only apply with --analysis" in err, err
+    assert "--min-requests only applies with --analysis" in err, err
     code = run("canary", "--storage-uri", V2, "--percent", "10", "--steps", "5,10", "--waits", "1")
     assert code == ExitCode.USAGE
     assert "--steps, --waits only apply with --analysis" in capsys.readouterr().err
