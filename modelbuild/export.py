@@ -5,7 +5,8 @@
 The TorchScript module takes raw UINT8 pixels [N, 224, 224, 3] (RGB, NHWC) and normalises them
 itself, so the same artifact serves our predictor and Triton's PyTorch backend (one whose
 libtorch is at least this torch's version), and the wire carries a quarter of the FP32 bytes.
-`forward_normalized` takes FP32 [N, 3, 224, 224] for clients that normalise on their side. This is the only module that imports the EfficientNet code.
+`forward_normalized` takes FP32 [N, 3, 224, 224] for clients that normalise on their side. This
+is the only module that imports the EfficientNet code.
 """
 
 from __future__ import annotations
