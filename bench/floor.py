@@ -117,7 +117,8 @@ def single_image_ms(
     engine_dir: Path, model_name: str, chosen: dict[str, BenchImage], seconds: float, work: Path
 ) -> dict[str, float]:
     """`bench.limit`'s in-process single-image time of each photo with the engine of
-    `engine_dir` (in its own process, as the bench runs it); raises CalledProcessError."""
+    `engine_dir` (in its own process, as the bench runs it); raises RuntimeError with its
+    stderr when it fails."""
     folder = work / "limit-images"
     folder.mkdir(exist_ok=True)
     for kind, image in chosen.items():
@@ -141,8 +142,9 @@ def single_image_ms(
         cwd=ROOT,
         capture_output=True,
         text=True,
-        check=True,
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.limit exited {done.returncode}:\n{done.stderr[-3000:]}")
     by_image = json.loads(done.stdout)["single_image_ms_by_image"]
     return {kind: by_image[f"{kind}.jpg"] for kind in chosen}
 

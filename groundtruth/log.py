@@ -166,14 +166,17 @@ class PredictionLog:
                     self._refused(rows, exc)
                     continue
                 self._put_back(rows)
+                if self._stopping.is_set():  # close() counts what is left, or _put_back did
+                    logger.error(
+                        "prediction log: writing %d rows failed at shutdown: %s", len(rows), exc
+                    )
+                    return
                 self._failures.warning(
                     "prediction log: writing %d rows failed, retrying in %.1f s: %s",
                     len(rows),
                     pause,
                     exc,
                 )
-                if self._stopping.is_set():
-                    return  # close() counts what is left
                 self._stopping.wait(pause)
                 pause = min(self.retry_max_s, pause * 2)
                 continue

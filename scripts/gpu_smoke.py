@@ -156,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         "removed at exit).",
     )
     args = p.parse_args(argv)
+    if args.export_to is not None and not args.export:
+        p.error("--export_to names where --export writes: give --export too")
+    if args.export_to is not None and args.export_to.resolve() == args.model_repository.resolve():
+        p.error(f"--export_to {args.export_to} is --model_repository: it would overwrite model.pt")
     with contextlib.ExitStack() as cleanup:
         return run_checks(args, cleanup)
 

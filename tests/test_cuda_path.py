@@ -335,6 +335,24 @@ def test_the_gpu_smoke_test_passes_its_dry_run_on_the_cpu(
     assert not list(temporary.iterdir()), "the smoke test left files in its temporary directory"
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--export_to", "elsewhere"], "give --export too"),
+        (["--export", "--export_to", "model_repository"], "it would overwrite model.pt"),
+    ],
+)
+def test_the_gpu_smoke_test_refuses_export_to_without_sense(args: list[str], message: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "scripts/gpu_smoke.py", "--model_repository", "model_repository", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+
+
 def test_the_gpu_smoke_kit_keeps_its_protobuf_pure_python_beside_another(tmp_path: Path) -> None:
     """The GPU image has its own protobuf, C extension and all, of another version; through the
     shared `google` namespace the kit's pure-Python protobuf would load that extension and fail

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import grpc
@@ -20,6 +21,9 @@ def test_the_bare_relay_answers_only_through_its_upstream(tmp_path: Path) -> Non
     """A relay whose upstream answers, answers; one whose upstream is down fails every call
     with the upstream's connection error: each call really makes the second hop."""
     (nobody,) = free_ports(1)
+    # Bound, never listening, for the whole test: no server started here can be given it.
+    held = socket.socket()
+    held.bind(("127.0.0.1", nobody))
     bare = start("bare", "bench.bare_grpc", [], tmp_path)
     relays = []
     try:
@@ -40,12 +44,16 @@ def test_the_bare_relay_answers_only_through_its_upstream(tmp_path: Path) -> Non
     finally:
         for server in [*relays, bare]:
             server.stop()
+        held.close()
 
 
 def test_floor_measures_every_cell_and_writes_its_report(
     model_repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["--model_dir", str(model_repository), "--rounds", "1", "--seconds", "0.3"]
+    argv = [
+        "--model_dir", str(model_repository), "--engine_dir", str(model_repository),
+        "--rounds", "1", "--seconds", "0.3",
+    ]  # fmt: skip
     assert floor.main([*argv, "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "floor.json").read_text())
     cells = report["cells"]
@@ -62,5 +70,9 @@ def test_floor_measures_every_cell_and_writes_its_report(
     assert set(ours) == {floor.TRANSFORMER, floor.PREDICTOR}
     assert set(report["decode_ms"]) == set(report["hops_ms"]["ours"]) == {"original", "phone"}
     assert report["hops_ms"]["floor"] == cells[floor.BARE_TWO_HOPS]["p50_ms"]
-    assert "p50_c1_over_single_image" not in report  # only with --engine_dir
-    assert "two hops cost (ms): floor" in capsys.readouterr().out
+    assert set(report["single_image_ms"]) == {"original", "phone"}
+    ratios = report["p50_c1_over_single_image"]
+    assert set(ratios) == {"original", "phone"}
+    assert all(pair["floor"] > 1 for pair in ratios.values())
+    printed = capsys.readouterr().out
+    assert "two hops cost (ms): floor" in printed and "p50 c1 / single image, phone" in printed
