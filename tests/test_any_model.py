@@ -384,6 +384,34 @@ def test_concurrent_requests_share_forward_passes(simple_predictor: HeldPredicto
     assert passes < requests
 
 
+def test_the_event_loop_answers_while_a_forward_pass_is_stuck(
+    simple_predictor: HeldPredictor,
+) -> None:
+    """A forward pass held on the forward thread (tests/held: a model that does not finish)
+    leaves the event loop free: health, readiness, metadata and metrics all answer while it
+    waits. A pass run on the event loop would hang them all until it ended, whatever this
+    CPU's speed; then the held request gets its answer."""
+    predictor = simple_predictor.server
+    a, b = operands(1, seed=7)
+    with (
+        httpx.Client(timeout=CLIENT_TIMEOUT_S) as client,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        with held_forward.holding(simple_predictor.gate):
+            stuck = pool.submit(client.post, simple_predictor.infer_url, json=v2_body(a, b))
+            held_forward.wait_until_held(simple_predictor.gate)
+            with httpx.Client(timeout=5) as probe:
+                for path in (
+                    "/v2/health/live",
+                    "/v2/health/ready",
+                    f"/v2/models/{MODEL_NAME}",
+                    "/metrics",
+                ):
+                    assert probe.get(f"{predictor.url}{path}").status_code == 200, path
+            assert not stuck.done()  # still held: the answers above came from a free loop
+        assert_v2_answer(stuck.result(), a, b)
+
+
 # --- bad requests: a clear 400 naming what was wrong, and the predictor keeps serving ------------
 
 

@@ -4,7 +4,8 @@ and a faulty or slow one (FORWARD_FAIL_EVERY, FORWARD_SLOW_DOWN_S: see `faults`)
 A test that needs requests waiting in the predictor's queue (to expire a deadline, say) makes
 that condition itself instead of hoping the model is slow enough on this CPU. Put this
 directory on the server's PYTHONPATH and name a gate file in HELD_FORWARD_GATE: while the file
-exists, every forward pass waits before it runs, and `<gate>.held` appears once one does.
+exists, every forward pass waits before it runs, on the forward thread as a slow model would
+(the event loop stays free), and `<gate>.held` appears once one does.
 Delete the gate and the passes run. Without HELD_FORWARD_GATE this does nothing.
 
 (Python imports `sitecustomize` at start from the path, so the servers' own processes, and
@@ -31,19 +32,35 @@ FAIL_EVERY = "FORWARD_FAIL_EVERY"  # N: every Nth forward pass raises
 SLOW_DOWN = "FORWARD_SLOW_DOWN_S"  # S: every pass then waits as long again as it ran, at least S
 
 
+class _HeldEngine:
+    """An engine whose passes wait, on the thread that runs them (the forward thread), while
+    the gate exists: a model that takes that long, so the event loop must stay free."""
+
+    def __init__(self, engine: Any, gate: Path) -> None:
+        self._engine = engine
+        self._gate = gate
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)  # what the engine says of itself
+
+    def run(self, batch: Any) -> Any:
+        if self._gate.exists():
+            self._gate.with_name(self._gate.name + ".held").touch()
+            while self._gate.exists():
+                time.sleep(POLL_S)
+        return self._engine.run(batch)
+
+
 def hold(module: ModuleType, gate: Path) -> None:
-    """Wrap `module.ForwardWorker.run` so that each pass waits while `gate` exists."""
+    """Make each ForwardWorker's engine wait, inside its forward pass, while `gate` exists."""
     worker = module.ForwardWorker
-    original = worker.run
+    original = worker.__init__
 
-    async def run(self: Any, batch: Any) -> Any:
-        if gate.exists():
-            gate.with_name(gate.name + ".held").touch()
-            while gate.exists():
-                await asyncio.sleep(POLL_S)
-        return await original(self, batch)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.engine = _HeldEngine(self.engine, gate)
 
-    worker.run = run
+    worker.__init__ = __init__
 
 
 def faults(module: ModuleType, fail_every: int, slow_down_s: float) -> None:
