@@ -14,6 +14,7 @@ from pathlib import Path
 from common.cli import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MODEL_NAME, positive_int
 from common.cpus import available_cpus
 from runtime import plan
+from vision.imaging import DEFAULT_MAX_PIXELS
 
 DEFAULT_DB = "sqlite:///predictions.db"
 DB_ENV = "BATCH_DB_URL"  # the manifests fill it from a Secret, so the URL is never in args
@@ -30,7 +31,6 @@ DEFAULT_BATCH_SIZE = 16  # --model_dir on a GPU
 DEFAULT_CPU_BATCH_SIZE = 4
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRIES = 5
-MAX_IMAGE_PIXELS = 50_000_000  # the transformer's default --max_image_pixels
 # A file larger than the servers accept in one request is not read: its size is checked first.
 MAX_IMAGE_BYTES = DEFAULT_MAX_REQUEST_BYTES
 
@@ -220,7 +220,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max_image_pixels",
         type=positive_int,
-        default=MAX_IMAGE_PIXELS,
+        default=DEFAULT_MAX_PIXELS,  # the transformer's default
         help="--model_dir: largest image (width x height) decoded, as the transformer's flag.",
     )
     p.add_argument(

@@ -35,15 +35,13 @@ from vision.preprocessing import Preprocessing
 
 from .support import environment
 
-MAX_PIXELS = 50_000_000  # the transformer's default --max_image_pixels
-
 
 def measure(
     model_dir: Path, model_name: str, image: bytes, threads: int, seconds: float
 ) -> dict[str, float]:
     """Images/s of `threads` workers decoding `image` for `seconds`, and one decode's median."""
     params = Preprocessing.read(resolve(model_dir, model_name).model_dir)
-    limits = DecodeLimits(max_pixels=MAX_PIXELS)
+    limits = DecodeLimits()  # the transformer's default
     single = []
     for _ in range(5):  # warm the decoder; the median single-thread time
         started = time.perf_counter()
@@ -86,7 +84,7 @@ def compare_return_from(
     back to the kernel when freed: per setting, the median over `rounds` alternating rounds of
     `per_round` decodes, and every round's figure."""
     params = Preprocessing.read(resolve(model_dir, model_name).model_dir)
-    limits = DecodeLimits(max_pixels=MAX_PIXELS)
+    limits = DecodeLimits()  # the transformer's default
     found: dict[int, list[float]] = {size: [] for size in sizes_mib}
     with ThreadPoolExecutor(max_workers=1) as worker:  # a decode thread, as the transformer's
         for round_number in range(rounds):

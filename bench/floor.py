@@ -98,12 +98,11 @@ def photos(images: Path) -> dict[str, BenchImage]:
 
 def decode_ms(model_dir: Path, model_name: str, data: bytes, seconds: float) -> float:
     """Median time of the transformer's decode + preprocess of `data` in this process."""
-    from bench.limit import MAX_PIXELS
     from vision.imaging import DecodeLimits, preprocess
     from vision.preprocessing import Preprocessing
 
     params = Preprocessing.read(resolve(model_dir, model_name).model_dir)
-    limits = DecodeLimits(max_pixels=MAX_PIXELS)
+    limits = DecodeLimits()  # the transformer's default
     times: list[float] = []
     end = time.monotonic() + seconds
     while time.monotonic() < end or len(times) < 3:

@@ -25,7 +25,6 @@ from common.modelrepo import resolve
 from vision.imaging import DecodeLimits, preprocess
 from vision.preprocessing import Preprocessing
 
-from .limit import MAX_PIXELS
 from .stock.transformer import image_transform, to_infer_request
 
 
@@ -36,7 +35,7 @@ def measure(model_dir: Path, model_name: str, image: Path) -> dict[str, int]:
     data = image.read_bytes()
     request_id = str(uuid.uuid4())  # both transformers send an id of this length
 
-    pixels = preprocess(data, params, DecodeLimits(max_pixels=MAX_PIXELS))[None]
+    pixels = preprocess(data, params, DecodeLimits())[None]
     ours = InferRequest(
         model_name=model_name,
         infer_inputs=[codecs.numpy_input(version.config.inputs[0].name, pixels)],

@@ -35,7 +35,6 @@ from runtime.tensors import run_one  # noqa: E402
 from vision.imaging import DecodeLimits, preprocess  # noqa: E402
 
 DEFAULT_BATCH_SIZES = "1,2,4,8,16"
-MAX_PIXELS = 50_000_000  # the transformer's default --max_image_pixels
 
 
 def measure(argv: list[str] | None = None) -> dict[str, object]:
@@ -53,7 +52,7 @@ def measure(argv: list[str] | None = None) -> dict[str, object]:
     threads = args.num_threads or available_cpus()
     version = resolve(args.model_dir, args.model_name)
     params = Preprocessing.read(version.model_dir)
-    limits = DecodeLimits(max_pixels=MAX_PIXELS)
+    limits = DecodeLimits()  # the transformer's default
     paths = sorted(args.images.glob("*.jpg"))
     if not paths:
         raise SystemExit(f"bench.limit: no .jpg images in {args.images}")

@@ -17,11 +17,9 @@ from common.modelrepo import (
 )
 from runtime.onnx_engine import OnnxEngine
 from runtime.tensors import Contract, run_one
-from vision.imaging import DecodeLimits, ImageError, preprocess
+from vision.imaging import DEFAULT_MAX_PIXELS, DecodeLimits, ImageError, preprocess
 from vision.postprocess import top_k as top_k_classes
 from vision.preprocessing import Preprocessing
-
-DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # the transformer's default
 
 
 @dataclass(frozen=True)
@@ -42,7 +40,7 @@ class Classifier:
         model_name: str = DEFAULT_MODEL_NAME,
         version: str | None = None,
         num_threads: int | None = None,
-        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         """Load the model; raises ModelRepositoryError when the repository holds no ONNX model."""
         self.version = resolve(model_dir, model_name, version)

@@ -22,7 +22,7 @@ from runtime.plan import NO_CUDA, plan_execution
 from runtime.tensors import Contract, run_one
 from runtime.torchscript import TorchScriptEngine
 from vision.drift import PROFILE_FILENAME, ReferenceProfile, input_statistics
-from vision.imaging import DecodeLimits, decode
+from vision.imaging import DEFAULT_MAX_PIXELS, DecodeLimits, decode
 from vision.postprocess import top_k
 from vision.preprocessing import Preprocessing
 
@@ -33,7 +33,7 @@ BATCH = 8
 
 
 def reference_rows(
-    files: list[Path], model_dir: Path, model_name: str, max_pixels: int = 50_000_000
+    files: list[Path], model_dir: Path, model_name: str, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per image, the drift signals (CONTINUOUS_SIGNALS columns) and the top-1 class; raises
     vision.imaging.ImageError for an image the transformer would refuse."""

@@ -31,7 +31,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 DEFAULT_SOURCE = Path(__file__).resolve().parent.parent / "tests" / "data"
 CALIBRATION_SEED, HOLDOUT_SEED = 1, 2
 CALIBRATION_PER_PHOTO, HOLDOUT_PER_PHOTO = 20, 40  # 100 and 200 images from five photos
-MAX_PIXELS = 50_000_000  # the transformer's default bomb limit
 _SYNSET = re.compile(r"^n\d{8}$")
 
 
@@ -60,7 +59,7 @@ def decode(blobs: Iterable[tuple[str, bytes]], params: Preprocessing) -> ImageSe
     """Preprocess encoded images as the transformer does; undecodable ones are skipped."""
     from vision.imaging import DecodeLimits, ImageError, preprocess
 
-    limits = DecodeLimits(max_pixels=MAX_PIXELS)
+    limits = DecodeLimits()
     rows, names, skipped = [], [], []
     for name, data in blobs:
         try:

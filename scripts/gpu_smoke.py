@@ -127,8 +127,7 @@ def photos(model_dir: Path, count: int) -> np.ndarray:
 
     params = Preprocessing.read(model_dir)
     decoded = [
-        preprocess(path.read_bytes(), params, DecodeLimits(max_pixels=50_000_000))
-        for path in sorted(PHOTOS.iterdir())
+        preprocess(path.read_bytes(), params, DecodeLimits()) for path in sorted(PHOTOS.iterdir())
     ]
     return np.stack([decoded[i % len(decoded)] for i in range(count)])
 

@@ -415,7 +415,7 @@ def mutated_images(draw: st.DrawFn) -> tuple[str, bytes]:
 
 def test_seeds_decode_before_mutation() -> None:
     for name, data in SEEDS.items():
-        assert preprocess(data, PARAMS, DecodeLimits(50_000_000)).shape == (224, 224, 3), name
+        assert preprocess(data, PARAMS, DecodeLimits()).shape == (224, 224, 3), name
 
 
 @given(mutated_images())

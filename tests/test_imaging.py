@@ -16,7 +16,7 @@ from vision.preprocessing import Preprocessing
 
 DATA = Path(__file__).resolve().parent / "data"
 PARAMS = Preprocessing(resize=256, crop=224, mean=(127.0,) * 3, std=(128.0,) * 3)
-LIMITS = DecodeLimits(max_pixels=50_000_000)
+LIMITS = DecodeLimits()
 
 
 def encode(image: Image.Image, fmt: str, **options: object) -> bytes:

@@ -15,6 +15,7 @@ from common.cli import DEFAULT_MODEL_DIR, non_negative_float, positive_int
 from common.cpus import available_cpus
 from common.server import base_parser
 from vision.drift import MIN_REFERENCE_IMAGES
+from vision.imaging import DEFAULT_MAX_PIXELS
 
 # The prediction log's database URL, when not on the command line: a Secret's key as an
 # environment variable (the manifests' way), so the password is never in the pod's args.
@@ -89,7 +90,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max_image_pixels",
         type=positive_int,
-        default=50_000_000,
+        default=DEFAULT_MAX_PIXELS,
         help="Largest image (width x height) decoded; larger ones get a 400.",
     )
     p.add_argument(

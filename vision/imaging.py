@@ -31,11 +31,16 @@ class ImageError(ValueError):
     not accept, too large, corrupt). The message says what was wrong; servers answer 400."""
 
 
+# The transformer's default --max_image_pixels: a 12-megapixel phone photo or a panorama is
+# decoded, a decompression bomb is not (Pillow itself only warns from 89 megapixels).
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
 @dataclass(frozen=True)
 class DecodeLimits:
     """Bounds on what one image may cost to decode."""
 
-    max_pixels: int
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)

@@ -236,10 +236,7 @@ def pixels_and_logits(onnx_repository: Path) -> tuple[np.ndarray, np.ndarray]:
     version = resolve(onnx_repository, DEFAULT_MODEL_NAME)
     params = Preprocessing.read(version.model_dir)
     pixels = np.stack(
-        [
-            preprocess((DATA / name).read_bytes(), params, DecodeLimits(max_pixels=50_000_000))
-            for name in IMAGES
-        ]
+        [preprocess((DATA / name).read_bytes(), params, DecodeLimits()) for name in IMAGES]
     )
     plan = plan_engine(version.config.platform, "cpu", "auto", "auto", THREADS, NO_CUDA)
     engine = build_engine(version, plan, version.config.max_batch_size)

@@ -29,8 +29,6 @@ from vision.preprocessing import Preprocessing
 
 from ..load import REQUEST_TIMEOUT_S, Client
 
-MAX_PIXELS = 50_000_000  # the transformer's default --max_image_pixels
-
 
 @dataclass(frozen=True)
 class TensorNames:
@@ -50,7 +48,7 @@ class TensorNames:
 def decode_all(images: Sequence[bytes], version: ModelVersion) -> list[np.ndarray]:
     """Each image as the model's pixels (the transformer's preprocessing); raises ImageError."""
     params = Preprocessing.read(version.model_dir)
-    limits = DecodeLimits(max_pixels=MAX_PIXELS)
+    limits = DecodeLimits()  # the transformer's default
     return [preprocess(image, params, limits) for image in images]
 
 
