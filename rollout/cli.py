@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "canary",
-        parents=[common, mutating, registry, judged],
+        parents=[common, mutating, registry, judged, _steps_parser()],
         help="send N%% of traffic to a new predictor version (--analysis: step it, judged by "
         "Prometheus, then promote or roll back)",
         **kw,
@@ -178,19 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="step the canary through --steps, judge each step against the stable version "
         "from Prometheus' series, then promote, or roll back at the first failing check",
-    )
-    p.add_argument(
-        "--steps",
-        type=_steps,
-        default=(10, 25, 50),
-        help="--analysis: the canary's traffic percent at each step (default 10,25,50)",
-    )
-    p.add_argument(
-        "--waits",
-        type=int,
-        default=3,
-        help="--analysis: windows a step waits for enough traffic before it gives up as "
-        "inconclusive (default %(default)s)",
     )
     model = p.add_mutually_exclusive_group()
     model.add_argument(
@@ -365,6 +352,25 @@ class Judge:
             for v in (self.stable, self.canary)
         )
         return analysis.judge(stable, canary, self.thresholds)
+
+
+def _steps_parser() -> argparse.ArgumentParser:
+    """`canary --analysis`'s own flags: how the canary is stepped."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--steps",
+        type=_steps,
+        default=(10, 25, 50),
+        help="--analysis: the canary's traffic percent at each step (default 10,25,50)",
+    )
+    p.add_argument(
+        "--waits",
+        type=int,
+        default=3,
+        help="--analysis: windows a step waits for enough traffic before it gives up as "
+        "inconclusive (default %(default)s)",
+    )
+    return p
 
 
 def _analysis_parser() -> argparse.ArgumentParser:
@@ -654,20 +660,12 @@ def _check_percent(args: argparse.Namespace) -> None:
 def _analysis_flags_set(args: argparse.Namespace) -> list[str]:
     """The `canary` flags that only --analysis reads, set to other than their defaults (a
     default given explicitly changes nothing either way)."""
-    analysis_only = [*_analysis_parser()._actions, *_canary_step_actions()]
+    analysis_only = [*_analysis_parser()._actions, *_steps_parser()._actions]
     return [
         action.option_strings[0]
         for action in analysis_only
         if action.option_strings and getattr(args, action.dest) != action.default
     ]
-
-
-def _canary_step_actions() -> list[argparse.Action]:
-    """`canary`'s own --analysis-only flags (--steps, --waits)."""
-    parser = build_parser()
-    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    canary = sub.choices["canary"]
-    return [a for a in canary._actions if {"--steps", "--waits"} & set(a.option_strings)]
 
 
 def _registry(args: argparse.Namespace) -> MlflowRegistry:
