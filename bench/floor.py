@@ -43,7 +43,9 @@ import grpc
 
 from common.cli import DEFAULT_MODEL_NAME
 from common.modelrepo import resolve
-from harness.servers import ServerProcess, process_cpu_seconds, start
+from harness.servers import ServerProcess, start
+from vision.imaging import DecodeLimits, preprocess
+from vision.preprocessing import Preprocessing
 
 from .ceiling import image_request, pixels_request, wait_grpc_ready
 from .h2load import MODEL_INFER_PATH
@@ -57,6 +59,11 @@ CALL_TIMEOUT_S = 10.0
 BARE, RELAY = "bare", "relay"
 PREDICTOR, TRANSFORMER = "predictor", "transformer"
 BARE_TWO_HOPS = "bare, two hops (pixels)"
+
+
+def ours_two_hops(kind: str) -> str:
+    """The name of the cell that sends a photo of `kind` through our transformer."""
+    return f"ours, two hops ({kind} photo)"
 
 
 @dataclass(frozen=True)
@@ -96,12 +103,8 @@ def photos(images: Path) -> dict[str, BenchImage]:
     return chosen
 
 
-def decode_ms(model_dir: Path, model_name: str, data: bytes, seconds: float) -> float:
+def decode_ms(params: Preprocessing, data: bytes, seconds: float) -> float:
     """Median time of the transformer's decode + preprocess of `data` in this process."""
-    from vision.imaging import DecodeLimits, preprocess
-    from vision.preprocessing import Preprocessing
-
-    params = Preprocessing.read(resolve(model_dir, model_name).model_dir)
     limits = DecodeLimits()  # the transformer's default
     times: list[float] = []
     end = time.monotonic() + seconds
@@ -152,7 +155,7 @@ def measure_cell(
     call: Callable[..., bytes], cell: Cell, servers: dict[str, ServerProcess], seconds: float
 ) -> tuple[float, dict[str, float]]:
     """One cell for `seconds`: p50 ms, and CPU-ms per call of every server it passes."""
-    before = {name: process_cpu_seconds(servers[name].process.pid) for name in cell.through}
+    before = {name: servers[name].cpu_seconds() for name in cell.through}
     latencies: list[float] = []
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -161,7 +164,7 @@ def measure_cell(
         latencies.append(time.perf_counter() - started)
     cpu: dict[str, float] = {}
     for name in cell.through:
-        first, last = before[name], process_cpu_seconds(servers[name].process.pid)
+        first, last = before[name], servers[name].cpu_seconds()
         if first is not None and last is not None:
             cpu[name] = (last - first) / len(latencies) * 1000
     return statistics.median(latencies) * 1000, cpu
@@ -183,7 +186,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
     logs = args.out / "logs" / "floor"
     zero = work / "zero"
     export_zero_cost(args.model_dir, zero, args.model_name)
-    config = resolve(zero, args.model_name).config
+    version = resolve(zero, args.model_name)
+    config, params = version.config, Preprocessing.read(version.model_dir)
     pixels_input, logits_output = config.inputs[0], config.outputs[0]
     chosen = photos(args.images)
     common = ["--model_dir", str(zero), "--model_name", args.model_name]
@@ -210,7 +214,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
             Cell("our predictor (pixels)", PREDICTOR, pixels, (PREDICTOR,)),
             *(
                 Cell(
-                    f"ours, two hops ({kind} photo)",
+                    ours_two_hops(kind),
                     TRANSFORMER,
                     image_request(args.model_name, image.data),
                     (TRANSFORMER, PREDICTOR),
@@ -235,7 +239,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
                 cpu[cell.name].append(per_call)
             decode.append(
                 {
-                    kind: decode_ms(zero, args.model_name, image.data, args.seconds / 2)
+                    kind: decode_ms(params, image.data, args.seconds / 2)
                     for kind, image in chosen.items()
                 }
             )
@@ -260,9 +264,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
     }
     decode_by_kind = median_of(decode)
     floor_ms = p50_ms[BARE_TWO_HOPS]
-    ours_ms = {
-        kind: p50_ms[f"ours, two hops ({kind} photo)"] - decode_by_kind[kind] for kind in chosen
-    }
+    ours_ms = {kind: p50_ms[ours_two_hops(kind)] - decode_by_kind[kind] for kind in chosen}
     report: dict[str, object] = {
         "environment": environment(),
         "photos": {kind: {"name": i.name, "bytes": i.size_bytes} for kind, i in chosen.items()},
